@@ -1,0 +1,62 @@
+"""The few error classes of the orchestrator, each with one meaning.
+
+Retry or stop is decided by type (MAAS style), never by parsing a message:
+
+- ``ConfigError``     bad input (inventory, playbook, lab config, CLI). Fatal; exit status 2.
+- ``InfraError``      the lab failed us (BMC, SSH, SOL, disk, QEMU). Subclasses split it:
+  - ``RetryableInfraError`` may succeed if tried again (timeouts, refused connections,
+    a host still rebooting); callers wrap these in tenacity retries.
+  - ``FatalInfraError`` will not get better by retrying (authentication refused,
+    a missing binary, a host that never came back within its whole deadline).
+- ``DeadlineExceeded`` a state of the per-case cycle overran its own deadline (a
+  ``FatalInfraError`` because the cycle has already waited as long as it may).
+- ``VerificationFailure`` the kernel did not do what the case expects. Never raised for
+  infrastructure trouble: a verdict of "fail" must always mean the kernel.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(OrchestratorError):
+    """Bad input: names the file, the line and what is wrong. Exit status 2."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 field: str | None = None):
+        self.path, self.line, self.field, self.detail = path, line, field, message
+        where = ""
+        if path:
+            where = f"{path}:{line}: " if line else f"{path}: "
+        what = f"{field}: " if field else ""
+        super().__init__(f"{where}{what}{message}")
+
+
+class InfraError(OrchestratorError):
+    """The lab, not the kernel, failed. Verdict 'error', exit status 3."""
+
+    retryable = False
+
+
+class RetryableInfraError(InfraError):
+    """Transient: a later attempt may succeed."""
+
+    retryable = True
+
+
+class FatalInfraError(InfraError):
+    """Permanent for this run: do not retry."""
+
+
+class DeadlineExceeded(FatalInfraError):
+    """A cycle state overran its deadline."""
+
+    def __init__(self, state: str, seconds: float, detail: str = ""):
+        self.state, self.seconds = state, seconds
+        super().__init__(f"{state}: no progress within {seconds:.0f} s" + (f" ({detail})" if detail else ""))
+
+
+class VerificationFailure(OrchestratorError):
+    """The kernel's behaviour did not match the case's expectation."""

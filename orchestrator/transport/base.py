@@ -1,0 +1,116 @@
+"""Capability protocols: what the cycle needs from a lab host, and nothing more.
+
+One real implementation per backend module (``ssh.py`` Fabric, ``ipmi.py`` pyghmi power,
+``sol.py`` pyghmi SOL console) and in-tree fakes (``fake.py``) for unit tests. The virtual
+lab is *not* a fake: it is driven through the same real backends as a rack.
+
+Every blocking call takes or implies a timeout; errors are the flat classes of
+``orchestrator.errors`` (``RetryableInfraError`` for transient trouble, ``FatalInfraError``
+otherwise).
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class ShellProtocol(abc.ABC):
+    """Run POSIX sh commands on the host (no agent, no python needed there)."""
+
+    @abc.abstractmethod
+    def run(self, command: str, *, timeout: float, check: bool = True) -> CommandResult:
+        """Run ``command`` and wait for it. ``check`` raises ``FatalInfraError`` on a
+        non-zero exit. A dropped or silent connection raises ``RetryableInfraError``."""
+
+    @abc.abstractmethod
+    def fire_detached(self, command: str, *, timeout: float) -> None:
+        """Start ``command`` on the host so that it runs after this call has returned.
+
+        Used for the injection that may panic the host: the SSH call must never be the one
+        left hanging on a dead kernel."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Drop the connection; the next ``run`` opens a new one (hosts reboot under us)."""
+
+
+class PowerProtocol(abc.ABC):
+    """Chassis power through the BMC."""
+
+    @abc.abstractmethod
+    def status(self) -> str:
+        """'on' or 'off'."""
+
+    @abc.abstractmethod
+    def on(self) -> None: ...
+
+    @abc.abstractmethod
+    def off(self) -> None:
+        """Hard off."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Warm reset."""
+
+    def cycle(self) -> None:
+        """Off, then on (pyghmi's client has no 'cycle'; BMCs that do may override)."""
+        self.off()
+        self.on()
+
+    def nmi(self) -> None:
+        """Pulse the diagnostic interrupt. Optional: raises ``UnsupportedOperation``."""
+        raise UnsupportedOperation("NMI")
+
+    def close(self) -> None:
+        """Release the BMC session."""
+
+
+class UnsupportedOperation(Exception):
+    """A capability the backend or platform does not offer (Ironic's UnsupportedDriverExtension)."""
+
+
+@dataclass(frozen=True)
+class ConsoleLine:
+    index: int          # position in the transcript, stable for the console's lifetime
+    t: float            # time.monotonic() when the line completed on the controller
+    text: str           # cleaned: ANSI/control characters removed, no trailing newline
+
+
+class ConsoleProtocol(abc.ABC):
+    """A line transcript of the host's console, fed in the background.
+
+    Raw bytes go unmodified to the console log; ``lines``/``wait_for`` see cleaned,
+    line-assembled text (match substrings: a shell prompt may precede a kernel line)."""
+
+    @abc.abstractmethod
+    def mark(self) -> int:
+        """Index of the next line to arrive; pass it as ``since`` to see only newer lines."""
+
+    @abc.abstractmethod
+    def lines(self, since: int = 0) -> list[ConsoleLine]: ...
+
+    @abc.abstractmethod
+    def wait_for(self, pattern: re.Pattern[str], *, since: int, timeout: float) -> ConsoleLine | None:
+        """First line at or after ``since`` matching ``pattern``; None on timeout."""
+
+    @abc.abstractmethod
+    def healthy(self) -> bool:
+        """False once the console is known dead (and not yet re-established)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
