@@ -1,0 +1,153 @@
+"""Inventory YAML -> frozen ``Inventory``. Format: docs/DESIGN.md ("Inventory format")."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from orchestrator.config.model import (ARCHES, KDUMP_LAYOUTS, BmcConfig, Host, Inventory, KdumpConfig,
+                                       SecretRef, SshConfig)
+from orchestrator.config.yamlsrc import Fields, LocDict, deep_merge, load_located
+from orchestrator.errors import ConfigError
+
+KNOWN_FEATURES = frozenset({
+    "hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "kdump", "sol", "nmi",
+})
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_HOST_FIELDS = {"name", "arch", "platform", "features", "destructive", "ssh", "bmc", "kdump"}
+
+
+def load_inventory(path: Path | str) -> Inventory:
+    path = Path(path)
+    data, raw = load_located(path)
+    top = Fields(data, path, "")
+    top.reject_unknown({"version", "defaults", "groups", "hosts"})
+    version = top.get("version", int, 1)
+    if version != 1:
+        raise top.error("version", f"unsupported inventory version {version} (this orchestrator reads version 1)")
+    defaults = top.get("defaults", dict, LocDict())
+    _check_host_keys(Fields(defaults, path, "defaults"), allow_name=False)
+    host_list = top.get("hosts", list)
+    membership = _group_membership(top, path)
+    hosts, seen = [], {}
+    for i, entry in enumerate(host_list):
+        line = host_list.item_lines[i]
+        if not isinstance(entry, dict):
+            raise ConfigError("each host must be a mapping", path=str(path), line=line, field=f"hosts[{i}]")
+        name = entry.get("name")
+        groups = membership.get(name, [])
+        merged = defaults
+        for group_name, group_defaults in groups:
+            merged = deep_merge(merged, group_defaults)
+        merged = deep_merge(merged, entry)
+        host = _build_host(Fields(merged, path, f"hosts[{i}]", line), path, tuple(g for g, _ in groups))
+        if host.name in seen:
+            raise ConfigError(f"duplicate host name {host.name!r} (first at line {seen[host.name]})",
+                              path=str(path), line=line, field=f"hosts[{i}].name")
+        seen[host.name] = line
+        hosts.append(host)
+    for name in membership:
+        if name not in seen:
+            raise ConfigError(f"group lists unknown host {name!r}", path=str(path), line=top.line_of("groups"), field="groups")
+    return Inventory(path=path, hosts=tuple(hosts), digest=hashlib.sha256(raw).hexdigest())
+
+
+def _group_membership(top: Fields, path: Path) -> dict[str, list[tuple[str, dict]]]:
+    groups = top.sub("groups", None)
+    membership: dict[str, list[tuple[str, dict]]] = {}
+    if groups is None:
+        return membership
+    for group_name in groups.data:
+        group = groups.sub(str(group_name))
+        group.reject_unknown({"defaults", "hosts"})
+        gdefaults = group.get("defaults", dict, LocDict())
+        _check_host_keys(Fields(gdefaults, path, f"{group.where}.defaults"), allow_name=False)
+        for host_name in group.str_list("hosts"):
+            membership.setdefault(host_name, []).append((str(group_name), gdefaults))
+    return membership
+
+
+def _check_host_keys(f: Fields, *, allow_name: bool) -> None:
+    f.reject_unknown(_HOST_FIELDS if allow_name else _HOST_FIELDS - {"name"})
+
+
+def _build_host(f: Fields, path: Path, groups: tuple[str, ...]) -> Host:
+    _check_host_keys(f, allow_name=True)
+    name = f.get("name", str)
+    if not _NAME_RE.match(name):
+        raise f.error("name", f"{name!r} is not a valid host name (letters, digits, '.', '_', '-')")
+    features = f.str_list("features")
+    for feature in features:
+        if feature not in KNOWN_FEATURES:
+            raise f.error("features", f"unknown feature {feature!r} (known: {', '.join(sorted(KNOWN_FEATURES))})")
+    kdump = f.sub("kdump", None)
+    if kdump is not None:
+        kdump.reject_unknown({"layout", "path"})
+    return Host(
+        name=name,
+        arch=f.get("arch", str, choices=ARCHES),
+        platform=f.get("platform", str, "unknown"),
+        features=frozenset(features),
+        destructive=f.get("destructive", bool, False),
+        ssh=_build_ssh(f.sub("ssh"), path),
+        bmc=_build_bmc(f.sub("bmc", None), path),
+        kdump=KdumpConfig(layout=kdump.get("layout", str, "auto", choices=KDUMP_LAYOUTS) if kdump else "auto",
+                          path=kdump.get("path", str, "/var/crash") if kdump else "/var/crash"),
+        groups=groups,
+        origin=f"{path}:{f.line}",
+    )
+
+
+def _resolve(path: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (path.parent / p).resolve()
+
+
+def _build_ssh(f: Fields, path: Path) -> SshConfig:
+    f.reject_unknown({"address", "port", "user", "key_file", "known_hosts", "host_key",
+                      "connect_timeout", "keepalive", "command_timeout"})
+    key_file = _resolve(path, f.get("key_file", str, None))
+    if key_file is not None and not key_file.is_file():
+        raise f.error("key_file", f"key file {key_file} does not exist")
+    known_hosts = _resolve(path, f.get("known_hosts", str, None))
+    if known_hosts is not None and not known_hosts.is_file():
+        raise f.error("known_hosts", f"known_hosts file {known_hosts} does not exist")
+    host_key = f.get("host_key", str, None)
+    if host_key is None and known_hosts is None:
+        raise f.error("known_hosts", "no pinned host key: give known_hosts (a file) or host_key")
+    if host_key is not None and len(host_key.split()) < 2:
+        raise f.error("host_key", "expected '<type> <base64>' as in a known_hosts line")
+    return SshConfig(
+        address=f.get("address", str), port=f.port("port", 22), user=f.get("user", str, "root"),
+        key_file=key_file, known_hosts=known_hosts, host_key=host_key,
+        connect_timeout=_positive(f, "connect_timeout", 10.0), keepalive=int(_positive(f, "keepalive", 5.0)),
+        command_timeout=_positive(f, "command_timeout", 60.0),
+    )
+
+
+def _positive(f: Fields, key: str, default: float) -> float:
+    value = f.get(key, float, default)
+    if value <= 0:
+        raise f.error(key, f"must be positive, got {value}")
+    return value
+
+
+def _build_bmc(f: Fields | None, path: Path) -> BmcConfig | None:
+    if f is None:
+        return None
+    f.reject_unknown({"address", "port", "user", "password", "min_command_interval"})
+    if isinstance(f.data.get("password"), str):
+        raise f.error("password", "inline passwords are refused: use {env: VAR} or {file: PATH}")
+    pw = f.sub("password")
+    pw.reject_unknown({"env", "file"})
+    env, file = pw.get("env", str, None), pw.get("file", str, None)
+    if (env is None) == (file is None):
+        raise f.error("password", "give exactly one of env or file")
+    secret = SecretRef(env=env, file=_resolve(path, file), origin=f"{path}:{f.line_of('password')}")
+    if secret.file is not None and not secret.file.is_file():
+        raise pw.error("file", f"password file {secret.file} does not exist")
+    return BmcConfig(address=f.get("address", str), port=f.port("port", 623), user=f.get("user", str),
+                     password=secret, min_command_interval=f.get("min_command_interval", float, 0.0))

@@ -1,0 +1,204 @@
+"""Playbook YAML -> frozen ``Playbook`` of ``Case``s.
+
+A case names an injector, a target page class (or an explicit pfn), the sysctls to set,
+what to expect, deadlines per cycle state, and optional limits to arches/platforms/features.
+``expect.outcome: matrix`` resolves the expectation per host from the kernel semantics
+matrix (orchestrator/kernel/semantics.yaml) instead of hard-coding one kernel's behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from orchestrator.config.model import ARCHES
+from orchestrator.config.yamlsrc import Fields, LocDict, deep_merge, load_located
+from orchestrator.errors import ConfigError
+
+INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "mce_inject")
+PAGE_CLASSES = ("kernel-rodata", "kernel-text", "kernel-data", "reserved-low", "slab", "pgtable",
+                "free-buddy", "user-anon", "user-file")
+OUTCOMES = ("panic", "survive", "matrix")
+SIGNATURES = ("new", "legacy", "any")
+KDUMP_MODES = ("required", "unload", "any")
+
+#: Seconds each cycle state may take before the case ends (TCG lab numbers x ~3 headroom).
+DEFAULT_DEADLINES = {
+    "preflight": 180.0,   # SSH up, kdump armed (kexec -p takes ~10 s under TCG)
+    "arm": 30.0,
+    "target": 120.0,      # scanning /proc/kpageflags with dd|od|awk is slow under TCG
+    "inject": 30.0,
+    "panic": 60.0,        # injection -> panic line on the console
+    "dump": 240.0,        # panic -> host back on SSH with a new boot_id (kdump + reboot)
+    "wedge": 300.0,       # bounded recovery through the BMC (NMI, power cycle, boot)
+    "survive": 20.0,      # how long a survive case watches for a panic that must not come
+    "collect": 60.0,
+    "restore": 30.0,
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SYSCTL_RE = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    outcome: str                        # panic | survive | matrix
+    action_label: str | None = None     # "recovery action for <label>: <result>"
+    action_result: str | None = None
+    signature: str = "any"              # new | legacy | any (panic cases)
+    dump: bool = True                   # a panic case needs a kdump dump unless false
+
+
+@dataclass(frozen=True)
+class Limits:
+    arches: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()     # every listed feature must be declared by the host
+    sysctls_present: tuple[str, ...] = ()  # skip (with reason) when the kernel lacks them
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    injector: str
+    target: str                         # a page class, or "pfn"
+    pfn: int | None
+    sysctls: tuple[tuple[str, str], ...]
+    expect: Expectation
+    limits: Limits
+    deadlines: dict = field(default_factory=lambda: dict(DEFAULT_DEADLINES))
+    kdump: str = "required"             # required | unload (wedge test) | any
+    description: str = ""
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class Playbook:
+    path: Path
+    name: str
+    cases: tuple[Case, ...]
+    digest: str
+
+    def select(self, names: tuple[str, ...]) -> "Playbook":
+        unknown = [n for n in names if n not in {c.name for c in self.cases}]
+        if unknown:
+            raise ConfigError(f"no such case(s): {', '.join(unknown)}", path=str(self.path))
+        return replace(self, cases=tuple(c for c in self.cases if c.name in names))
+
+
+def load_playbook(path: Path | str) -> Playbook:
+    path = Path(path)
+    data, raw = load_located(path)
+    top = Fields(data, path, "")
+    top.reject_unknown({"version", "name", "description", "defaults", "cases"})
+    if top.get("version", int, 1) != 1:
+        raise top.error("version", "unsupported playbook version (this orchestrator reads version 1)")
+    defaults = top.get("defaults", dict, LocDict())
+    cases, seen = [], {}
+    items = top.get("cases", list)
+    if not items:
+        raise top.error("cases", "a playbook needs at least one case")
+    for i, item in enumerate(items):
+        line = items.item_lines[i]
+        if not isinstance(item, dict):
+            raise ConfigError("each case must be a mapping", path=str(path), line=line, field=f"cases[{i}]")
+        case = _build_case(Fields(deep_merge(defaults, item), path, f"cases[{i}]", line))
+        if case.name in seen:
+            raise ConfigError(f"duplicate case name {case.name!r} (first at line {seen[case.name]})",
+                              path=str(path), line=line, field=f"cases[{i}].name")
+        seen[case.name] = line
+        cases.append(case)
+    return Playbook(path=path, name=top.get("name", str, path.stem), cases=tuple(cases),
+                    digest=hashlib.sha256(raw).hexdigest())
+
+
+def _build_case(f: Fields) -> Case:
+    f.reject_unknown({"name", "description", "injector", "target", "sysctls", "expect", "limit", "deadlines", "kdump"})
+    name = f.get("name", str)
+    if not _NAME_RE.match(name):
+        raise f.error("name", f"{name!r} is not a valid case name (letters, digits, '.', '_', '-')")
+    target, pfn = _build_target(f)
+    return Case(
+        name=name, injector=f.get("injector", str, choices=INJECTORS), target=target, pfn=pfn,
+        sysctls=_build_sysctls(f), expect=_build_expect(f), limits=_build_limits(f),
+        deadlines=_build_deadlines(f), kdump=f.get("kdump", str, "required", choices=KDUMP_MODES),
+        description=f.get("description", str, ""), origin=f"{f.path}:{f.line}",
+    )
+
+
+def _build_target(f: Fields) -> tuple[str, int | None]:
+    raw = f.get("target", (str, dict))
+    if isinstance(raw, str):
+        if raw not in PAGE_CLASSES:
+            raise f.error("target", f"unknown page class {raw!r} (known: {', '.join(PAGE_CLASSES)}, or {{pfn: N}})")
+        return raw, None
+    sub = f.sub("target")
+    sub.reject_unknown({"pfn"})
+    pfn = sub.get("pfn", (int, str))
+    if isinstance(pfn, str):
+        try:
+            pfn = int(pfn, 0)
+        except ValueError:
+            raise sub.error("pfn", f"{pfn!r} is not a number")
+    if pfn < 0:
+        raise sub.error("pfn", "must not be negative")
+    return "pfn", pfn
+
+
+def _build_sysctls(f: Fields) -> tuple[tuple[str, str], ...]:
+    sub = f.sub("sysctls", None)
+    if sub is None:
+        return ()
+    out = []
+    for key, value in sub.data.items():
+        if not isinstance(key, str) or not _SYSCTL_RE.match(key):
+            raise sub.error(str(key), "not a sysctl name (dotted, like vm.memory_failure_recovery)")
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise sub.error(key, f"value must be an integer or a string, got {value!r}")
+        out.append((key, str(value)))
+    return tuple(out)
+
+
+def _build_expect(f: Fields) -> Expectation:
+    sub = f.sub("expect")
+    sub.reject_unknown({"outcome", "action", "signature", "dump"})
+    outcome = sub.get("outcome", str, choices=OUTCOMES)
+    label = result = None
+    action = sub.sub("action", None)
+    if action is not None:
+        action.reject_unknown({"label", "result"})
+        label = action.get("label", str, None)
+        result = action.get("result", str, None, choices=("Ignored", "Failed", "Delayed", "Recovered"))
+    signature = sub.get("signature", str, "any", choices=SIGNATURES)
+    if outcome == "survive" and "signature" in sub.data:
+        raise sub.error("signature", "a survive case expects no panic, so it has no signature")
+    return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature,
+                       dump=sub.get("dump", bool, outcome != "survive"))
+
+
+def _build_limits(f: Fields) -> Limits:
+    sub = f.sub("limit", None)
+    if sub is None:
+        return Limits()
+    sub.reject_unknown({"arches", "platforms", "features", "sysctls_present"})
+    arches = sub.str_list("arches")
+    for arch in arches:
+        if arch not in ARCHES:
+            raise sub.error("arches", f"unknown arch {arch!r} (known: {', '.join(ARCHES)})")
+    return Limits(arches=arches, platforms=sub.str_list("platforms"), features=sub.str_list("features"),
+                  sysctls_present=sub.str_list("sysctls_present"))
+
+
+def _build_deadlines(f: Fields) -> dict:
+    out = dict(DEFAULT_DEADLINES)
+    sub = f.sub("deadlines", None)
+    if sub is None:
+        return out
+    sub.reject_unknown(set(DEFAULT_DEADLINES))
+    for key in sub.data:
+        value = sub.get(key, float)
+        if value <= 0:
+            raise sub.error(key, f"deadline must be positive seconds, got {value}")
+        out[key] = value
+    return out

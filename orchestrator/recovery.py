@@ -1,0 +1,48 @@
+"""Bringing a wedged host back through its BMC: NMI first (it may still kdump), then a
+bounded number of power cycles. Every action taken is appended to ``log`` as evidence."""
+
+from __future__ import annotations
+
+import time
+
+from orchestrator.errors import DeadlineExceeded, FatalInfraError, InfraError
+from orchestrator.hostwait import BootFacts, wait_for_boot
+from orchestrator.transport.base import UnsupportedOperation
+
+#: After an NMI, how long a kdump-capable host gets to crash-dump and reboot by itself.
+NMI_GRACE_S = 45.0
+MAX_POWER_CYCLES = 2
+
+
+def recover_wedged_host(handles, old_boot_id: str, deadline_s: float, log: list[str]) -> BootFacts:
+    """Return the new boot's facts, or raise ``FatalInfraError`` when the host stays dead."""
+    power = handles.power
+    if power is None:
+        raise FatalInfraError("host wedged and it has no BMC to recover it")
+    end = time.monotonic() + deadline_s
+    if "nmi" in handles.host.features:
+        try:
+            power.nmi()
+            log.append("wedged: NMI sent through the BMC")
+            return wait_for_boot(handles.poll_shell, deadline_s=min(NMI_GRACE_S, _left(end)), state="wedge",
+                                 not_boot_id=old_boot_id)
+        except UnsupportedOperation:
+            log.append("wedged: the BMC does not support NMI")
+        except DeadlineExceeded:
+            log.append(f"wedged: no reboot within {NMI_GRACE_S:.0f} s of the NMI")
+    last: Exception | None = None
+    for attempt in range(1, MAX_POWER_CYCLES + 1):
+        if _left(end) <= 0:
+            break
+        try:
+            power.cycle()
+            log.append(f"wedged: power cycle {attempt} through the BMC")
+            return wait_for_boot(handles.poll_shell, deadline_s=_left(end), state="wedge", not_boot_id=old_boot_id)
+        except InfraError as exc:
+            last = exc
+            log.append(f"wedged: power cycle {attempt} did not bring the host back: {exc}")
+    raise FatalInfraError(f"host never came back after {MAX_POWER_CYCLES} power cycles: {last}")
+
+
+def _left(end: float) -> float:
+    return max(0.0, end - time.monotonic())

@@ -1,0 +1,92 @@
+"""What a run produces, as plain frozen data. Writers (run.json, junit.xml, report.html)
+read only these objects, so the schema lives in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+#: Verdicts, never mixed up: "fail" always means the kernel, "error" always the lab.
+PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
+VERDICTS = (PASS, FAIL, ERROR, SKIP)
+
+
+@dataclass(frozen=True)
+class PhaseTiming:
+    """One state of the per-case cycle: when it started, how long, how long waiting on the host."""
+
+    state: str              # armed, injected, panicked, dumped, rebooted, verified, wedged, ...
+    started: float          # seconds since the case started
+    seconds: float
+    waited: float           # part of ``seconds`` spent waiting on the host (not our overhead)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A line that supports (or contradicts) the verdict, and where it was seen."""
+
+    source: str             # console | dmesg-live | dump-dmesg | vmcoreinfo | inject | ssh | bmc
+    text: str
+    t: float | None = None  # seconds since injection, where known
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    host: str
+    case: str
+    verdict: str                        # one of VERDICTS
+    reasons: tuple[str, ...]            # why this verdict; for fail/error the first is the headline
+    expect: dict                        # the resolved expectation (panic, action label/result, signature)
+    pfn: int | None = None
+    page_class: str | None = None
+    injector: str | None = None
+    timings: tuple[PhaseTiming, ...] = ()
+    evidence: tuple[Evidence, ...] = ()
+    panic_after_inject_s: float | None = None
+    dump: dict | None = None            # dump id, files and sizes, VMCOREINFO, incomplete flag
+    boot_id_before: str | None = None
+    boot_id_after: str | None = None
+    recovery: tuple[str, ...] = ()      # BMC actions taken (nmi, power cycle) when the host wedged
+    started_at: str = ""                # UTC ISO 8601
+    seconds: float = 0.0
+    artifacts: dict = field(default_factory=dict)   # name -> path relative to the run dir
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    host: str
+    arch: str
+    platform: str
+    kernel_release: str | None = None
+    boot_id: str | None = None
+    sysctls: dict = field(default_factory=dict)
+    semantics: str | None = None
+    semantics_evidence: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    error: str | None = None            # preflight failure, if any
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    started_at: str
+    finished_at: str
+    inventory_path: str
+    inventory_digest: str
+    playbook_path: str
+    playbook_digest: str
+    hosts: tuple[HostFacts, ...]
+    cases: tuple[CaseResult, ...]
+    controller: dict = field(default_factory=dict)   # version, python, peak RSS, CLI args
+    schema_version: int = SCHEMA_VERSION
+
+    def exit_code(self) -> int:
+        """0 all pass, 1 any fail, 3 any infrastructure error (fail wins: it is the news)."""
+        verdicts = {c.verdict for c in self.cases}
+        if FAIL in verdicts:
+            return 1
+        if ERROR in verdicts:
+            return 3
+        return 0

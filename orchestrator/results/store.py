@@ -1,0 +1,170 @@
+"""The run directory on disk, and the ``report`` command that re-renders it.
+
+    results/<run_id>/                run_id = <UTC YYYYmmddTHHMMSSZ>-<6 hex>
+      run.json  junit.xml  report.html
+      <host>/<case>/                 console.log, commands.log, dmesg, metadata.json, ...
+
+Every file is written atomically (temp file in the same folder, fsync, rename), because a
+run usually ends with a power cycle somewhere nearby and the controller can be killed at
+any moment: a reader must see the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import ConfigError
+from .html import report_html
+from .junit import junit_xml
+from .model import VERDICTS, RunResult
+from .runjson import run_from_dict, run_to_dict
+
+RUN_JSON, JUNIT_XML, REPORT_HTML = "run.json", "junit.xml", "report.html"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def new_run_dir(base: Path, *, now: datetime | None = None) -> tuple[str, Path]:
+    """Create ``<base>/<run_id>/``. The random suffix keeps two runs started in the same
+    second (two CI jobs on one controller) apart; mkdir without exist_ok proves it."""
+    moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    base.mkdir(parents=True, exist_ok=True)
+    while True:
+        run_id = f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        try:
+            (base / run_id).mkdir()
+        except FileExistsError:
+            continue
+        return run_id, base / run_id
+
+
+def safe_name(name: str) -> str:
+    """A single path component: host and case names come from YAML and may hold '/', '..'
+    or spaces; none of them may steer a write outside the run directory."""
+    cleaned = _UNSAFE.sub("_", name).strip(".")
+    return cleaned or "_"
+
+
+def case_dir(run_dir: Path, host: str, case: str) -> Path:
+    path = run_dir / safe_name(host) / safe_name(case)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)       # mkstemp makes 0600; results are meant to be shared
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable. Best effort: not every filesystem allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_run(run_dir: Path, run: RunResult) -> dict[str, Path]:
+    """run.json first: if a renderer has a bug, the record that can re-render it is safe."""
+    paths = {RUN_JSON: run_dir / RUN_JSON}
+    write_atomic(paths[RUN_JSON], json.dumps(run_to_dict(run), indent=2) + "\n")
+    paths.update(render_reports(run_dir, run))
+    return paths
+
+
+def render_reports(run_dir: Path, run: RunResult) -> dict[str, Path]:
+    paths = {JUNIT_XML: run_dir / JUNIT_XML, REPORT_HTML: run_dir / REPORT_HTML}
+    write_atomic(paths[JUNIT_XML], junit_xml(run))
+    write_atomic(paths[REPORT_HTML], report_html(run))
+    return paths
+
+
+def load_run(run_dir: Path) -> RunResult:
+    path = Path(run_dir) / RUN_JSON
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no run.json here (is this a run directory?)", path=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=str(path)) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=str(path),
+                          line=exc.lineno) from None
+    try:
+        return run_from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc), path=str(path)) from None
+
+
+def add_report_command(subparsers) -> None:
+    """Register ``report RUN_DIR``; the handler is ``args.func(args) -> exit status``."""
+    parser = subparsers.add_parser(
+        "report", help="re-render junit.xml and report.html from a run's run.json",
+        description="Re-render junit.xml and report.html of RUN_DIR from its run.json and "
+                    "print a summary. run.json itself is never modified.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="results/<run_id> folder")
+    parser.set_defaults(func=report_command)
+
+
+def report_command(args) -> int:
+    try:
+        run = load_run(args.run_dir)
+        paths = render_reports(args.run_dir, run)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:          # e.g. a read-only results folder
+        print(f"error: {args.run_dir}: cannot write the reports: {exc}", file=sys.stderr)
+        return 2
+    _print_summary(run, paths[REPORT_HTML])
+    return 0
+
+
+_VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "bold yellow", "skip": "dim"}
+
+
+def _print_summary(run: RunResult, report: Path) -> None:
+    from rich.console import Console     # only the command needs rich, not the writers
+    from rich.table import Table
+    from rich.text import Text           # Text, not markup: names may contain "[...]"
+
+    table = Table(title=f"run {run.run_id}", title_justify="left")
+    for column in ("host", "case", "verdict", "seconds", "why"):
+        # fold, never ellipsis: a truncated case name cannot be copied into a re-run
+        table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
+    for case in run.cases:
+        style = _VERDICT_STYLE.get(case.verdict, "bold magenta")
+        why = case.reasons[0] if case.reasons and case.verdict != "pass" else ""
+        table.add_row(Text(case.host), Text(case.case), Text(case.verdict, style=style),
+                      f"{case.seconds:.1f}", Text(why))
+    console = Console()
+    console.print(table)
+    counts = ", ".join(f"{sum(c.verdict == v for c in run.cases)} {v}" for v in VERDICTS)
+    console.print(f"{len(run.cases)} cases: {counts}", markup=False)
+    console.print(f"report: {report}", markup=False, soft_wrap=True)

@@ -1,0 +1,146 @@
+"""Process-wide pyghmi plumbing shared by ``ipmi.py`` (power) and ``sol.py`` (console).
+
+pyghmi 1.6.19 runs every IPMI session of a process on one event loop: packets are only
+processed by threads that call ``Session.wait_for_rsp`` or a synchronous command. The
+pattern that held 100 BMCs (shared/reference/pyghmi-concurrency.md):
+
+- credentials as **bytes**, so a Console and a Command to one BMC share one session
+  (str credentials leave a stale registry entry that hangs the next login for ever);
+- one daemon pump thread calling ``Session.wait_for_rsp(0.1)``, with a guard against the
+  busy loop pyghmi falls into while a keepalive is deferred on a dead BMC;
+- blocking ``Command`` calls from ordinary worker threads.
+
+Also here: the per-BMC command gate (``min_command_interval``: some BMCs crash when polled
+too fast, and the console probe and power calls must count together), the session refcount
+that logs a session out when its last user closes, and the pyghmi -> InfraError mapping.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import pyghmi.exceptions
+from pyghmi.ipmi.private import session as ipmi_session
+
+from orchestrator.config.model import BmcConfig
+from orchestrator.errors import FatalInfraError, InfraError, RetryableInfraError
+from orchestrator.transport.base import UnsupportedOperation
+
+log = logging.getLogger(__name__)
+
+PUMP_WAIT = 0.1             # seconds per wait_for_rsp; bounds how late a keepalive/retry runs
+SPIN_GUARD = 0.005          # a wait_for_rsp shorter than this was a spin, not a wait ...
+SPIN_BACKOFF = 0.01         # ... so yield this long (costs at most 10 ms of SOL latency)
+
+# pyghmi reports authentication problems only as message text.
+_AUTH_FAILURE_TEXTS = ("Incorrect password", "Unauthorized name", "Unauthorized role",
+                       "Invalid RAKP4 integrity", "privelege level", "privilege level",
+                       "Invalid username")
+# Completion codes meaning "this BMC does not do that" (not "try again").
+UNSUPPORTED_CODES = {0xC1: "invalid command", 0xCC: "invalid data field",
+                     0xD5: "not supported in present state", 0xD4: "insufficient privilege"}
+
+BmcKey = tuple[str, int]
+
+_pump_thread: threading.Thread | None = None
+_registry_lock = threading.Lock()
+_gates: dict[BmcKey, "CommandGate"] = {}
+_users: dict[BmcKey, int] = {}
+
+
+def bmc_key(cfg: BmcConfig) -> BmcKey:
+    return (cfg.address, cfg.port)
+
+
+def bmc_credentials(cfg: BmcConfig) -> tuple[bytes, bytes]:
+    """(userid, password) as bytes: str credentials break pyghmi's session sharing."""
+    return cfg.user.encode(), cfg.password.resolve().encode()
+
+
+def _pump_forever() -> None:
+    while True:
+        started = time.monotonic()
+        try:
+            ipmi_session.Session.wait_for_rsp(PUMP_WAIT)
+        except Exception:  # a callback's bug must not stop every BMC's I/O
+            log.exception("pyghmi event loop iteration failed")
+        if time.monotonic() - started < SPIN_GUARD:
+            time.sleep(SPIN_BACKOFF)
+
+
+def ensure_pump() -> None:
+    """Start the process-wide pump thread once (daemon: it never blocks interpreter exit)."""
+    global _pump_thread
+    with _registry_lock:
+        if _pump_thread is None or not _pump_thread.is_alive():
+            _pump_thread = threading.Thread(target=_pump_forever, name="pyghmi-pump", daemon=True)
+            _pump_thread.start()
+
+
+class CommandGate:
+    """Spaces commands to one BMC by ``min_command_interval``, whoever sends them."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last_end = float("-inf")
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.interval <= 0:
+            yield
+            return
+        with self._lock:
+            pause = self._last_end + self.interval - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)       # rate limiting, not a wait for a condition
+            try:
+                yield
+            finally:
+                self._last_end = time.monotonic()
+
+
+def command_gate(cfg: BmcConfig) -> CommandGate:
+    with _registry_lock:
+        gate = _gates.get(bmc_key(cfg))
+        if gate is None or gate.interval < cfg.min_command_interval:
+            gate = _gates[bmc_key(cfg)] = CommandGate(cfg.min_command_interval)
+        return gate
+
+
+def acquire_session_user(cfg: BmcConfig) -> None:
+    with _registry_lock:
+        _users[bmc_key(cfg)] = _users.get(bmc_key(cfg), 0) + 1
+
+
+def release_session_user(cfg: BmcConfig, session: object | None) -> None:
+    """Log the shared session out once its last user (power or console) has closed."""
+    with _registry_lock:
+        left = _users[bmc_key(cfg)] = max(0, _users.get(bmc_key(cfg), 0) - 1)
+    if left == 0 and session is not None and getattr(session, "logged", 0) and not session.broken:
+        try:
+            session.logout()
+        except Exception as exc:  # best effort: the BMC may be gone already
+            log.debug("logout from %s failed: %s", cfg.address, exc)
+
+
+def is_auth_failure(exc: BaseException) -> bool:
+    return any(text in str(exc) for text in _AUTH_FAILURE_TEXTS)
+
+
+def infra_error(exc: BaseException, cfg: BmcConfig, action: str) -> InfraError | UnsupportedOperation:
+    """Map a pyghmi/socket failure of ``action`` to the error the caller should raise."""
+    where = f"BMC {cfg.address}:{cfg.port}: {action}"
+    code = getattr(exc, "ipmicode", 0)
+    if code in UNSUPPORTED_CODES:
+        return UnsupportedOperation(f"{where}: {UNSUPPORTED_CODES[code]} ({exc})")
+    if is_auth_failure(exc):
+        return FatalInfraError(f"{where}: authentication refused: {exc}")
+    if isinstance(exc, (pyghmi.exceptions.InvalidParameterValue, socket.gaierror)):
+        return FatalInfraError(f"{where}: {exc}")
+    return RetryableInfraError(f"{where}: {exc or type(exc).__name__}")

@@ -1,0 +1,137 @@
+"""Deciding a case from its evidence: pure code over text, no I/O.
+
+The cycle gathers what the host said (console lines since the injection, the dump's
+dmesg, VMCOREINFO, the injection's exit status, a live dmesg for survive cases) into an
+``Observation``; ``judge`` turns it into reasons to fail. An empty list means pass.
+Infrastructure trouble never reaches here: the cycle reports it as an error before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.config.playbook import Expectation
+from orchestrator.kernel import signatures as sig
+
+#: The controller and host clocks may disagree a little; CRASHTIME has 1 s resolution.
+CLOCK_SLACK_S = 2.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    pfn: int
+    console: tuple[str, ...] = ()           # console lines since the injection (empty without SOL)
+    dump_dmesg: str | None = None           # dmesg from the new dump, None if there is no dump
+    live_dmesg: str | None = None           # dmesg read over SSH (survive cases)
+    vmcoreinfo: dict = field(default_factory=dict)
+    inject_epoch: float | None = None       # host clock (date +%s) just before the injection
+    dump_incomplete: bool = False
+    rebooted: bool = False                  # boot_id changed
+    console_expected: bool = True           # the host has a console we listen to
+
+
+def _events(text_lines) -> list[sig.KernelEvent]:
+    events = []
+    for line in text_lines:
+        event = sig.parse_line(line)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _for_pfn(events, pfn: int) -> list[sig.KernelEvent]:
+    return [e for e in events if e.pfn == pfn]
+
+
+def _panic_kind_ok(event: sig.KernelEvent, want: str) -> bool:
+    if want == "new":
+        return event.kind == "panic_mf"
+    if want == "legacy":
+        return event.kind == "panic_legacy"
+    return event.kind in ("panic_mf", "panic_legacy")
+
+
+def _action_reasons(events, pfn: int, exp: Expectation, source: str) -> list[str]:
+    if exp.action_label is None and exp.action_result is None:
+        return []
+    actions = [e for e in _for_pfn(events, pfn) if e.kind == "action"]
+    if not actions:
+        return [f"{source}: no 'recovery action for ...' line for pfn {pfn:#x}"]
+    got = actions[-1]
+    reasons = []
+    if exp.action_label is not None and got.label != exp.action_label:
+        reasons.append(f"{source}: action label is {got.label!r}, expected {exp.action_label!r}: {got.text}")
+    if exp.action_result is not None and got.result != exp.action_result:
+        reasons.append(f"{source}: action result is {got.result!r}, expected {exp.action_result!r}: {got.text}")
+    return reasons
+
+
+def judge_panic(obs: Observation, exp: Expectation) -> list[str]:
+    """Reasons a case that must panic did not do what it should."""
+    reasons: list[str] = []
+    console = _events(obs.console)
+    dump = _events(obs.dump_dmesg.splitlines()) if obs.dump_dmesg else []
+    sources = [("console", console)] if obs.console_expected else []
+    if exp.dump:
+        sources.append(("dump dmesg", dump))
+    seen_any_panic = False
+    panic_texts = {}
+    for name, events in sources:
+        panic = sig.find_panic(events)
+        if panic is None:
+            reasons.append(f"{name}: no kernel panic line")
+            continue
+        seen_any_panic = True
+        panic_texts[name] = panic
+        if not _panic_kind_ok(panic, exp.signature):
+            reasons.append(f"{name}: panic is not the expected {exp.signature} memory-failure signature: {panic.text}")
+        elif panic.pfn != obs.pfn:
+            got = "none" if panic.pfn is None else f"{panic.pfn:#x}"
+            reasons.append(f"{name}: panic names pfn {got}, injected {obs.pfn:#x}: {panic.text}")
+        reasons += _action_reasons(events, obs.pfn, exp, name)
+    if not sources:
+        reasons.append("no evidence source: neither a console nor a dump is expected for this case")
+    if exp.dump:
+        reasons += _dump_reasons(obs)
+    if len(panic_texts) == 2:
+        a, b = panic_texts["console"], panic_texts["dump dmesg"]
+        if (a.kind, a.pfn, a.message) != (b.kind, b.pfn, b.message):
+            reasons.append(f"console and dump disagree: console {a.text!r} vs dump {b.text!r}")
+    if not seen_any_panic and not obs.rebooted:
+        reasons.append("the host did not reboot: it kept running after the injection")
+        if obs.live_dmesg is not None:
+            live = [e for e in _for_pfn(_events(obs.live_dmesg.splitlines()), obs.pfn) if e.kind == "action"]
+            reasons += [f"dmesg: {e.text}" for e in live] or [f"dmesg: no memory-failure line for pfn {obs.pfn:#x}"]
+    return reasons
+
+
+def _dump_reasons(obs: Observation) -> list[str]:
+    if obs.dump_dmesg is None:
+        return ["no new kdump dump was written"]
+    reasons = []
+    if obs.dump_incomplete:
+        reasons.append("the dump is incomplete")
+    crashtime = obs.vmcoreinfo.get("CRASHTIME")
+    if crashtime is None:
+        reasons.append("VMCOREINFO has no CRASHTIME")
+    elif obs.inject_epoch is not None and int(crashtime) + CLOCK_SLACK_S < obs.inject_epoch:
+        reasons.append(f"dump CRASHTIME {crashtime} is before the injection ({obs.inject_epoch:.0f}): a stale dump")
+    return reasons
+
+
+def judge_survive(obs: Observation, exp: Expectation) -> list[str]:
+    """Reasons a case that must survive did not."""
+    reasons: list[str] = []
+    console = _events(obs.console)
+    live = _events(obs.live_dmesg.splitlines()) if obs.live_dmesg is not None else []
+    for name, events in (("console", console), ("dmesg", live)):
+        panic = sig.find_panic(events)
+        if panic is not None:
+            reasons.append(f"{name}: the kernel panicked: {panic.text}")
+    if obs.rebooted:
+        reasons.append("the host rebooted (boot_id changed)")
+    if obs.live_dmesg is None:
+        reasons.append("the host did not answer after the injection")
+    else:
+        reasons += _action_reasons(live, obs.pfn, exp, "dmesg")
+    return reasons

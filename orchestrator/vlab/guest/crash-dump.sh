@@ -1,0 +1,42 @@
+# VLAB crash mode, sourced by rc.sh in the kdump kernel (/proc/vmcore exists).
+# Writes the Debian kdump-tools layout on the persistent disk, then reboots:
+#   /var/crash/<YYYYMMDDHHMM>/dmesg.<stamp>       vmcore-dmesg
+#   /var/crash/<YYYYMMDDHHMM>/vmcoreinfo.<stamp>  the VMCOREINFO note text
+#   /var/crash/<YYYYMMDDHHMM>/dump.<stamp>        makedumpfile -c -d 31 (via dump-incomplete)
+#   or dump-unsupported.<stamp> with the reason, where makedumpfile cannot read the vmcore
+#   (arm64 7.3: 4K pages with 52-bit VA).
+
+say "crash kernel up"
+say "info: crash kernel uptime=$(uptime_s)"
+
+save_dump() {
+    mount_disk || return 1
+    stamp=$(date +%Y%m%d%H%M)
+    dir="$DISK_MNT/crash/$stamp"
+    mkdir -p "$dir"
+    vmcore-dmesg /proc/vmcore >"$dir/dmesg.$stamp" 2>/tmp/vmcore-dmesg.err
+    say "info: vmcore-dmesg rc=$? lines=$(wc -l <"$dir/dmesg.$stamp")"
+    # The note sits at the start of the ELF core: the first 64 KiB hold it whole.
+    head -c 65536 /proc/vmcore | strings | grep -E '^[A-Z][A-Z0-9_-]*(\([^)]*\))?=' >"$dir/vmcoreinfo.$stamp"
+    sync
+    rm -f "$dir/dump-incomplete"
+    if makedumpfile -c -d 31 /proc/vmcore "$dir/dump-incomplete" >/tmp/makedumpfile.log 2>&1; then
+        mv "$dir/dump-incomplete" "$dir/dump.$stamp"
+        say "info: makedumpfile ok size=$(stat -c %s "$dir/dump.$stamp")"
+    else
+        rc=$?
+        rm -f "$dir/dump-incomplete"
+        reason=$(grep -v '^$' /tmp/makedumpfile.log | tail -n 3 | tr '\n' ' ')
+        echo "makedumpfile -c -d 31 failed (rc=$rc): $reason" >"$dir/dump-unsupported.$stamp"
+        say "info: makedumpfile failed rc=$rc, wrote dump-unsupported.$stamp"
+    fi
+    sync
+    say "dump saved"
+    say "info: dump saved to /var/crash/$stamp uptime=$(uptime_s)"
+    umount "$DISK_MNT"
+}
+
+save_dump || say "error: dump not saved"
+sync
+say "crash kernel rebooting"
+reboot -f

@@ -1,0 +1,222 @@
+"""Guest image builder: kernel, initramfs and crash initramfs for one guest arch.
+
+    python -m orchestrator.vlab.image build --arch x86_64|aarch64 [--refresh] [--force]
+
+Output: ``<cache>/images/<arch>-<kernel release>/`` with ``vmlinuz``, ``initrd.img``
+(userspace + /boot/vmlinuz + /boot/crash-initrd.img, so the guest can load its own crash
+kernel), ``crash-initrd.img`` (the same userspace without /boot) and ``manifest.json``.
+A build is keyed by a hash of its inputs (exact package versions, guest scripts, builder
+code); when nothing changed it does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from orchestrator.errors import ConfigError, FatalInfraError, OrchestratorError
+from orchestrator.paths import cache_dir
+from orchestrator.vlab import cpio, rootfs
+from orchestrator.vlab.apt import PrivateApt, debian_arch
+
+#: Bump when the manifest's meaning changes.
+MANIFEST_FORMAT = 1
+USERSPACE_PACKAGES = ("busybox-static", "dropbear-bin", "kexec-tools", "makedumpfile")
+#: A build unpacks ~150 MB and writes ~100 MB; refuse early rather than fail half way.
+MIN_FREE_BYTES = 2 << 30
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ImageManifest:
+    arch: str
+    kernel_release: str
+    console: str                            # ttyS0 / ttyAMA0
+    kernel: Path
+    initrd: Path
+    crash_initrd: Path
+    packages: tuple[tuple[str, str], ...]   # (name:debarch, exact version), sorted
+    modules: tuple[str, ...]                # kernel modules in the image (deps included)
+    sha256: tuple[tuple[str, str], ...]     # (file name, hex digest)
+    inputs_key: str
+    built_at: str                           # UTC, ISO 8601
+    build_seconds: float
+    format: int = MANIFEST_FORMAT
+
+    @property
+    def directory(self) -> Path:
+        return self.kernel.parent
+
+    def package_version(self, name: str) -> str:
+        return dict(self.packages)[name]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for key in ("kernel", "initrd", "crash_initrd"):
+            data[key] = Path(data[key]).name   # relative: the cache dir may move
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path) -> ImageManifest:
+        data = json.loads(path.read_text())
+        if data.get("format") != MANIFEST_FORMAT:
+            raise ConfigError("image manifest of another format; rebuild the image", path=str(path))
+        for key in ("kernel", "initrd", "crash_initrd"):
+            data[key] = path.parent / data[key]
+        for key in ("packages", "sha256"):
+            data[key] = tuple(tuple(pair) for pair in data[key])
+        data["modules"] = tuple(data["modules"])
+        return cls(**data)
+
+
+def images_dir() -> Path:
+    return cache_dir() / "images"
+
+
+def load_manifest(arch: str) -> ImageManifest:
+    """The newest image built for ``arch``, without touching the network."""
+    debian_arch(arch)  # validates arch
+    found = sorted((ImageManifest.from_file(p) for p in images_dir().glob(f"{arch}-*/manifest.json")),
+                   key=lambda m: m.built_at)
+    if not found:
+        raise ConfigError(f"no {arch} guest image built yet (run: python -m orchestrator.vlab.image build --arch {arch})")
+    return found[-1]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inputs_key(arch: str, versions: dict[str, str]) -> str:
+    """Everything that determines the image bytes: package versions, guest files, builder code."""
+    digest = hashlib.sha256(f"format={MANIFEST_FORMAT} arch={arch}\n".encode())
+    for name in sorted(versions):
+        digest.update(f"{name}={versions[name]}\n".encode())
+    sources = [rootfs.GUEST_DIR / n for n in sorted(rootfs.GUEST_FILES)]
+    sources += [Path(rootfs.__file__), Path(cpio.__file__)]
+    for path in sources:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(os.environ.get("SOURCE_DATE_EPOCH", "0").encode())
+    return digest.hexdigest()
+
+
+def _up_to_date(apt: PrivateApt, arch: str, out_dir: Path) -> ImageManifest | None:
+    """The existing manifest if its packages still resolve to the same versions (then their
+    dependencies cannot have changed either) and its inputs key and files still match."""
+    path = out_dir / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = ImageManifest.from_file(path)
+    except (ConfigError, ValueError, KeyError, TypeError):
+        return None
+    current = {key: info.version for key, info in apt.show(dict(manifest.packages)).items()}
+    if current != dict(manifest.packages) or inputs_key(arch, current) != manifest.inputs_key:
+        return None
+    if any(not (out_dir / name).exists() or _sha256(out_dir / name) != digest for name, digest in manifest.sha256):
+        return None
+    return manifest
+
+
+def build_image(arch: str, *, refresh: bool = False, force: bool = False, log: Log = print) -> ImageManifest:
+    """Build (or reuse) the guest image for ``arch`` ('x86_64' or 'aarch64')."""
+    debarch = debian_arch(arch)
+    guest = rootfs.GUEST_ARCHES[arch]
+    started = time.monotonic()
+    apt = PrivateApt.default()
+    images_dir().mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(images_dir()).free
+    if free < MIN_FREE_BYTES:
+        raise FatalInfraError(f"no free disk: {free >> 20} MiB left under {images_dir()}, need {MIN_FREE_BYTES >> 20} MiB")
+    with apt.locked():
+        if apt.update_if_stale(refresh=refresh):
+            log(f"apt lists refreshed ({apt.root})")
+        kernel = apt.newest_kernel(arch)
+        out_dir = images_dir() / f"{arch}-{kernel.release}"
+        if not force and (manifest := _up_to_date(apt, arch, out_dir)):
+            log(f"{arch} image {kernel.release} up to date, nothing to do ({time.monotonic() - started:.1f} s): {out_dir}")
+            return manifest
+        roots = [f"{p}:{debarch}" for p in USERSPACE_PACKAGES]
+        closure = apt.library_closure(roots, debarch)
+        kernel_infos = apt.show([kernel.image_package, kernel.modules_package])
+        versions = {key: info.version for key, info in {**closure, **kernel_infos}.items()}
+        log(f"building {arch} image: kernel {kernel.release} ({versions[kernel.image_package]}), "
+            f"{len(closure)} userspace packages")
+        debs = apt.download(versions)
+    key = inputs_key(arch, versions)
+    with tempfile.TemporaryDirectory(prefix=f".build-{arch}-", dir=images_dir()) as tmp:
+        work = Path(tmp)
+        rootfs.unpack_debs([debs[k] for k in sorted(closure)], work / "userspace")
+        rootfs.unpack_debs([debs[kernel.image_package], debs[kernel.modules_package]], work / "kernel")
+        tree = work / "rootfs"
+        libs = rootfs.install_programs(work / "userspace", tree, guest)
+        modules = rootfs.install_modules(work / "kernel", tree, kernel.release, guest)
+        rootfs.install_guest_files(tree)
+        log(f"rootfs: {len(libs)} shared libraries, modules: {', '.join(modules)}")
+        staged = work / "out"
+        staged.mkdir()
+        vmlinuz = next((work / "kernel").glob(f"*/lib/modules/{kernel.release}/vmlinuz"), None) \
+            or next((work / "kernel").glob("boot/vmlinuz-*"), None)
+        if vmlinuz is None:
+            raise FatalInfraError(f"no vmlinuz in {kernel.image_package}")
+        shutil.copyfile(vmlinuz, staged / "vmlinuz")
+        mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+        console = {"dev/console": (5, 1)}
+        cpio.write_newc(tree, staged / "crash-initrd.img", mtime=mtime, char_devices=console)
+        shutil.copyfile(staged / "vmlinuz", tree / "boot/vmlinuz")
+        shutil.copyfile(staged / "crash-initrd.img", tree / "boot/crash-initrd.img")
+        cpio.write_newc(tree, staged / "initrd.img", mtime=mtime, char_devices=console)
+        names = ("vmlinuz", "initrd.img", "crash-initrd.img")
+        manifest = ImageManifest(
+            arch=arch, kernel_release=kernel.release, console=guest.console,
+            kernel=out_dir / "vmlinuz", initrd=out_dir / "initrd.img", crash_initrd=out_dir / "crash-initrd.img",
+            packages=tuple(sorted(versions.items())), modules=tuple(modules),
+            sha256=tuple((n, _sha256(staged / n)) for n in names), inputs_key=key,
+            built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            build_seconds=round(time.monotonic() - started, 2))
+        (staged / "manifest.json").write_text(manifest.to_json())
+        # swap in whole: a reader never sees a half-written image directory
+        old = work / "previous"
+        if out_dir.exists():
+            out_dir.rename(old)
+        staged.rename(out_dir)
+    log(f"{arch} image built in {manifest.build_seconds:.1f} s: {out_dir}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.vlab.image", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build or reuse the guest image for one arch")
+    build.add_argument("--arch", required=True, help="x86_64 or aarch64")
+    build.add_argument("--refresh", action="store_true", help="run apt-get update even if the lists are fresh")
+    build.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
+    args = parser.parse_args(argv)
+    try:
+        manifest = build_image(args.arch, refresh=args.refresh, force=args.force)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OrchestratorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(manifest.directory / "manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

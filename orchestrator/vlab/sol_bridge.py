@@ -1,0 +1,138 @@
+"""The BMC's side of the serial console: one connection to QEMU's ``serial.sock``.
+
+QEMU's socket chardev accepts ONE client, and drops output while nobody is connected, so
+the BMC keeps exactly one reader connected at all times (reconnecting across QEMU
+restarts) and fans the bytes out: every byte to ``console.log`` (raw, appended, whether or
+not a SOL client is attached) and a copy to a buffer the BMC main loop drains into SOL.
+
+Only this module's thread touches the socket for reading; pyghmi is never called here
+(sol-and-ghes.md F4): the thread wakes the BMC main loop with a small UDP datagram to the
+BMC port instead, which pyghmi's sessionless handler ignores (shorter than 22 bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+RECONNECT_SECONDS = 0.1   # QEMU needs ~0.2 s from start to its first console byte
+WAKE_DATAGRAM = b'WAKE'   # >= 4 bytes, or pyghmi's I/O thread skips it without waking anyone
+READ_SIZE = 4096
+
+log = logging.getLogger(__name__)
+
+
+class SerialConsoleReader:
+    """Keeps ``socket_path`` connected; ``take()`` returns the bytes read since last time."""
+
+    def __init__(self, socket_path: Path, console_log: Path, wake: Callable[[], None],
+                 trace: BinaryIO | None = None):
+        self.socket_path = socket_path
+        self.console_log = console_log
+        self._wake = wake
+        self._trace = trace          # bench: "<monotonic> <console.log size>" per read
+        self._pending = bytearray()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+        self._reconnect_now = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='serial-reader', daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._reconnect_now.set()
+        self._drop_connection()
+        self._thread.join(timeout=2)
+
+    def reconnect_soon(self) -> None:
+        """Called right after QEMU (re)starts, so the first boot bytes are not dropped."""
+        self._reconnect_now.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def take(self) -> bytes:
+        with self._lock:
+            data = bytes(self._pending)
+            self._pending.clear()
+        return data
+
+    def write(self, data: bytes) -> None:
+        """Keystrokes from the SOL client. Dropped while QEMU is off, as on a real BMC."""
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.sendall(data)
+        except OSError as error:
+            log.info('console write failed (%s); QEMU is probably gone', error)
+
+    def _run(self) -> None:
+        with open(self.console_log, 'ab', buffering=0) as console_log:
+            while not self._stop.is_set():
+                sock = self._connect()
+                if sock is None:
+                    self._reconnect_now.wait(RECONNECT_SECONDS)
+                    self._reconnect_now.clear()
+                    continue
+                self._pump(sock, console_log)
+
+    def _connect(self) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            return None
+        self._sock = sock
+        log.info('serial console connected: %s', self.socket_path)
+        return sock
+
+    def _pump(self, sock: socket.socket, console_log: BinaryIO) -> None:
+        while not self._stop.is_set():
+            try:
+                chunk = sock.recv(READ_SIZE)
+            except OSError:
+                chunk = b''
+            if not chunk:
+                break
+            read_at = time.monotonic()
+            console_log.write(chunk)
+            if self._trace is not None:
+                self._trace.write(b'%.6f %d\n' % (read_at, console_log.tell()))
+                self._trace.flush()
+            with self._lock:
+                self._pending += chunk
+            self._wake()
+        self._drop_connection()
+        log.info('serial console disconnected (QEMU stopped or restarting)')
+
+    def _drop_connection(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def udp_waker(port: int, address: str = '127.0.0.1') -> Callable[[], None]:
+    """A callable that wakes pyghmi's event loop (``Session.wait_for_rsp``) in the BMC."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def wake() -> None:
+        try:
+            sock.sendto(WAKE_DATAGRAM, (address, port))
+        except OSError:
+            pass
+
+    return wake

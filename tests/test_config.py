@@ -1,0 +1,177 @@
+"""Inventory and playbook validation: every malformed file names its file, line and field."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config.inventory import load_inventory
+from orchestrator.config.playbook import DEFAULT_DEADLINES, load_playbook
+from orchestrator.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "id_key").write_text("not a real key\n")
+    (tmp_path / "known_hosts").write_text("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\n")
+    (tmp_path / "bmc-password").write_text("secret\n")
+    return tmp_path
+
+
+GOOD_INVENTORY = """\
+version: 1
+defaults:
+  ssh: {user: root, key_file: id_key, known_hosts: known_hosts}
+  bmc: {user: admin, password: {file: bmc-password}}
+groups:
+  rack-a:
+    defaults: {destructive: true, platform: ampere-altra}
+    hosts: [srv1]
+hosts:
+  - name: srv1
+    arch: aarch64
+    features: [hwpoison_inject, kdump, sol]
+    ssh: {address: 10.1.2.3, port: 22}
+    bmc: {address: 10.1.9.3}
+  - name: vm2
+    arch: x86_64
+    platform: qemu-x86_64
+    ssh: {address: 127.0.0.1, port: 2222, host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample"}
+    kdump: {layout: rhel}
+    bmc: null
+"""
+
+
+def write(dir_: Path, name: str, text: str) -> Path:
+    path = dir_ / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_inventory_merges_defaults_groups_and_host(files: Path) -> None:
+    inv = load_inventory(write(files, "inv.yaml", GOOD_INVENTORY))
+    srv1, vm2 = inv.host("srv1"), inv.host("vm2")
+    assert srv1.destructive and srv1.platform == "ampere-altra" and srv1.groups == ("rack-a",)
+    assert srv1.bmc.port == 623 and srv1.bmc.password.resolve() == "secret"
+    assert srv1.ssh.key_file == files / "id_key" and srv1.ssh.known_hosts == files / "known_hosts"
+    assert srv1.features == {"hwpoison_inject", "kdump", "sol"}
+    assert not vm2.destructive and vm2.kdump.layout == "rhel" and vm2.ssh.port == 2222
+    assert len(inv.digest) == 64
+
+
+INVENTORY_ERRORS = [
+    # (description, replace old -> new in GOOD_INVENTORY, line, field fragment, message fragment)
+    ("unknown arch", ("arch: x86_64", "arch: sparc"), 16, "hosts[1].arch", "not one of"),
+    ("inline password", ("password: {file: bmc-password}", "password: hunter2"), 4, "password", "inline passwords"),
+    ("port out of range", ("port: 2222", "port: 70000"), 18, "hosts[1].ssh.port", "out of range"),
+    ("port not a number", ("port: 2222", "port: twenty"), 18, "hosts[1].ssh.port", "integer"),
+    ("unknown feature", ("features: [hwpoison_inject", "features: [telepathy"), 12, "hosts[0].features", "unknown feature"),
+    ("unknown host field", ("    kdump: {layout: rhel}", "    kdumpp: {layout: rhel}"), 19, "hosts[1].kdumpp", "unknown field"),
+    ("bad kdump layout", ("layout: rhel", "layout: suse"), 19, "hosts[1].kdump.layout", "not one of"),
+    ("missing address", ("ssh: {address: 10.1.2.3, port: 22}", "ssh: {port: 22}"), 13, "hosts[0].ssh.address", "required"),
+    ("group lists unknown host", ("hosts: [srv1]", "hosts: [srv1, ghost]"), 5, "groups", "unknown host"),
+    ("destructive not a bool", ("destructive: true", "destructive: yes-please"), 7, "destructive", "true or false"),
+    ("duplicate key", ("    arch: x86_64\n", "    arch: x86_64\n    arch: aarch64\n"), 17, None, "duplicate key"),
+    ("missing key file", ("key_file: id_key", "key_file: nope"), 3, "ssh.key_file", "does not exist"),
+    ("bad yaml", ("  - name: vm2", "  - name: [vm2"), None, None, "invalid YAML"),
+    ("bad host name", ("name: vm2", "name: 'vm 2'"), 15, "hosts[1].name", "not a valid host name"),
+    ("no pinned host key", ("ssh: {address: 127.0.0.1, port: 2222, host_key: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\"}",
+                            "ssh: {address: 127.0.0.1, port: 2222, known_hosts: null}"), 18, "known_hosts", "no pinned host key"),
+]
+
+
+@pytest.mark.parametrize("desc, change, line, field, message", INVENTORY_ERRORS, ids=[e[0] for e in INVENTORY_ERRORS])
+def test_malformed_inventory_names_file_line_field(files, desc, change, line, field, message) -> None:
+    text = GOOD_INVENTORY.replace(*change)
+    assert text != GOOD_INVENTORY, "the test's replacement did not apply"
+    path = write(files, "bad.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_inventory(path)
+    err = info.value
+    assert err.path == str(path)
+    assert message in str(err)
+    if line is not None:
+        assert err.line == line, str(err)
+    else:
+        assert err.line is not None, "a YAML syntax error must still name a line"
+    if field is not None:
+        assert field in (err.field or ""), str(err)
+
+
+GOOD_PLAYBOOK = """\
+version: 1
+name: t
+defaults:
+  deadlines: {panic: 30}
+cases:
+  - name: a
+    injector: hwpoison_inject
+    target: kernel-rodata
+    sysctls: {vm.panic_on_unrecoverable_memory_failure: 1}
+    expect: {outcome: panic, action: {label: reserved kernel page, result: Ignored}, signature: new}
+  - name: b
+    injector: hard_offline_page
+    target: {pfn: "0x1234"}
+    expect: {outcome: survive}
+    limit: {arches: [x86_64], features: [hard_offline_page]}
+"""
+
+PLAYBOOK_ERRORS = [
+    ("unknown injector", ("injector: hwpoison_inject", "injector: laser"), 7, "cases[0].injector", "not one of"),
+    ("unknown page class", ("target: kernel-rodata", "target: kernel-bss"), 8, "cases[0].target", "unknown page class"),
+    ("bad pfn", ('{pfn: "0x1234"}', '{pfn: "12zz"}'), 13, "cases[1].target.pfn", "not a number"),
+    ("bad outcome", ("outcome: survive", "outcome: maybe"), 14, "cases[1].expect.outcome", "not one of"),
+    ("bad action result", ("result: Ignored", "result: Shrugged"), 10, "cases[0].expect.action.result", "not one of"),
+    ("negative deadline", ("{panic: 30}", "{panic: -1}"), 4, "deadlines.panic", "positive"),
+    ("unknown deadline", ("{panic: 30}", "{lunch: 30}"), 4, "deadlines.lunch", "unknown field"),
+    ("bad sysctl name", ("vm.panic_on_unrecoverable_memory_failure: 1", "panic: 1"), 9, "sysctls.panic", "not a sysctl"),
+    ("survive with signature", ("expect: {outcome: survive}", "expect: {outcome: survive, signature: new}"), 14,
+     "signature", "no signature"),
+    ("unknown arch limit", ("arches: [x86_64]", "arches: [mips]"), 15, "limit.arches", "unknown arch"),
+    ("duplicate case", ("name: b", "name: a"), 11, "cases[1].name", "duplicate case"),
+]
+
+
+@pytest.mark.parametrize("desc, change, line, field, message", PLAYBOOK_ERRORS, ids=[e[0] for e in PLAYBOOK_ERRORS])
+def test_malformed_playbook_names_file_line_field(tmp_path, desc, change, line, field, message) -> None:
+    text = GOOD_PLAYBOOK.replace(*change)
+    assert text != GOOD_PLAYBOOK
+    path = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_playbook(path)
+    assert info.value.path == str(path) and message in str(info.value)
+    assert info.value.line == line, str(info.value)
+    assert field in (info.value.field or ""), str(info.value)
+
+
+def test_good_playbook(tmp_path) -> None:
+    pb = load_playbook(write(tmp_path, "pb.yaml", GOOD_PLAYBOOK))
+    a, b = pb.cases
+    assert a.deadlines["panic"] == 30 and a.deadlines["dump"] == DEFAULT_DEADLINES["dump"]
+    assert a.sysctls == (("vm.panic_on_unrecoverable_memory_failure", "1"),) and a.expect.dump is True
+    assert b.target == "pfn" and b.pfn == 0x1234 and b.expect.dump is False and b.limits.arches == ("x86_64",)
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "nightly.yaml"])
+def test_shipped_playbooks_load(name) -> None:
+    pb = load_playbook(REPO / "playbooks" / name)
+    assert pb.cases
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys) -> None:
+    path = write(tmp_path, "bad.yaml", GOOD_PLAYBOOK.replace("injector: hwpoison_inject", "injector: laser"))
+    code = main(["run", "-i", str(path), str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err and f"{path}:7" in err
+
+
+def test_cli_inventory_check_without_probe(files, capsys) -> None:
+    code = main(["inventory", "check", "--no-probe", str(write(files, "inv.yaml", GOOD_INVENTORY))])
+    out = capsys.readouterr().out
+    assert code == 0 and "srv1" in out and "vm2" in out
