@@ -19,7 +19,7 @@ from typing import Callable
 
 from orchestrator.config.model import Host
 from orchestrator.config.playbook import Case, Expectation
-from orchestrator.errors import FatalInfraError, InfraError, OrchestratorError
+from orchestrator.errors import FatalInfraError, InfraError, OrchestratorError, RetryableInfraError
 from orchestrator.hostwait import BootFacts, read_boot_facts, wait_for_boot
 from orchestrator.kernel import signatures as sig
 from orchestrator.kernel.injectors import injector as make_injector
@@ -189,9 +189,15 @@ class CaseCycle:
             self.ctx.console_mark = self.h.console.mark()
         command = f"( {inj.command(self.ctx.target)} ) >/tmp/orch-inject.out 2>&1; echo $? >/tmp/orch-inject.rc"
         self.ctx.inject_t, self.ctx.inject_epoch = time.monotonic(), epoch
-        # Fired detached: a panic must not leave this SSH call hanging on a dead kernel.
-        self.h.shell.fire_detached(command, timeout=self._deadline("inject"))
-        self._enter(State.INJECTED, t0, 0.0, self.case.injector)
+        # Fired detached: a panic must not leave this SSH call hanging on a dead kernel. A
+        # connection that drops right now may be the panic itself: observe before judging.
+        try:
+            self.h.shell.fire_detached(command, timeout=self._deadline("inject"))
+            note = self.case.injector
+        except RetryableInfraError as exc:
+            note = f"{self.case.injector}; SSH dropped while firing: {exc}"
+            self._evidence("ssh", f"connection dropped during the injection: {exc}")
+        self._enter(State.INJECTED, t0, 0.0, note)
 
     def _watch_for_panic(self, timeout: float) -> bool:
         console = self.h.console
@@ -236,7 +242,7 @@ class CaseCycle:
             self._enter(State.WEDGED, t0, time.monotonic() - t0, str(exc))
             t1 = time.monotonic()
             self.ctx.after = recover_wedged_host(self.h, self.ctx.before.boot_id, self._deadline("wedge"),
-                                                 self.ctx.recovery)
+                                                 self.ctx.recovery, nmi_grace_s=self._deadline("nmi"))
             self._enter(State.DUMPED, t1, time.monotonic() - t1, "; ".join(self.ctx.recovery))
 
     def _collect(self) -> None:

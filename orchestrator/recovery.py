@@ -9,12 +9,11 @@ from orchestrator.errors import DeadlineExceeded, FatalInfraError, InfraError
 from orchestrator.hostwait import BootFacts, wait_for_boot
 from orchestrator.transport.base import UnsupportedOperation
 
-#: After an NMI, how long a kdump-capable host gets to crash-dump and reboot by itself.
-NMI_GRACE_S = 45.0
 MAX_POWER_CYCLES = 2
 
 
-def recover_wedged_host(handles, old_boot_id: str, deadline_s: float, log: list[str]) -> BootFacts:
+def recover_wedged_host(handles, old_boot_id: str, deadline_s: float, log: list[str], *,
+                        nmi_grace_s: float = 45.0) -> BootFacts:
     """Return the new boot's facts, or raise ``FatalInfraError`` when the host stays dead."""
     power = handles.power
     if power is None:
@@ -24,12 +23,12 @@ def recover_wedged_host(handles, old_boot_id: str, deadline_s: float, log: list[
         try:
             power.nmi()
             log.append("wedged: NMI sent through the BMC")
-            return wait_for_boot(handles.poll_shell, deadline_s=min(NMI_GRACE_S, _left(end)), state="wedge",
+            return wait_for_boot(handles.poll_shell, deadline_s=min(nmi_grace_s, _left(end)), state="wedge",
                                  not_boot_id=old_boot_id)
         except UnsupportedOperation:
             log.append("wedged: the BMC does not support NMI")
         except DeadlineExceeded:
-            log.append(f"wedged: no reboot within {NMI_GRACE_S:.0f} s of the NMI")
+            log.append(f"wedged: no reboot within {nmi_grace_s:.0f} s of the NMI")
     last: Exception | None = None
     for attempt in range(1, MAX_POWER_CYCLES + 1):
         if _left(end) <= 0:

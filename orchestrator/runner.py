@@ -125,7 +125,7 @@ class Runner:
             result = cycle.run()
             self._record(self._with_artifacts(result, handles, cycle, folder))
         if handles is not None:
-            _close(handles)
+            close_handles(handles)
 
     def _probe(self, handles: HostHandles) -> HostFacts:
         facts = read_boot_facts(handles.poll_shell)
@@ -188,7 +188,7 @@ def _no_cycle_result(host: Host, case: Case, verdict: str, reason: str) -> CaseR
                       started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def _close(handles: HostHandles) -> None:
+def close_handles(handles: HostHandles) -> None:
     for part in (handles.console, handles.power, handles.shell, handles.poll_shell):
         try:
             if part is not None:

@@ -9,7 +9,6 @@ import os
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from html import escape
-from pathlib import Path
 
 import pytest
 
@@ -149,8 +148,10 @@ def test_html_shows_timeline_evidence_dump_and_artifacts():
     assert "kdump kernel booting" in page and "+0.031 s" in page
     assert "7.3.0-1-cloud-amd64" in page and "2026-01-01 12:00:00 UTC" in page and "50.0 MiB" in page
     assert 'href="srv1/lru-page/console.log"' in page
-    incomplete = make_case("srv1", "c", "fail", "dump incomplete", dump={"incomplete": True})
-    assert "INCOMPLETE" in report_html(make_run((incomplete,)))
+    incomplete = make_case("srv1", "c", "fail", "dump incomplete",
+                           dump={"incomplete": True, "notes": ["makedumpfile <failed>", "retry"]})
+    page = report_html(make_run((incomplete,)))
+    assert "INCOMPLETE" in page and "makedumpfile &lt;failed&gt;<br>retry" in page
 
 
 def test_overall_line_never_calls_all_skipped_or_empty_a_success():

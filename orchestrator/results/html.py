@@ -240,9 +240,20 @@ def _dump(dump: dict | None) -> str:
     if isinstance(files, dict):
         files = [f"{name}  {_size(size)}" for name, size in sorted(files.items())]
     rows.append(("files", "<br>".join(f"<code>{_e(f)}</code>" for f in files)))
-    rows += [(key, _e(value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)))
-             for key, value in sorted(rest.items())]
+    shown = {"OSRELEASE", "PAGESIZE", "CRASHTIME"}
+    if set(info) - shown:
+        rows.append(("VMCOREINFO", f"<span class=dim>{len(set(info) - shown)} more keys in run.json</span>"))
+    rows += [(key, _plain(value)) for key, value in sorted(rest.items())]
     return "<h4>Dump</h4>" + _meta_table(rows)
+
+
+def _plain(value: object) -> str:
+    """Strings as they are, lists one item a line (dump notes), anything else as JSON."""
+    if isinstance(value, str):
+        return _e(value)
+    if isinstance(value, list):
+        return "<br>".join(_plain(item) for item in value)
+    return _e(json.dumps(value, sort_keys=True, default=str))
 
 
 def _crashtime(value: object) -> str:

@@ -3,7 +3,8 @@
 Many ``IpmiPower`` objects (one per host, each used from that host's cycle thread) live in
 one process and share pyghmi's event loop; see ``pyghmi_loop`` for why credentials are
 bytes and who pumps the loop. A call against a dead BMC blocks for pyghmi's own retry
-budget (about 5-20 s) and then raises ``RetryableInfraError``.
+budget (up to about 30 s: retries, then a re-login) and then raises
+``RetryableInfraError``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The BMC OWNS its machine, as a real BMC owns the board's power rail:
     on (1)                  cold boot: a new QEMU process (a stale 'shutdown' one is replaced)
     off (0)                 hard off: the QEMU process is gone
     cycle (2)               off, then on (also from off: a useful "make it boot" button)
-    reset (3)               QMP system_reset (warm), then cont if the VM was left stopped
+    reset (3)               QMP system_reset (warm); a stopped VM is resumed (machine.reset)
     diag (4)                QMP inject-nmi; 0xD5 where QEMU has none (aarch64 -M virt)
     soft (5)                QMP system_powerdown (ACPI button / arm64 GPIO poller)
 
@@ -40,7 +40,6 @@ CC_OK = 0x00
 CC_NOT_IN_PRESENT_STATE = 0xD5   # "command not supported in present state" (off, or no NMI)
 CC_UNSPECIFIED = 0xFF
 POWERED_OFF_STATES = frozenset({'off', 'shutdown'})
-NEEDS_CONT_STATES = frozenset({'prelaunch', 'paused', 'guest-panicked'})
 LOOP_TICK_SECONDS = 0.2          # bound on how late a SOL retransmit can be noticed
 DUPLICATE_WINDOW_SECONDS = 10.0  # a client retransmit of a slow power command must not act twice
 
@@ -52,7 +51,7 @@ class Machine(Protocol):
     def stop(self) -> None: ...
     def is_running(self) -> bool: ...
     def status(self) -> str: ...
-    def reset(self) -> None: ...
+    def reset(self) -> None: ...  # warm; resumes a paused/panicked VM, as a reset button
     def powerdown(self) -> None: ...
     def inject_nmi(self) -> None: ...
     def qmp(self, cmd: str, **args): ...
@@ -132,9 +131,6 @@ class QemuBmc(pyghmi_bmc.Bmc):
         if not self.powered_on():
             return CC_NOT_IN_PRESENT_STATE
         self.machine.reset()
-        # A reset from guest-panicked/paused leaves the VM stopped; a board reset runs.
-        if self.machine.status() in NEEDS_CONT_STATES:
-            self.machine.qmp('cont')
         return CC_OK
 
     def pulse_diag(self) -> int:

@@ -12,10 +12,13 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+from orchestrator.errors import FatalInfraError
 from orchestrator.vlab.bmc import BmcConfig, Machine, QemuBmc
 
 log = logging.getLogger('orchestrator.vlab.bmc_main')
@@ -37,6 +40,65 @@ def run_bmc(config: BmcConfig, machine: Machine) -> None:
         bmc.shutdown()
         for path in (pid_file, port_file):
             path.unlink(missing_ok=True)
+
+
+def process_alive(pid_file: Path, marker: str) -> int | None:
+    """The pid in ``pid_file`` if that process lives and its command line contains
+    ``marker`` (a recycled pid belonging to something else does not count)."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        cmdline = Path(f'/proc/{pid}/cmdline').read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if marker.encode() in cmdline.replace(b'\0', b' ') else None
+
+
+def start_bmc_process(machine_dir: Path, password_file: Path, user: str, port: int = 0,
+                      timeout: float = 15.0) -> tuple[int, int]:
+    """Spawn one BMC process for ``machine_dir``; return (pid, UDP port) once it listens."""
+    for stale in ('bmc.pid', 'bmc.port'):
+        (machine_dir / stale).unlink(missing_ok=True)
+    argv = [sys.executable, '-m', 'orchestrator.vlab.bmc_main', '--machine-dir', str(machine_dir),
+            '--password-file', str(password_file), '--user', user, '--port', str(port)]
+    if os.environ.get('ORCH_VLAB_SOL_TRACE'):  # bench/bench_vlab_bmc.py: SOL latency
+        argv += ['--sol-trace', str(machine_dir / 'sol-trace.log')]
+    with open(machine_dir / 'bmc.log', 'ab') as log_file:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            start_new_session=True)  # a Ctrl-C in the lab's terminal must not kill the lab
+    deadline = time.monotonic() + timeout
+    while not (machine_dir / 'bmc.pid').exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = (machine_dir / 'bmc.log').read_text(errors='replace').strip().splitlines()[-1:]
+            raise FatalInfraError(f'BMC for {machine_dir.name} did not start: {" ".join(tail)}')
+        time.sleep(0.05)
+    return proc.pid, int((machine_dir / 'bmc.port').read_text())
+
+
+def stop_bmc_process(machine_dir: Path, timeout: float = 20.0) -> None:
+    """SIGTERM the BMC (it powers its QEMU off first), SIGKILL if it hangs; then make sure
+    no QEMU of this machine survives (a BMC killed with -9 cannot stop its QEMU)."""
+    for pid_name, marker in (('bmc.pid', 'orchestrator.vlab.bmc_main'), ('qemu.pid', 'qemu-system')):
+        pid = process_alive(machine_dir / pid_name, marker)
+        if pid is None:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while process_alive(machine_dir / pid_name, marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process_alive(machine_dir / pid_name, marker):
+            os.kill(pid, signal.SIGKILL)
+        _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status, so no zombie lingers in the caller's process."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def load_machine(machine_dir: Path) -> Machine:

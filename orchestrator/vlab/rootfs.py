@@ -49,8 +49,9 @@ PROGRAMS = {
 GUEST_FILES = {
     "inittab": "etc/inittab", "passwd": "etc/passwd", "group": "etc/group", "shells": "etc/shells",
     "rc.sh": "etc/vlab/rc.sh", "crash-dump.sh": "etc/vlab/crash-dump.sh",
-    "power-button.sh": "etc/vlab/power-button.sh",
+    "power-button.sh": "etc/vlab/power-button.sh", "nohup": "usr/bin/nohup",
 }
+_EXECUTABLES = ("rc.sh", "crash-dump.sh", "power-button.sh", "nohup")
 
 _EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "mnt/disk", "var/crash", "boot", "root",
                "usr/bin", "usr/sbin", "sbin")
@@ -178,7 +179,7 @@ def install_modules(kernel_staging: Path, rootfs: Path, release: str, arch: Gues
 
 def install_guest_files(rootfs: Path) -> None:
     for name, dest in GUEST_FILES.items():
-        mode = 0o755 if name.endswith(".sh") else 0o644
+        mode = 0o755 if name in _EXECUTABLES else 0o644
         _copy_file(GUEST_DIR / name, rootfs / dest, mode)
     for d in _EMPTY_DIRS:
         (rootfs / d).mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,8 @@ wait_for() {
 mount_disk() {
     modprobe -q virtio_blk
     wait_for "$DISK" 100 || { say "error: no $DISK"; return 1; }
+    # never write dumps to the wrong disk should the device order ever change
+    [ "$(cat /sys/block/vda/serial)" = vlab-disk ] || { say "error: $DISK is not the vlab disk"; return 1; }
     mkdir -p "$DISK_MNT"
     mount -t ext4 "$DISK" "$DISK_MNT" || { say "error: cannot mount $DISK"; return 1; }
 }
@@ -88,11 +90,23 @@ start_power_button_watcher() {
     esac
 }
 
+# mount_boot_disk: the read-only disk (serial vlab-boot) holding the kernel and crash initrd.
+mount_boot_disk() {
+    for serial in /sys/block/vd*/serial; do
+        [ "$(cat "$serial")" = vlab-boot ] || continue
+        dev=${serial%/serial}; dev=/dev/${dev##*/}
+        mount -t ext4 -o ro "$dev" /boot && return 0
+    done
+    say "error: no boot disk (virtio serial vlab-boot)"
+    return 1
+}
+
 load_crash_kernel() {
     if [ "$(cmdline_value vlab.kdump)" = 0 ]; then
         say "info: kdump disabled (vlab.kdump=0)"
         return 0
     fi
+    mount_boot_disk || return 1
     t0=$(uptime_s)
     # --no-checks: the purgatory's sha256 of every segment costs 5-9 s under TCG at panic time
     kexec -p --no-checks /boot/vmlinuz --initrd=/boot/crash-initrd.img \
@@ -107,6 +121,7 @@ load_crash_kernel() {
 }
 
 normal_boot() {
+    modprobe -q -a virtio_blk virtio_net
     hostname "$(cmdline_value vlab.hostname || echo vlab)"
     if panic=$(cmdline_value vlab.panic); then sysctl -q -w kernel.panic="$panic"; fi
     [ "$(uname -m)" = x86_64 ] && { modprobe -q pvpanic_mmio; modprobe -q pvpanic_pci; }

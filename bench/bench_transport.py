@@ -1,0 +1,113 @@
+"""Transport latencies against loopback peers (a BMC subprocess, and sshd if installed).
+
+    .venv/bin/python bench/bench_transport.py [--samples N]
+
+Prints: get_power round trip, SSH command round trip, SOL console line latency (guest
+print -> line visible to wait_for), dead-console detection and recovery after a BMC kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from orchestrator.transport.ipmi import IpmiPower  # noqa: E402
+from orchestrator.transport.sol import SolConsole  # noqa: E402
+from orchestrator.transport.ssh import FabricShell  # noqa: E402
+from test_transport_peers import LoopbackBmc  # noqa: E402
+
+
+def timed_ms(action) -> float:
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
+
+
+def report(name: str, samples_ms: list[float]) -> None:
+    ordered = sorted(samples_ms)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    print(f"{name:<28} n={len(ordered):<4} p50 {pick(0.5):8.2f} ms   p99 {pick(0.99):8.2f} ms"
+          f"   max {ordered[-1]:8.2f} ms")
+
+
+def bench_power(bmc: LoopbackBmc, samples: int) -> None:
+    power = IpmiPower(bmc.bmc_config())
+    power.status()                                   # login outside the measurement
+    report("get_power round trip", [timed_ms(power.status) for _ in range(samples)])
+    power.close()
+
+
+def bench_console_lines(bmc: LoopbackBmc, console: SolConsole, samples: int) -> None:
+    latencies = []
+    for n in range(samples):
+        since = console.mark()
+        printed = time.monotonic()
+        bmc.guest.say(f"bench line {n}\n")
+        line = console.wait_for(re.compile(f"bench line {n}$"), since=since, timeout=5)
+        assert line is not None, f"line {n} lost"
+        latencies.append((line.t - printed) * 1000)
+    report("SOL line latency", latencies)
+
+
+def bench_dead_console(bmc: LoopbackBmc, console: SolConsole, down_seconds: float) -> None:
+    killed = time.monotonic()
+    bmc.kill()
+    while console.healthy():
+        time.sleep(0.005)
+    noticed = time.monotonic() - killed
+    time.sleep(down_seconds)
+    restarted = time.monotonic()
+    bmc.start()
+    back = console.wait_until_healthy(120)
+    print(f"{'dead console noticed after':<28} {noticed:6.2f} s   (BMC killed, probe every "
+          f"{console.probe_interval:g} s, dead after {console.dead_after:g} s)")
+    print(f"{'console back after restart':<28} {time.monotonic() - restarted:6.2f} s   "
+          f"(BMC down {down_seconds:g} s; recovered={back}; cause: {console.last_failure})")
+
+
+def bench_ssh(samples: int, root: Path) -> None:
+    if not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists():
+        print("SSH round trip               skipped: openssh-server not installed")
+        return
+    from test_transport_ssh import LoopbackSshd
+    sshd = LoopbackSshd(root / "sshd")
+    shell = FabricShell(sshd.config())
+    report("SSH connect + first command", [timed_ms(lambda: shell.run("true", timeout=10))])
+    report("SSH command round trip", [timed_ms(lambda: shell.run("true", timeout=10))
+                                      for _ in range(samples)])
+    started = time.perf_counter()
+    shell.fire_detached("sleep 5", timeout=10)
+    print(f"{'fire_detached returns after':<28} {(time.perf_counter() - started) * 1000:8.2f} ms")
+    shell.close()
+    sshd.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--down", type=float, default=2.0, help="seconds the BMC stays dead")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-transport-"))
+    bmc = LoopbackBmc(root / "m1")
+    try:
+        bench_power(bmc, args.samples)
+        console = SolConsole(bmc.bmc_config(), raw_log=root / "console.raw")
+        assert console.wait_until_healthy(20), console.last_failure
+        bench_console_lines(bmc, console, args.samples)
+        bench_dead_console(bmc, console, args.down)
+        console.close()
+    finally:
+        bmc.stop()
+    bench_ssh(min(args.samples, 100), root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Ways to make the kernel run memory_failure() on a target page, as sh commands.
+
+``command()`` is a single line that the cycle fires detached: it may never return (panic). Its
+exit status and stderr are what the kernel said about the write: ``EBUSY`` ("Device or
+resource busy") is memory_failure()'s -EBUSY for an Ignored page (kernel-7.3-behaviour.md).
+Sources: kernel-facts.md §3 (hwpoison-inject, hard_offline_page), §4 (EINJ); mce-inject from
+arch/x86/kernel/cpu/mce/inject.c (linux-next).
+"""
+
+from __future__ import annotations
+
+import abc
+
+from orchestrator.errors import ConfigError
+from orchestrator.kernel.pages import Target
+from orchestrator.transport.base import ShellProtocol
+
+DEBUGFS = "/sys/kernel/debug"
+_MOUNT_DEBUGFS = (f"grep -q ' {DEBUGFS} debugfs ' /proc/mounts || "
+                  f"mount -t debugfs debugfs {DEBUGFS}")
+
+
+class Injector(abc.ABC):
+    name: str
+    feature: str                      # inventory feature that declares it usable
+    needs: str                        # the file (after prepare) whose absence means "unusable"
+    module: str | None = None         # loadable module providing it, if any
+
+    def unavailable_reason(self, shell: ShellProtocol, *, arch: str) -> str | None:
+        """None if usable; otherwise why not, in words an operator can act on."""
+        probe = (f"[ -e {self.needs} ] && echo present; "
+                 f"lockdown=$(cat /sys/kernel/security/lockdown 2>/dev/null); echo \"lockdown=$lockdown\"")
+        if self.module:
+            probe += (f"; (grep -q '^{self.module} ' /proc/modules || modinfo {self.module} || "
+                      f"find /lib/modules/$(uname -r) -name '{self.module.replace('_', '[-_]')}.ko*' "
+                      f"| grep -q .) >/dev/null 2>&1 && echo module")
+        out = shell.run(probe, timeout=30, check=False).stdout
+        return self._verdict(out, arch)
+
+    def _verdict(self, probe_output: str, arch: str) -> str | None:
+        if self.needs.startswith(DEBUGFS) and ("[integrity]" in probe_output
+                                               or "[confidentiality]" in probe_output):
+            return f"{self.name}: kernel lockdown is active; it blocks debugfs injection files"
+        if "present" in probe_output.split() or (self.module and "module" in probe_output.split()):
+            return None
+        return f"{self.name}: {self.needs} missing" + (
+            f" and no {self.module} module" if self.module else "")
+
+    def prepare(self, shell: ShellProtocol) -> None:
+        """Make ``needs`` exist (mount debugfs, load the module); idempotent."""
+
+    @abc.abstractmethod
+    def command(self, target: Target) -> str: ...
+
+
+class HwpoisonInject(Injector):
+    """debugfs hwpoison/corrupt-pfn: memory_failure(pfn, MF_SW_SIMULATED). With
+    corrupt-filter-enable 1 it silently skips kernel pages, so prepare() turns the filter off."""
+    name, feature, module = "hwpoison_inject", "hwpoison_inject", "hwpoison_inject"
+    needs = f"{DEBUGFS}/hwpoison/corrupt-pfn"
+
+    def prepare(self, shell):
+        shell.run(f"{_MOUNT_DEBUGFS}; [ -e {self.needs} ] || modprobe {self.module}; "
+                  f"echo 0 > {DEBUGFS}/hwpoison/corrupt-filter-enable", timeout=60)
+
+    def command(self, target):
+        return f"echo {target.pfn:#x} > {self.needs}"
+
+
+class HardOfflinePage(Injector):
+    """sysfs hard_offline_page takes a PHYSICAL address (the series author's own selftest)."""
+    name = feature = "hard_offline_page"
+    needs = "/sys/devices/system/memory/hard_offline_page"
+
+    def command(self, target):
+        return f"echo {target.phys_addr:#x} > {self.needs}"
+
+
+class Einj(Injector):
+    """ACPI APEI EINJ: memory uncorrectable non-fatal (0x10) at param1 with a page mask, reported
+    back by firmware through GHES. Needs firmware with an EINJ table (QEMU x86 has none)."""
+    name = feature = module = "einj"
+    needs = f"{DEBUGFS}/apei/einj/error_inject"
+    table = "/sys/firmware/acpi/tables/EINJ"
+
+    def unavailable_reason(self, shell, *, arch):
+        if not shell.run(f"[ -e {self.table} ]", timeout=30, check=False).ok:
+            return (f"einj: no ACPI EINJ table ({self.table} missing): the firmware does not offer "
+                    "error injection (QEMU's x86 machines have none; on servers it is often a "
+                    "BIOS setting)")
+        return super().unavailable_reason(shell, arch=arch)
+
+    def prepare(self, shell):
+        shell.run(f"{_MOUNT_DEBUGFS}; [ -e {self.needs} ] || modprobe {self.module}", timeout=60)
+
+    def command(self, target):
+        mask = (1 << 64) - target.page_size          # the kernel wants at least a page mask
+        d = f"{DEBUGFS}/apei/einj"
+        return (f"echo 0x10 > {d}/error_type && echo {target.phys_addr:#x} > {d}/param1 && "
+                f"echo {mask:#x} > {d}/param2 && echo 0x2 > {d}/flags && "
+                f"echo 1 > {d}/error_inject")
+
+
+class MceInject(Injector):
+    """x86 mce-inject debugfs, "hw" mode: an SRAO memory-scrub record (status 0xbd000000000000c0,
+    misc 0x8c = physical address, LSB 12) raised as a real #MC on cpu 0 via bank 1.
+
+    "sw" mode only decodes (mce_log() with severity 0: uc_decode_notifier() ignores it), so it
+    never reaches memory_failure(). "hw" mode writes the MCi_STATUS/ADDR/MISC MSRs, which only
+    AMD allows (HWCR.McStatusWrEn); MCG_STATUS is not a debugfs file: do_inject() sets
+    MCIP|EIPV, plus RIPV because PCC is clear. Writing ``bank`` last fires the injection."""
+    name, feature, module = "mce_inject", "mce_inject", "mce_inject"
+    needs = f"{DEBUGFS}/mce-inject/bank"
+    status, misc, bank = 0xbd000000000000c0, 0x8c, 1
+
+    def unavailable_reason(self, shell, *, arch):
+        if arch != "x86_64":
+            return f"mce_inject: x86 only (host is {arch})"
+        cpu = shell.run("grep -m1 -E '^(vendor_id|flags)' /proc/cpuinfo; "
+                        "grep -m1 -o -w hypervisor /proc/cpuinfo", timeout=30, check=False).stdout
+        if "AuthenticAMD" not in cpu and "HygonGenuine" not in cpu:
+            return ("mce_inject: its 'hw' injection writes MCA status MSRs, which only AMD CPUs "
+                    "accept; use einj, or the hypervisor's MCE injection on a virtual machine")
+        if "hypervisor" in cpu.split():
+            return ("mce_inject: under a hypervisor the MCA MSR writes are dropped (QEMU keeps "
+                    "only 0 in MCi_STATUS); inject from the hypervisor instead")
+        return super().unavailable_reason(shell, arch=arch)
+
+    def prepare(self, shell):
+        shell.run(f"{_MOUNT_DEBUGFS}; [ -e {self.needs} ] || modprobe {self.module}", timeout=60)
+
+    def command(self, target):
+        d = f"{DEBUGFS}/mce-inject"
+        return (f"echo hw > {d}/flags && echo 0 > {d}/cpu && echo {self.status:#x} > {d}/status && "
+                f"echo {target.phys_addr:#x} > {d}/addr && echo {self.misc:#x} > {d}/misc && "
+                f"echo {self.bank} > {d}/bank")
+
+
+_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, MceInject)}
+INJECTORS: tuple[str, ...] = tuple(_ALL)
+
+
+def injector(name: str) -> Injector:
+    try:
+        return _ALL[name]()
+    except KeyError:
+        raise ConfigError(f"unknown injector {name!r}; known: {', '.join(INJECTORS)}") from None

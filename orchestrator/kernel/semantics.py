@@ -1,0 +1,130 @@
+"""Which flavour of the panic option a kernel has, and what each case should then see.
+
+The matrix lives in semantics.yaml (one commented row per semantics x page class); this module
+probes a host without crashing it and turns (semantics, page class, sysctls) into an
+``Expectation``. An undeterminable kernel raises ``SemanticsUnknown``: never a guess.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+
+import yaml
+
+from orchestrator.errors import ConfigError, FatalInfraError
+from orchestrator.kernel.sysctl import sysctl_path
+from orchestrator.transport.base import ShellProtocol
+
+SEMANTICS = ("v10-like", "v4-like", "legacy")
+#: Expectation.signature -> the panic kind orchestrator.kernel.signatures reports for it.
+PANIC_KIND = {"new": "panic_mf", "legacy": "panic_legacy"}
+
+
+class SemanticsUnknown(FatalInfraError):
+    """The probe could not tell which semantics the kernel has."""
+
+
+@dataclass(frozen=True)
+class KernelSemantics:
+    name: str
+    evidence: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    panic: bool
+    action_label: str | None        # "recovery action for <label>: <result>"; None = not checked
+    action_result: str | None
+    signature: str | None           # "new" | "legacy" | None (no panic)
+    reason: str
+
+
+@functools.cache
+def matrix() -> dict:
+    text = resources.files("orchestrator.kernel").joinpath("semantics.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def probe_semantics(shell: ShellProtocol) -> KernelSemantics:
+    """Decide from the sysctl files, /proc/kallsyms symbols, then measured releases."""
+    data = matrix()
+    knob, recovery = sysctl_path(data["knob"]), sysctl_path(data["recovery_knob"])
+    wanted = " || ".join(f'$3 == "{s}"' for s in data["symbols"])
+    out = shell.run(f"uname -r; [ -e {knob} ] && echo has-knob; [ -e {recovery} ] && echo "
+                    f"has-recovery; awk '{wanted} {{ print \"symbol\", $3 }}' /proc/kallsyms",
+                    timeout=60, check=False).stdout
+    return decide_semantics(out)
+
+
+def decide_semantics(probe_output: str) -> KernelSemantics:
+    """The pure half of ``probe_semantics`` (first line: the kernel release)."""
+    data = matrix()
+    lines = probe_output.splitlines()
+    release = lines[0].strip() if lines else "?"
+    words = {line.strip() for line in lines[1:]}
+    evidence = [f"kernel release {release}"]
+    if "has-knob" not in words:
+        if "has-recovery" in words:
+            return KernelSemantics("legacy", (*evidence, f"no {data['knob']}",
+                                              f"{data['recovery_knob']} present"))
+        raise SemanticsUnknown(f"{release}: neither {data['knob']} nor {data['recovery_knob']}: "
+                               "kernel without CONFIG_MEMORY_FAILURE?")
+    evidence.append(f"{data['knob']} present")
+    proofs = {data["symbols"][w.split()[1]] for w in words if w.startswith("symbol ")}
+    for word in sorted(w for w in words if w.startswith("symbol ")):
+        evidence.append(f"/proc/kallsyms has {word.split()[1]}")
+    if len(proofs) > 1:
+        raise SemanticsUnknown(f"{release}: contradicting symbols: {'; '.join(evidence)}")
+    if proofs:
+        return KernelSemantics(proofs.pop(), tuple(evidence))
+    for known in data["known_releases"]:
+        if re.search(known["pattern"], release):
+            return KernelSemantics(known["semantics"], (*evidence, f"measured: {known['source']}"))
+    raise SemanticsUnknown(
+        f"{release} has {data['knob']} but no symbol tells v4-like from v10-like and the release "
+        f"was never measured; name the semantics for this host ({', '.join(SEMANTICS)})")
+
+
+def semantics_named(name: str, why: str = "set in the inventory") -> KernelSemantics:
+    """For hosts whose kernel the probe cannot decide: the operator names the semantics."""
+    if name not in SEMANTICS:
+        raise ConfigError(f"unknown kernel semantics {name!r}; known: {', '.join(SEMANTICS)}")
+    return KernelSemantics(name, (why,))
+
+
+def expectation(semantics: KernelSemantics | str, page_class: str,
+                sysctls: Mapping[str, str]) -> Expectation:
+    data = matrix()
+    name = semantics if isinstance(semantics, str) else semantics.name
+    if name not in SEMANTICS:
+        raise ConfigError(f"unknown kernel semantics {name!r}; known: {', '.join(SEMANTICS)}")
+    flavour = data["semantics"][name]
+    if page_class not in flavour["classes"]:
+        raise ConfigError(f"no expectation for page class {page_class!r} (an explicit pfn "
+                          "needs the case to state its expected outcome)")
+    if _value(sysctls, data["recovery_knob"]) == "0":
+        return Expectation(True, None, None, "legacy",
+                           f"{data['recovery_knob']}=0: memory_failure() panics before "
+                           f"classifying the page, on every semantics")
+    row = flavour["classes"][page_class]
+    enabled = _value(sysctls, data["knob"])
+    if enabled not in (None, "0", "1"):
+        raise ConfigError(f"{data['knob']} takes 0 or 1, not {enabled!r}")
+    if enabled is not None and not flavour["has_knob"]:
+        raise ConfigError(f"{name} kernels have no {data['knob']}")
+    on = enabled == "1"
+    panic = on and row["panics"]
+    setting = f"{data['knob']}={enabled if enabled is not None else 'unset (default 0)'}"
+    verdict = "panics" if panic else "survives"
+    return Expectation(panic, row["label"], row["result"], "new" if panic else None,
+                       f"{name}, {page_class}, {setting}: {verdict} "
+                       f"({flavour['about'].split(':')[0]})")
+
+
+def _value(sysctls: Mapping[str, str], name: str) -> str | None:
+    value = sysctls.get(name)
+    return None if value is None else str(value).strip()

@@ -1,0 +1,67 @@
+"""Reading and writing sysctls through /proc/sys (no sysctl(8) needed on the host)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+
+from orchestrator.errors import ConfigError, FatalInfraError
+from orchestrator.transport.base import ShellProtocol
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]+([./][A-Za-z0-9_-]+)+$")
+
+
+class SysctlRefused(FatalInfraError):
+    """The kernel refused a sysctl write (absent, out of range, or not permitted)."""
+
+
+def sysctl_path(name: str) -> str:
+    """``vm.panic_on_unrecoverable_memory_failure`` -> ``/proc/sys/vm/panic_on_...``."""
+    if not _NAME.match(name):
+        raise ConfigError(f"not a sysctl name: {name!r}")
+    return "/proc/sys/" + name.replace(".", "/")
+
+
+def read_sysctls(shell: ShellProtocol, names: Iterable[str]) -> dict[str, str | None]:
+    """Current values (whitespace-normalised first line), None where the sysctl is absent."""
+    names = list(names)
+    if not names:
+        return {}
+    # One line per name: "name<TAB>value" (values may hold tabs), or "name absent".
+    script = "; ".join(
+        f"if [ -e {sysctl_path(n)} ]; then printf '%s\\t' {n}; head -n 1 {sysctl_path(n)}; "
+        f"else echo '{n} absent'; fi" for n in names)
+    out = shell.run(script, timeout=30).stdout
+    return parse_sysctl_lines(out, names)
+
+
+def parse_sysctl_lines(text: str, names: Iterable[str]) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("\t")
+        if sep:
+            values[name] = " ".join(value.split())
+        elif line.endswith(" absent"):
+            values[line[:-len(" absent")]] = None
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise FatalInfraError(f"sysctl read gave no line for {', '.join(missing)}: {text!r}")
+    return {n: values[n] for n in names}
+
+
+def write_sysctls(shell: ShellProtocol, values: Mapping[str, str]) -> None:
+    """Write each value, then read all back: a value the kernel clamps or ignores is a refusal
+    too. Raises ``SysctlRefused`` naming every sysctl that did not take its value."""
+    if not values:
+        return
+    writes = "; ".join(
+        f"printf '%s\\n' {shlex.quote(str(v))} > {sysctl_path(n)} || echo \"refused {n}\" >&2"
+        for n, v in values.items())
+    result = shell.run(writes, timeout=30, check=False)
+    now = read_sysctls(shell, values)
+    wrong = {n: now[n] for n, v in values.items() if now[n] != " ".join(str(v).split())}
+    if wrong:
+        detail = ", ".join(f"{n}={values[n]!r} (now {'absent' if now[n] is None else repr(now[n])})"
+                           for n in wrong)
+        raise SysctlRefused(f"sysctl write refused: {detail}; {result.stderr.strip()}")

@@ -1,0 +1,217 @@
+"""One virtual lab server: a QEMU process booting the guest image, driven through QMP.
+
+``start`` is a cold boot (a new QEMU process in its own process group), ``stop`` is a hard
+power-off (the process is killed and reaped). ``reset``/``powerdown``/``inject_nmi`` act
+through QMP like a BMC's chassis commands. The serial console is a listening unix socket
+(``serial.sock``) that the BMC connects to and logs; QEMU's own ``logfile=`` is not used
+because QEMU 7.2 writes some characters twice into it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError, FatalInfraError, RetryableInfraError
+from orchestrator.transport.base import UnsupportedOperation
+from orchestrator.vlab.disk import DISK_NAME, create_disk, ensure_host_key, known_hosts_line
+from orchestrator.vlab.image import ImageManifest
+from orchestrator.vlab.qmp import QmpClient, QmpError
+
+__all__ = ["MachineSpec", "QemuMachine", "create_disk", "ensure_host_key", "known_hosts_line"]
+
+#: Per arch: QEMU binary and the board. x86: q35 with an Intel CPU model, because the MCE
+#: injection path needs Intel severity rules; pvpanic reports panics without kdump.
+_BOARD = {
+    "x86_64": ("qemu-system-x86_64", ["-machine", "q35", "-device", "pvpanic"]),
+    "aarch64": ("qemu-system-aarch64", ["-machine", "virt,gic-version=3"]),
+}
+_CPU = {("x86_64", "tcg"): "max,vendor=GenuineIntel", ("aarch64", "tcg"): "max",
+        ("x86_64", "kvm"): "host", ("aarch64", "kvm"): "host"}
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    name: str
+    arch: str                          # x86_64 | aarch64
+    machine_dir: Path
+    image: ImageManifest
+    ssh_port: int                      # host port forwarded to the guest's :22
+    memory_mb: int = 1024
+    smp: int = 2
+    accel: str = "tcg"                 # tcg | kvm (see accel.py)
+    extra_kernel_args: tuple[str, ...] = ()
+    crashkernel: str = "256M"
+    address: str = field(default="127.0.0.1")
+
+    def __post_init__(self) -> None:
+        if self.arch not in _BOARD:
+            raise ConfigError(f"machine {self.name}: unknown arch {self.arch!r}")
+        if self.accel not in ("tcg", "kvm"):
+            raise ConfigError(f"machine {self.name}: accel must be tcg or kvm, not {self.accel!r}")
+        if self.image.arch != self.arch:
+            raise ConfigError(f"machine {self.name}: {self.image.arch} image for an {self.arch} machine")
+
+
+class QemuMachine:
+    def __init__(self, spec: MachineSpec):
+        self.spec = spec
+        d = spec.machine_dir
+        self.serial_socket, self.qmp_socket = d / "serial.sock", d / "qmp.sock"
+        self.pidfile, self.disk, self.qemu_log = d / "qemu.pid", d / DISK_NAME, d / "qemu.log"
+        self._qmp = QmpClient(self.qmp_socket)
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- the command line ----------------------------------------------------------------
+    def kernel_cmdline(self) -> str:
+        s = self.spec
+        return " ".join([f"console={s.image.console}", f"crashkernel={s.crashkernel}",
+                         f"vlab.hostname={s.name}", *s.extra_kernel_args])
+
+    def command_line(self) -> list[str]:
+        s = self.spec
+        binary, board = _BOARD[s.arch]
+        return [
+            binary, "-name", s.name, *board, "-accel", s.accel, "-cpu", _CPU[(s.arch, s.accel)],
+            "-m", str(s.memory_mb), "-smp", str(s.smp),
+            "-nodefaults", "-no-user-config", "-display", "none",
+            # panic=none: the panic event is still emitted, but the guest keeps running so the
+            # whole panic text reaches the console (panic=pause cuts it); set at start, not
+            # via set-action afterwards, so a panic during early boot is covered too
+            "-action", "panic=none",
+            "-kernel", str(s.image.kernel), "-initrd", str(s.image.initrd), "-append", self.kernel_cmdline(),
+            "-chardev", f"socket,id=ser0,path={self.serial_socket},server=on,wait=off", "-serial", "chardev:ser0",
+            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
+            "-netdev", f"user,id=n0,hostfwd=tcp:{s.address}:{s.ssh_port}-:22", "-device", "virtio-net-pci,netdev=n0",
+            # the persistent disk first, so that the guest names it vda; the boot disk follows
+            "-drive", f"file={self.disk},format=raw,if=none,id=d0,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=d0,serial=vlab-disk",
+            "-drive", f"file={s.image.boot_disk},format=raw,if=none,id=d1,readonly=on",
+            "-device", "virtio-blk-pci,drive=d1,serial=vlab-boot",
+            "-pidfile", str(self.pidfile),
+        ]
+
+    # -- process -------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        if self._proc is not None:
+            return self._proc.pid if self._proc.poll() is None else None
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_our_qemu(pid, self.spec.machine_dir) else None
+
+    def is_running(self) -> bool:
+        return self.pid is not None
+
+    def start(self, timeout: float = 15.0) -> int:
+        """Cold boot: a new QEMU process. Returns once QMP answers (the guest is booting)."""
+        if self.is_running():
+            raise FatalInfraError(f"{self.spec.name}: QEMU already running (pid {self.pid})")
+        if not self.disk.exists():
+            raise FatalInfraError(f"{self.spec.name}: no disk at {self.disk} (create_disk first)")
+        for stale in (self.serial_socket, self.qmp_socket, self.pidfile):
+            stale.unlink(missing_ok=True)
+        with open(self.qemu_log, "ab") as log:
+            log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(self.command_line())}\n".encode())
+            log.flush()
+            try:
+                self._proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=log,
+                                              stderr=subprocess.STDOUT, start_new_session=True)
+            except FileNotFoundError as exc:
+                raise FatalInfraError(f"{self.spec.name}: {exc.filename} not found (install QEMU)") from exc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise FatalInfraError(f"{self.spec.name}: QEMU exited at start (rc {self._proc.returncode}): "
+                                      f"{_last_line(self.qemu_log)}")
+            try:
+                self._qmp.execute("query-status", timeout=1.0)
+                return self._proc.pid
+            except RetryableInfraError:
+                time.sleep(0.05)
+        self.stop()
+        raise FatalInfraError(f"{self.spec.name}: QMP did not answer within {timeout:.0f} s of QEMU start")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Hard power-off: SIGKILL the QEMU process group and wait until it is gone."""
+        pid = self.pid
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if self._proc is not None:
+                self._proc.wait(timeout)
+            else:
+                _wait_gone(pid, timeout)
+        self._proc = None
+        for stale in (self.serial_socket, self.qmp_socket, self.pidfile):
+            stale.unlink(missing_ok=True)
+
+    # -- QMP: what a BMC does ---------------------------------------------------------------
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        return self._qmp.execute(command, arguments or None)
+
+    def status(self) -> str:
+        """QEMU's run state ('running', 'paused', 'shutdown', ...) or 'off' without a process."""
+        if not self.is_running():
+            return "off"
+        return str(self._qmp.execute("query-status", timeout=1.0)["status"])
+
+    def reset(self) -> None:
+        """Warm reset; a paused machine is resumed, as a reset button would."""
+        self.qmp("system_reset")
+        if self.status() in ("paused", "prelaunch", "guest-panicked"):
+            self.qmp("cont")
+
+    def powerdown(self) -> None:
+        """Press the power button (ACPI on x86, PL061 GPIO on arm64); the guest powers off
+        and QEMU exits, so status() becomes 'off'."""
+        self.qmp("system_powerdown")
+
+    def inject_nmi(self) -> None:
+        try:
+            self.qmp("inject-nmi")
+        except QmpError as exc:
+            if "not" in exc.desc and "supported" in exc.desc:   # arm virt: no NMI source in QEMU 7.2
+                raise UnsupportedOperation(f"NMI on {self.spec.name} ({self.spec.arch}): {exc.desc}") from exc
+            raise
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _is_our_qemu(pid: int, machine_dir: Path) -> bool:
+    """The pid is a live QEMU of this machine (not a stale pidfile or a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return _is_alive(pid) and cmdline[0].startswith(b"qemu-system") and str(machine_dir).encode() in b" ".join(cmdline)
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while _is_alive(pid):   # a zombie (not our child, not yet reaped) counts as gone
+        if time.monotonic() > deadline:
+            raise FatalInfraError(f"QEMU pid {pid} still present {timeout:.0f} s after SIGKILL")
+        time.sleep(0.05)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""

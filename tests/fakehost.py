@@ -1,0 +1,154 @@
+"""A scripted lab host for unit tests of the cycle: fakes of shell, power, console and kdump
+layout wired to a tiny "kernel" that reacts to the injection as the scenario says.
+
+No real time passes for reboots: the host comes back after a number of failed SSH probes,
+so tests are fast and deterministic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from orchestrator.config.model import Host, KdumpConfig, SshConfig
+from orchestrator.cycle import HostHandles
+from orchestrator.hostwait import BOOT_FACTS_CMD
+from orchestrator.transport.fake import FakeConsole, FakePower, FakeShell
+
+EPOCH = 1_795_628_000
+
+
+@dataclass(frozen=True)
+class StubTarget:
+    page_class: str
+    pfn: int
+    phys_addr: int
+    kpageflags: int = 0x100000000
+    kpagecount: int | None = 0
+    how: str = "stub"
+    cleanup: str | None = None
+
+
+@dataclass(frozen=True)
+class StubDump:
+    dump_id: str
+    path: str
+    files: dict
+    dmesg: str | None
+    vmcoreinfo: dict
+    incomplete: bool = False
+    notes: tuple = ()
+
+
+class StubLayout:
+    name = "debian"
+
+    def __init__(self, host: "FakeLabHost"):
+        self.host = host
+
+    def list_dumps(self, shell) -> list[str]:
+        shell.run("ls /var/crash", timeout=10)
+        return sorted(self.host.dumps)
+
+    def collect(self, shell, dump_id: str) -> StubDump:
+        return self.host.dumps[dump_id]
+
+
+@dataclass
+class FakeLabHost:
+    """``behaviour``: panic | survive | no-panic | hang (panics, never reboots by itself)."""
+
+    behaviour: str = "panic"
+    pfn: int = 0x38830
+    label: str = "reserved kernel page"
+    result: str = "Ignored"
+    panic_pfn: int | None = None            # a kernel that names another pfn in its panic
+    writes_dump: bool = True
+    reboot_after_probes: int = 3            # failed SSH probes before the host is back
+    nmi_supported: bool = True
+    ssh_drops_on_inject: bool = False
+    boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    dumps: dict = field(default_factory=dict)
+    dmesg: list = field(default_factory=list)
+    up: bool = True
+    wedged: bool = False
+
+    def __post_init__(self) -> None:
+        self.console = FakeConsole()
+        self.power = FakePower(on_action=self._power_action, nmi_supported=self.nmi_supported)
+        self._probes_down = 0
+        self.shell = FakeShell(self._answer, reachable=self._reachable, on_detached=self._inject)
+
+    # -- what the host answers -------------------------------------------------------------
+    def _answer(self, command: str) -> tuple[int, str]:
+        if command == BOOT_FACTS_CMD:
+            return 0, f"{self.boot_id}\n7.3.4+deb13-cloud-amd64\n1\n{EPOCH}\n"
+        if command == "date +%s":
+            return 0, f"{EPOCH}\n"
+        if command == "dmesg":
+            return 0, "\n".join(self.dmesg) + "\n"
+        if command.startswith("cat /tmp/orch-inject.rc"):
+            return 0, "16\nsh: write error: Device or resource busy\n"
+        return 0, ""
+
+    def _reachable(self) -> bool:
+        if self.up:
+            return True
+        if self.wedged:
+            return False
+        self._probes_down += 1
+        if self._probes_down >= self.reboot_after_probes:
+            self._boot()
+        return self.up
+
+    def _boot(self) -> None:
+        self.up, self.wedged, self._probes_down = True, False, 0
+        self.boot_id = str(uuid.uuid4())
+        self.dmesg = []
+
+    def _power_action(self, action: str) -> None:
+        if action in ("on", "reset") and not self.up:
+            self._boot()
+
+    # -- what the kernel does with the injection ---------------------------------------------
+    def kernel_lines(self) -> list[str]:
+        p = self.pfn
+        lines = [f"[   93.655960] Injecting memory failure at pfn {p:#x}"]
+        if self.label == "reserved kernel page":
+            lines.append(f"[   93.656118] Memory failure: {p:#x}: unhandlable page.")
+        lines.append(f"[   93.656139] Memory failure: {p:#x}: recovery action for {self.label}: {self.result}")
+        if self.behaviour in ("panic", "hang"):
+            shown = self.panic_pfn if self.panic_pfn is not None else p
+            lines.append(f"[   93.657011] Kernel panic - not syncing: Memory failure: {shown:#x}: unrecoverable page")
+        return lines
+
+    def _inject(self, command: str) -> None:
+        lines = self.kernel_lines()
+        self.dmesg.extend(lines)
+        self.console.feed("/ # \x1b[6n" + "\n".join(lines))
+        if self.behaviour in ("panic", "hang"):
+            self.up = False
+            self.wedged = self.behaviour == "hang"
+            if self.writes_dump and self.behaviour == "panic":
+                stamp = "202611251737"
+                self.dumps[stamp] = StubDump(
+                    dump_id=stamp, path=f"/var/crash/{stamp}", files={f"dmesg.{stamp}": 4096, f"dump.{stamp}": 30_000_000},
+                    dmesg="\n".join(lines) + "\n", vmcoreinfo={"OSRELEASE": "7.3.4+deb13-cloud-amd64",
+                                                              "PAGESIZE": "4096", "CRASHTIME": str(EPOCH + 1)})
+        if self.ssh_drops_on_inject:
+            from orchestrator.errors import RetryableInfraError
+            raise RetryableInfraError("fake: connection reset by peer")
+
+    def add_stale_dump(self) -> None:
+        stamp = "202611240101"
+        self.dumps[stamp] = StubDump(
+            dump_id=stamp, path=f"/var/crash/{stamp}", files={f"dmesg.{stamp}": 4096},
+            dmesg=f"Kernel panic - not syncing: Memory failure: {self.pfn:#x}: unrecoverable page\n",
+            vmcoreinfo={"CRASHTIME": str(EPOCH - 86400)})
+
+    def handles(self, *, features=("hwpoison_inject", "kdump", "sol", "nmi"), destructive=True) -> HostHandles:
+        host = Host(name="fake1", arch="x86_64", platform="fake", destructive=destructive,
+                    ssh=SshConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA"), bmc=None,
+                    features=frozenset(features), kdump=KdumpConfig(layout="debian"))
+        return HostHandles(host=host, shell=self.shell, poll_shell=self.shell, power=self.power,
+                           console=self.console, kdump=StubLayout(self))

@@ -1,0 +1,160 @@
+"""The per-case state machine on fake transports: panic, survive, wedge -> power cycle,
+stale dump ignored, SSH drop during inject, and a verifier that can fail."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from orchestrator import cycle as cycle_mod
+from orchestrator.config.playbook import DEFAULT_DEADLINES, Case, Expectation, Limits
+from orchestrator.cycle import CaseCycle
+from tests.fakehost import StubTarget, FakeLabHost
+
+
+class StubInjector:
+    name = "hwpoison_inject"
+
+    def unavailable_reason(self, shell, *, arch):
+        return None
+
+    def prepare(self, shell):
+        shell.run("modprobe hwpoison_inject", timeout=10)
+
+    def command(self, target):
+        return f"echo {target.pfn:#x} > /sys/kernel/debug/hwpoison/corrupt-pfn"
+
+
+@pytest.fixture(autouse=True)
+def stub_kernel_seams(monkeypatch):
+    """Target selection, injectors and sysctls have their own tests; here the scenario host
+    decides what the kernel does, so the state machine is what is under test."""
+    sysctls = {"vm.panic_on_unrecoverable_memory_failure": "0", "kernel.panic": "0"}
+    monkeypatch.setattr(cycle_mod, "make_injector", lambda name: StubInjector())
+    monkeypatch.setattr(cycle_mod, "read_sysctls", lambda shell, names: {n: sysctls.get(n) for n in names})
+    monkeypatch.setattr(cycle_mod, "write_sysctls", lambda shell, values: sysctls.update(values))
+    monkeypatch.setattr(cycle_mod, "select_target", lambda shell, cls, arch, timeout: StubTarget(cls, 0x38830, 0x38830000))
+    return sysctls
+
+
+def make_case(outcome="panic", **overrides) -> Case:
+    deadlines = dict(DEFAULT_DEADLINES, panic=2.0, survive=0.5, dump=5.0, wedge=10.0, preflight=5.0)
+    expect = Expectation(outcome=outcome, action_label="reserved kernel page", action_result="Ignored",
+                         signature="new" if outcome == "panic" else "any", dump=outcome == "panic")
+    case = Case(name="c1", injector="hwpoison_inject", target="kernel-rodata", pfn=None,
+                sysctls=(("vm.panic_on_unrecoverable_memory_failure", "1" if outcome == "panic" else "0"),),
+                expect=expect, limits=Limits(), deadlines=deadlines)
+    return replace(case, **overrides)
+
+
+def states(result) -> list[str]:
+    return [t.state for t in result.timings]
+
+
+def test_panic_case_passes_with_console_and_dump_evidence(stub_kernel_seams):
+    host = FakeLabHost()
+    old_boot = host.boot_id
+    result = CaseCycle(host.handles(), make_case()).run()
+    assert result.verdict == "pass", result.reasons
+    assert states(result)[:8] == ["preflight", "armed", "targeted", "injected", "panicked", "dumped", "collected", "verified"]
+    assert result.pfn == 0x38830 and result.boot_id_before == old_boot != result.boot_id_after
+    assert result.dump["id"] == "202611251737" and result.dump["vmcoreinfo"]["CRASHTIME"]
+    assert any(e.source == "console" and "unrecoverable page" in e.text for e in result.evidence)
+    assert any(e.source == "dump-dmesg" and "unrecoverable page" in e.text for e in result.evidence)
+    assert result.panic_after_inject_s is not None and result.panic_after_inject_s >= 0
+    # sysctls restored as recorded once the case is over
+    assert stub_kernel_seams["vm.panic_on_unrecoverable_memory_failure"] == "0"
+
+
+def test_survive_case_passes_and_host_keeps_its_boot():
+    host = FakeLabHost(behaviour="survive")
+    result = CaseCycle(host.handles(), make_case(outcome="survive")).run()
+    assert result.verdict == "pass", result.reasons
+    assert "survived" in states(result) and "panicked" not in states(result)
+    assert result.boot_id_before == result.boot_id_after
+
+
+def test_wrong_expectation_fails_with_the_evidence():
+    host = FakeLabHost(behaviour="survive", label="free buddy page", result="Recovered")
+    result = CaseCycle(host.handles(), make_case(outcome="survive")).run()
+    assert result.verdict == "fail"
+    assert any("'free buddy page'" in r and "'reserved kernel page'" in r for r in result.reasons), result.reasons
+
+
+def test_expected_panic_that_never_comes_fails_fast_without_power_cycling():
+    host = FakeLabHost(behaviour="no-panic")
+    result = CaseCycle(host.handles(), make_case()).run()
+    assert result.verdict == "fail"
+    assert host.power.actions == [], "a host that kept running is not wedged"
+    assert any("no kernel panic line" in r for r in result.reasons)
+    assert any("recovery action for reserved kernel page: Ignored" in r for r in result.reasons)
+
+
+def test_panic_naming_another_pfn_fails():
+    host = FakeLabHost(panic_pfn=0x1234)
+    result = CaseCycle(host.handles(), make_case()).run()
+    assert result.verdict == "fail"
+    assert any("names pfn 0x1234" in r for r in result.reasons), result.reasons
+
+
+def test_wedged_host_is_recovered_by_nmi_then_power_cycle_and_judged_from_console():
+    host = FakeLabHost(behaviour="hang", writes_dump=False)
+    case = make_case(kdump="unload", expect=Expectation(outcome="panic", action_label="reserved kernel page",
+                                                         action_result="Ignored", signature="new", dump=False))
+    case = replace(case, deadlines=dict(case.deadlines, dump=1.0, nmi=0.5))
+    result = CaseCycle(host.handles(), case).run()
+    assert result.verdict == "pass", result.reasons
+    assert "wedged" in states(result)
+    assert host.power.actions[:1] == ["nmi"] and "off" in host.power.actions and "on" in host.power.actions
+    assert any("power cycle" in r for r in result.recovery)
+    assert result.boot_id_after != result.boot_id_before
+
+
+def test_wedged_host_without_bmc_is_an_infrastructure_error():
+    host = FakeLabHost(behaviour="hang", writes_dump=False)
+    handles = host.handles()
+    handles.power = None
+    case = make_case(expect=Expectation(outcome="panic", signature="new", dump=False))
+    case = replace(case, deadlines=dict(case.deadlines, dump=1.0))
+    result = CaseCycle(handles, case).run()
+    assert result.verdict == "error"
+    assert "no BMC" in result.reasons[0]
+
+
+def test_stale_dump_is_never_taken_for_the_new_one():
+    host = FakeLabHost(writes_dump=False)
+    host.add_stale_dump()
+    result = CaseCycle(host.handles(), make_case()).run()
+    assert result.verdict == "fail"
+    assert result.dump is None
+    assert any("no new kdump dump" in r for r in result.reasons)
+
+
+def test_ssh_drop_during_inject_is_observed_not_an_error():
+    host = FakeLabHost(ssh_drops_on_inject=True)
+    result = CaseCycle(host.handles(), make_case()).run()
+    assert result.verdict == "pass", result.reasons
+    assert any(e.source == "ssh" and "dropped" in e.text for e in result.evidence)
+
+
+def test_host_not_marked_destructive_is_refused_before_anything_runs():
+    host = FakeLabHost()
+    result = CaseCycle(host.handles(destructive=False), make_case()).run()
+    assert result.verdict == "error" and "destructive" in result.reasons[0]
+    assert not any("corrupt-pfn" in c for c in host.shell.commands)
+
+
+def test_dead_console_on_a_sol_host_is_an_error_not_a_fail():
+    host = FakeLabHost()
+    host.console.close()
+    result = CaseCycle(host.handles(), make_case()).run()
+    assert result.verdict == "error"
+    assert "console" in result.reasons[0]
+
+
+def test_missing_sysctl_skips_with_the_reason(stub_kernel_seams):
+    host = FakeLabHost()
+    case = make_case(limits=Limits(sysctls_present=("vm.not_in_this_kernel",)))
+    result = CaseCycle(host.handles(), case).run()
+    assert result.verdict == "skip" and "lacks sysctl vm.not_in_this_kernel" in result.reasons[0]

@@ -1,0 +1,115 @@
+"""The semantics matrix (semantics.yaml), the non-crashing probe and the expectations."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from orchestrator.errors import ConfigError, FatalInfraError
+from orchestrator.kernel.pages import PAGE_CLASSES
+from orchestrator.kernel.semantics import (PANIC_KIND, SEMANTICS, SemanticsUnknown, decide_semantics,
+                                           expectation, matrix, probe_semantics, semantics_named)
+from orchestrator.kernel.signatures import PANIC_KINDS
+from test_kernel_shells import FakeShell, LocalShell
+
+KNOB, RECOVERY = "vm.panic_on_unrecoverable_memory_failure", "vm.memory_failure_recovery"
+KERNEL_RESERVED = ("kernel-rodata", "kernel-text", "kernel-data", "reserved-low")
+
+
+def test_matrix_has_every_class_for_every_semantics():
+    for name in SEMANTICS:
+        assert set(matrix()["semantics"][name]["classes"]) == set(PAGE_CLASSES), name
+    assert set(PANIC_KIND.values()) <= set(PANIC_KINDS)
+
+
+@pytest.mark.parametrize("page_class", PAGE_CLASSES)
+def test_v10_like(page_class):
+    on = expectation("v10-like", page_class, {KNOB: "1"})
+    off = expectation("v10-like", page_class, {KNOB: "0"})
+    kernel_owned = page_class in KERNEL_RESERVED + ("slab", "pgtable")
+    assert on.panic is kernel_owned and on.signature == ("new" if kernel_owned else None)
+    assert not off.panic and off.signature is None
+    assert on.action_label == off.action_label == (
+        "reserved kernel page" if kernel_owned else
+        {"free-buddy": "free buddy page", "user-anon": "dirty LRU page",
+         "user-file": "clean LRU page"}[page_class])
+    assert on.action_result == ("Ignored" if kernel_owned else "Recovered")
+
+
+@pytest.mark.parametrize("page_class", PAGE_CLASSES)
+def test_v4_like(page_class):
+    on = expectation("v4-like", page_class, {KNOB: "1", RECOVERY: "1"})
+    assert on.panic is (page_class in KERNEL_RESERVED)
+    if page_class in ("slab", "pgtable"):
+        assert (on.action_label, on.action_result, on.signature) == ("get hwpoison page", "Ignored", None)
+    if page_class in KERNEL_RESERVED:
+        assert (on.action_label, on.signature) == ("reserved kernel page", "new")
+
+
+@pytest.mark.parametrize("page_class", PAGE_CLASSES)
+def test_legacy_survives_unless_recovery_is_off(page_class):
+    quiet = expectation("legacy", page_class, {RECOVERY: "1"})
+    assert not quiet.panic and quiet.signature is None
+    loud = expectation("legacy", page_class, {RECOVERY: "0"})
+    assert (loud.panic, loud.signature, loud.action_label) == (True, "legacy", None)
+
+
+def test_recovery_off_overrides_the_new_knob_everywhere():
+    for name in SEMANTICS:
+        sysctls = {RECOVERY: "0"} | ({KNOB: "1"} if name != "legacy" else {})
+        assert expectation(name, "free-buddy", sysctls).signature == "legacy"
+
+
+def test_unset_knob_means_default_zero_and_reason_says_so():
+    result = expectation(semantics_named("v10-like"), "slab", {})
+    assert not result.panic and "unset (default 0)" in result.reason
+
+
+@pytest.mark.parametrize("semantics,page_class,sysctls", [
+    ("legacy", "slab", {KNOB: "1"}),           # the sysctl does not exist there
+    ("v10-like", "slab", {KNOB: "2"}),         # proc_dointvec_minmax 0..1
+    ("v10-like", "pfn", {KNOB: "1"}),          # an explicit pfn has no class
+    ("v11-like", "slab", {KNOB: "1"}),
+])
+def test_expectation_refuses_what_it_cannot_know(semantics, page_class, sysctls):
+    with pytest.raises(ConfigError):
+        expectation(semantics, page_class, sysctls)
+
+
+@pytest.mark.parametrize("probe,name", [
+    ("7.3.4+deb13-cloud-arm64\nhas-knob\nhas-recovery\n", "v10-like"),
+    ("7.3.4+deb13-cloud-amd64\nhas-knob\nhas-recovery\n", "v10-like"),
+    ("7.4.0-rc1\nhas-knob\nhas-recovery\nsymbol is_kernel_owned_page\n", "v10-like"),
+    ("7.1.0-mm\nhas-knob\nhas-recovery\nsymbol is_unrecoverable_memory_failure\n", "v4-like"),
+    ("6.1.0-56-amd64\nhas-recovery\n", "legacy"),
+])
+def test_decide_semantics(probe, name):
+    decided = decide_semantics(probe)
+    assert decided.name == name and decided.evidence[0].startswith("kernel release")
+
+
+@pytest.mark.parametrize("probe,fragment", [
+    ("7.4.0\nhas-knob\nhas-recovery\n", "never measured"),           # no guess from a version
+    ("7.3.5+deb13-amd64\nhas-knob\n", "never measured"),
+    ("6.18.0\n", "CONFIG_MEMORY_FAILURE"),
+    ("7.4.0\nhas-knob\nsymbol is_kernel_owned_page\nsymbol is_unrecoverable_memory_failure\n", "contradicting"),
+])
+def test_undecidable_kernels_raise(probe, fragment):
+    with pytest.raises(SemanticsUnknown, match=fragment) as err:
+        decide_semantics(probe)
+    assert isinstance(err.value, FatalInfraError)
+
+
+def test_probe_runs_one_harmless_command():
+    shell = FakeShell([(r"uname -r", "7.3.4+deb13-cloud-amd64\nhas-knob\nhas-recovery\n")])
+    assert probe_semantics(shell).name == "v10-like"
+    [command] = shell.commands
+    assert "/proc/kallsyms" in command and ">" not in command.replace("2>", "")   # reads only
+
+
+@pytest.mark.skipif(os.path.exists("/proc/sys/vm/memory_failure_recovery"),
+                    reason="this machine's kernel has CONFIG_MEMORY_FAILURE")
+def test_probe_on_this_machine_without_memory_failure():
+    with pytest.raises(SemanticsUnknown, match="CONFIG_MEMORY_FAILURE"):
+        probe_semantics(LocalShell())

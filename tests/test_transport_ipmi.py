@@ -1,0 +1,172 @@
+"""IpmiPower against real loopback BMC processes, plus unit tests of the error mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+
+import pytest
+from pyghmi.exceptions import IpmiException
+
+from orchestrator.config.model import BmcConfig, SecretRef
+from orchestrator.errors import FatalInfraError, RetryableInfraError
+from orchestrator.transport import pyghmi_loop
+from orchestrator.transport.base import UnsupportedOperation
+from orchestrator.transport.ipmi import IpmiPower
+from test_transport_peers import LoopbackBmc
+
+
+@pytest.fixture
+def bmc(tmp_path):
+    peer = LoopbackBmc(tmp_path / "m1")
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def power(bmc):
+    power = IpmiPower(bmc.bmc_config())
+    yield power
+    power.close()
+
+
+# -- against a loopback BMC ----------------------------------------------------------------
+
+def test_power_actions_reach_the_bmc(power):
+    assert power.status() == "on"
+    power.off()
+    assert power.status() == "off"
+    power.on()
+    assert power.status() == "on"
+    power.reset()
+    power.nmi()
+    power.cycle()
+    assert power.status() == "on"
+
+
+def test_cycle_of_an_off_chassis_powers_it_on(power):
+    power.off()
+    power.cycle()
+    assert power.status() == "on"
+
+
+def test_nmi_refused_by_the_bmc_is_unsupported(tmp_path):
+    peer = LoopbackBmc(tmp_path / "no-nmi", nmi=False)
+    power = IpmiPower(peer.bmc_config())
+    try:
+        with pytest.raises(UnsupportedOperation):
+            power.nmi()
+        assert power.status() == "on"      # the session survived the refusal
+    finally:
+        power.close()
+        peer.stop()
+
+
+def test_wrong_password_is_fatal(bmc, tmp_path):
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password")
+    power = IpmiPower(dataclasses.replace(bmc.bmc_config(), password=SecretRef(file=wrong)))
+    with pytest.raises(FatalInfraError, match="authentication refused"):
+        power.status()
+
+
+def test_min_command_interval_spaces_commands(bmc):
+    power = IpmiPower(bmc.bmc_config(min_command_interval=0.3))
+    try:
+        power.status()
+        started = time.monotonic()
+        power.status()
+        power.status()
+        assert time.monotonic() - started >= 0.6
+    finally:
+        power.close()
+
+
+def test_two_bmcs_polled_from_parallel_threads(tmp_path):
+    peers = [LoopbackBmc(tmp_path / f"m{i}") for i in range(2)]
+    powers = [IpmiPower(peer.bmc_config()) for peer in peers]
+    failures: list[BaseException] = []
+
+    def exercise(power: IpmiPower) -> None:
+        try:
+            for _ in range(25):
+                assert power.status() == "on"
+            power.off()
+            assert power.status() == "off"
+            power.on()
+            assert power.status() == "on"
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=exercise, args=(power,)) for power in powers]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert not any(thread.is_alive() for thread in threads), "a power call hung"
+        assert not failures, failures
+        assert time.monotonic() - started < 30
+    finally:
+        for power, peer in zip(powers, peers):
+            power.close()
+            peer.stop()
+
+
+def test_session_is_relogged_after_the_bmc_restarts(bmc, power):
+    assert power.status() == "on"
+    bmc.kill()
+    bmc.start()
+    deadline = time.monotonic() + 90
+    while True:                             # a dead session fails retryably, then heals
+        try:
+            assert power.status() == "on"
+            break
+        except RetryableInfraError:
+            assert time.monotonic() < deadline, "power control never came back"
+            time.sleep(0.1)
+
+
+# -- unit: error mapping and the command gate ------------------------------------------------
+
+CFG = BmcConfig(address="bmc.example", user="admin", password=SecretRef(env="UNUSED"))
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (IpmiException("Incorrect password provided"), FatalInfraError),
+    (IpmiException("Unauthorized name reported in RAKP2"), FatalInfraError),
+    (IpmiException("Session no longer connected"), RetryableInfraError),
+    (IpmiException(None), RetryableInfraError),
+    (IpmiException("Invalid command", 0xC1), UnsupportedOperation),
+    (IpmiException("Command not supported in present state", 0xD5), UnsupportedOperation),
+    (socket.gaierror("Name or service not known"), FatalInfraError),
+    (OSError("Network is unreachable"), RetryableInfraError),
+])
+def test_ipmi_error_mapping(exc, expected):
+    error = pyghmi_loop.infra_error(exc, CFG, "get power")
+    assert type(error) is expected
+    assert "bmc.example:623: get power" in str(error)
+
+
+def test_none_message_becomes_readable():
+    assert "no answer" in str(pyghmi_loop.infra_error(IpmiException(None), CFG, "x"))
+
+
+def test_command_gate_spaces_slots_and_zero_interval_does_not_serialize():
+    gate = pyghmi_loop.CommandGate(0.2)
+    ends = []
+    for _ in range(3):
+        with gate.slot():
+            ends.append(time.monotonic())
+    assert ends[1] - ends[0] >= 0.19 and ends[2] - ends[1] >= 0.19
+    open_gate = pyghmi_loop.CommandGate(0.0)
+    with open_gate.slot(), open_gate.slot():   # re-entrant use would deadlock if it locked
+        pass
+
+
+def test_credentials_are_bytes(monkeypatch):
+    monkeypatch.setenv("UNUSED", "secret")
+    assert pyghmi_loop.bmc_credentials(CFG) == (b"admin", b"secret")

@@ -1,0 +1,108 @@
+"""Guest image builder: real apt, real packages (needs the Debian mirror or a warm cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ConfigError, FatalInfraError
+from orchestrator.vlab import cpio, image
+from orchestrator.vlab.apt import PrivateApt
+from orchestrator.vlab.rootfs import GUEST_DIR, GUEST_FILES
+
+
+@pytest.fixture(scope="session")
+def x86_manifest() -> image.ImageManifest:
+    return image.build_image("x86_64", log=lambda _msg: None)
+
+
+def test_manifest_records_versions_and_existing_files(x86_manifest: image.ImageManifest) -> None:
+    m = x86_manifest
+    series = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", m.kernel_release).groups())
+    assert series >= (7, 3), m.kernel_release
+    assert m.kernel_release.endswith("-cloud-amd64")
+    versions = dict(m.packages)
+    for pkg in (f"linux-binary-{m.kernel_release}:amd64", f"linux-modules-{m.kernel_release}:amd64",
+                "busybox-static:amd64", "dropbear-bin:amd64", "kexec-tools:amd64", "makedumpfile:amd64",
+                "libtomcrypt1:amd64", "libgmp10:amd64", "libxenmisc4.17:amd64"):
+        assert re.match(r"^[\w.:~+-]+$", versions[pkg]), pkg
+    for name, digest in m.sha256:
+        path = m.directory / name
+        assert path.is_file() and path.stat().st_size > 0
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert m.kernel.exists() and m.initrd.exists() and m.crash_initrd.exists() and m.boot_disk.exists()
+    assert {"hwpoison_inject", "virtio_blk", "virtio_net", "mce_inject", "evdev", "button"} <= set(m.modules)
+    assert image.load_manifest("x86_64").inputs_key == m.inputs_key
+
+
+def test_initrd_holds_the_guest_contract_files(x86_manifest: image.ImageManifest) -> None:
+    listing = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(x86_manifest.initrd, "rb"),
+                             capture_output=True, text=True, check=True).stdout.split()
+    for needed in ("init", "dev/console", "bin/busybox", "usr/sbin/dropbear", "usr/bin/dropbearconvert",
+                   "sbin/kexec", "sbin/vmcore-dmesg", "usr/bin/makedumpfile", "usr/bin/nohup",
+                   "etc/vlab/rc.sh", "etc/vlab/crash-dump.sh", "etc/inittab", "lib64/ld-linux-x86-64.so.2",
+                   "lib/x86_64-linux-gnu/libgmp.so.10", "lib/x86_64-linux-gnu/libxenctrl.so.4.17"):
+        assert needed in listing, needed
+    assert any(p.endswith("hwpoison-inject.ko") for p in listing)
+    assert any(p.endswith("modules.dep") for p in listing)
+    assert listing == sorted(listing)  # reproducible order
+
+
+def test_second_build_is_a_fast_no_op(x86_manifest: image.ImageManifest) -> None:
+    messages: list[str] = []
+    started = time.monotonic()
+    again = image.build_image("x86_64", log=messages.append)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5.0, f"cached build took {elapsed:.1f} s"
+    assert any("up to date" in m for m in messages), messages
+    assert again == x86_manifest  # same build time and digests: nothing was rebuilt
+
+
+def test_forced_rebuild_is_reproducible(x86_manifest: image.ImageManifest) -> None:
+    rebuilt = image.build_image("x86_64", force=True, log=lambda _msg: None)
+    assert rebuilt.built_at >= x86_manifest.built_at
+    assert dict(rebuilt.sha256) == dict(x86_manifest.sha256)
+
+
+def test_cpio_ignores_host_mtimes(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/hello").write_text("hi\n")
+    (tree / "link").symlink_to("etc/hello")
+    cpio.write_newc(tree, tmp_path / "a.img", mtime=0, char_devices={"dev/console": (5, 1)})
+    (tree / "etc/hello").touch()
+    cpio.write_newc(tree, tmp_path / "b.img", mtime=0, char_devices={"dev/console": (5, 1)})
+    assert (tmp_path / "a.img").read_bytes() == (tmp_path / "b.img").read_bytes()
+    listing = subprocess.run(["cpio", "-itv", "--quiet"], stdin=open(tmp_path / "a.img", "rb"),
+                             capture_output=True, text=True, check=True).stdout
+    assert "link -> etc/hello" in listing and "dev/console" in listing
+
+
+def test_unknown_arch_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="riscv64"):
+        image.build_image("riscv64")
+
+
+def test_no_free_disk_is_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image.shutil, "disk_usage", lambda _p: type("U", (), {"free": 10 << 20})())
+    with pytest.raises(FatalInfraError, match="no free disk"):
+        image.build_image("x86_64")
+
+
+def test_apt_failure_is_fatal_with_one_line(tmp_path: Path) -> None:
+    apt = PrivateApt(tmp_path / "apt")
+    apt.prepare()
+    with pytest.raises(FatalInfraError) as info:
+        apt.show(["no-such-package-vlab:amd64"])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("script", sorted(n for n in GUEST_FILES if n.endswith(".sh") or n == "nohup"))
+def test_guest_scripts_parse_as_posix_sh(script: str) -> None:
+    proc = subprocess.run(["sh", "-n", str(GUEST_DIR / script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
