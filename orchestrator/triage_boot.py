@@ -79,7 +79,6 @@ class BootRecord:
         self.hw_reports: deque[HwReport] = deque(maxlen=MAX_HW_REPORTS)
         self.hw_notes: deque[tuple[int, str]] = deque(maxlen=8)   # addressless [Hardware Error] lines
         self.injected: dict[int, str] = {}
-        self.sysrq: str | None = None
         self.crash: CrashRecord | None = None
 
     @property
@@ -165,9 +164,6 @@ class BootRecord:
     def _frame(self, offset: int, event: KernelEvent) -> None:
         self.add_frame(event.label)
 
-    def _sysrq(self, offset: int, event: KernelEvent) -> None:
-        self.sysrq = event.text
-
     def _crash_boot(self, offset: int, event: KernelEvent) -> None:
         self.crash_kernel = True
 
@@ -179,6 +175,6 @@ _HANDLERS = {
     "oops": BootRecord._oops, "mce_panic": BootRecord._firmware, "ghes_fatal": BootRecord._firmware,
     "panic_mf": BootRecord._panic, "panic_legacy": BootRecord._panic, "panic_other": BootRecord._panic,
     "panic_end": BootRecord._panic_end, "pc": BootRecord._site, "rip": BootRecord._site,
-    "call_trace": BootRecord._call_trace, "frame": BootRecord._frame, "sysrq": BootRecord._sysrq,
+    "call_trace": BootRecord._call_trace, "frame": BootRecord._frame,
     "crash_boot": BootRecord._crash_boot,
 }

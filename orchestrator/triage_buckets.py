@@ -164,49 +164,56 @@ def assemble(boot: BootRecord, *, source: str, index: int) -> Crash | None:
     common = dict(source=source, boot=index, panic=panic.message if panic else None,
                   frames=significant_frames(crash), crash_kernel=boot.crash_kernel, ts=crash.ts)
     if panic is not None and panic.kind in ("panic_mf", "panic_legacy"):
-        incident = boot.incidents.get(panic.pfn)
-        if panic.kind == "panic_mf":
-            label = incident.label if incident and incident.label else "?"
-            parts = ["mf-fail-fast", label, _origin(boot, crash, panic.pfn)]
-        else:
-            parts = ["mf-legacy", _origin(boot, crash, panic.pfn)]
-        inject = boot.injected.get(panic.pfn)
-        evidence = _lines([inject], incident.lines if incident else [], _text(panic))
-        return Crash(bucket=parts[0], **_fp(parts), pfn=panic.pfn, evidence=evidence, **common)
-
+        return _memory_failure_panic(boot, crash, common)
     addresses = _own_addresses(boot, crash)
-    what = _crash_title(crash)
-    site = crash.site.label if crash.site else (common["frames"] or ("?",))[0]
-    consumption = crash.title is not None or _is_hardware_crash(crash)
+    consumption = crash.title is not None or _is_hardware_crash(crash)  # not sysrq, hung task, OOM...
     blamed = _blame(boot, crash, addresses) if consumption else None
     if blamed is not None:
-        prior, in_page = blamed
-        if isinstance(prior, Incident):
-            label, pfn, prior_lines = prior.label or "unhandlable page", prior.pfn, prior.lines
-            prior_lines = [r.text for r in boot.hw_reports if _same_page(r.address, prior.pfn)][:1] + prior_lines
-        else:
-            label, pfn, prior_lines = "hardware error report", None, [prior.text]
-        delay = None if prior.ts is None or crash.ts is None else round(crash.ts - prior.ts, 3)
-        parts = ["hw-error-consumed-later", label, what, site]
-        evidence = _lines(prior_lines, _text(crash.title, crash.firmware, crash.site, panic))
-        return Crash(bucket=parts[0], **_fp(parts), pfn=pfn, delay_s=delay, address_in_page=in_page,
-                     address=addresses[-1] if addresses else None, evidence=evidence, **common)
-
+        return _consumed_later(boot, crash, addresses, *blamed, common)
     if _is_hardware_crash(crash):
-        # GHES's own "Fatal hardware error[ but panic disabled]" line depends on kernel.panic,
-        # so it names the bug only when the panic line is missing.
-        named = [crash.title, crash.firmware if crash.firmware and crash.firmware.kind == "mce_panic" else None,
-                 panic or crash.firmware]
-        parts = ["firmware-fatal", *dict.fromkeys(_message(e) for e in named if e is not None)]
-        own_reports = [r.text for r in boot.hw_reports if r.address in addresses]
-        notes = [text for offset, text in boot.hw_notes if offset >= crash.offset - OWN_REPORT_WINDOW_CHARS]
-        evidence = _lines(notes[:2], own_reports[:2], _text(crash.title, crash.firmware, crash.site, panic))
-        return Crash(bucket=parts[0], **_fp(parts), address=addresses[-1] if addresses else None,
-                     evidence=evidence, **common)
+        return _firmware_fatal(boot, crash, addresses, common)
+    parts = ["software", _crash_title(crash), *common["frames"][:TOP_FRAMES]]
+    return Crash(bucket="software", **_fp(parts), evidence=_lines(_text(crash.title, crash.site, panic)), **common)
 
-    parts = ["software", what, *common["frames"][:TOP_FRAMES]]
-    evidence = _lines([boot.sysrq] if crash.title is None else [], _text(crash.title, crash.site, panic))
-    return Crash(bucket="software", **_fp(parts), evidence=evidence, **common)
+
+def _memory_failure_panic(boot: BootRecord, crash: CrashRecord, common: dict) -> Crash:
+    panic = crash.panic
+    incident = boot.incidents.get(panic.pfn)
+    if panic.kind == "panic_mf":
+        label = incident.label if incident and incident.label else "?"
+        parts = ["mf-fail-fast", label, _origin(boot, crash, panic.pfn)]
+    else:  # the legacy panic comes before any classification: there is no label
+        parts = ["mf-legacy", _origin(boot, crash, panic.pfn)]
+    evidence = _lines([boot.injected.get(panic.pfn)], incident.lines if incident else [], _text(panic))
+    return Crash(bucket=parts[0], **_fp(parts), pfn=panic.pfn, evidence=evidence, **common)
+
+
+def _consumed_later(boot: BootRecord, crash: CrashRecord, addresses: list[int], prior: Incident | HwReport,
+                    in_page: str, common: dict) -> Crash:
+    if isinstance(prior, Incident):
+        label, pfn = prior.label or "unhandlable page", prior.pfn
+        prior_lines = [r.text for r in boot.hw_reports if _same_page(r.address, prior.pfn)][:1] + prior.lines
+    else:
+        label, pfn, prior_lines = "hardware error report", None, [prior.text]
+    delay = None if prior.ts is None or crash.ts is None else round(crash.ts - prior.ts, 3)
+    site = crash.site.label if crash.site else (common["frames"] or ("?",))[0]
+    parts = ["hw-error-consumed-later", label, _crash_title(crash), site]
+    evidence = _lines(prior_lines, _text(crash.title, crash.firmware, crash.site, crash.panic))
+    return Crash(bucket=parts[0], **_fp(parts), pfn=pfn, delay_s=delay, address_in_page=in_page,
+                 address=addresses[-1] if addresses else None, evidence=evidence, **common)
+
+
+def _firmware_fatal(boot: BootRecord, crash: CrashRecord, addresses: list[int], common: dict) -> Crash:
+    # GHES's own "Fatal hardware error[ but panic disabled]" line depends on kernel.panic,
+    # so it names the bug only when the panic line is missing.
+    reason = crash.firmware if crash.firmware and crash.firmware.kind == "mce_panic" else None
+    named = [crash.title, reason, crash.panic or crash.firmware]
+    parts = ["firmware-fatal", *dict.fromkeys(_message(e) for e in named if e is not None)]
+    own_reports = [r.text for r in boot.hw_reports if r.address in addresses]
+    notes = [text for offset, text in boot.hw_notes if offset >= crash.offset - OWN_REPORT_WINDOW_CHARS]
+    evidence = _lines(notes[:2], own_reports[:2], _text(crash.title, crash.firmware, crash.site, crash.panic))
+    return Crash(bucket=parts[0], **_fp(parts), address=addresses[-1] if addresses else None,
+                 evidence=evidence, **common)
 
 
 def _fp(parts: list[str]) -> dict:

@@ -113,6 +113,19 @@ def test_killed_bmc_is_noticed_promptly_and_the_console_recovers(bmc, console):
     assert console.wait_for(re.compile("after the BMC restart"), since=since, timeout=5)
 
 
+def test_power_and_console_closed_and_reopened_share_one_live_session(bmc, tmp_path):
+    """Cases open and close their transports; each reopening must work at once."""
+    for round_ in range(5):
+        power = IpmiPower(bmc.bmc_config())
+        assert power.status() == "on"
+        power.close()
+        console = SolConsole(bmc.bmc_config(), raw_log=tmp_path / "console.raw")
+        try:
+            assert console.wait_until_healthy(10), (round_, console.last_failure)
+        finally:
+            console.close()
+
+
 @pytest.mark.skipif(not shutil.which("ipmitool"), reason="ipmitool is not installed")
 def test_sol_deactivated_by_another_client_is_noticed_and_reactivated(bmc, console):
     subprocess.run(["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(bmc.port),

@@ -252,6 +252,19 @@ def test_lost_qemu_reports_off(unit_bmc):
     assert time.monotonic() - started < 0.1
 
 
+def test_dying_qemu_whose_qmp_fails_reports_off_within_a_bound(unit_bmc):
+    bmc, machine = unit_bmc()
+    machine.start()
+
+    def qmp_reset_by_peer():
+        threading.Timer(0.05, lambda: setattr(machine, 'state', 'off')).start()
+        raise ConnectionResetError('QMP socket reset')
+    machine.status = qmp_reset_by_peer  # killed: QMP resets before the process is reaped
+    started = time.monotonic()
+    assert bmc.get_power_state() == 'off'
+    assert time.monotonic() - started < 0.6
+
+
 def test_boot_device_is_kept(unit_bmc):
     bmc, _ = unit_bmc()
     bmc.set_boot_device('network')
@@ -431,6 +444,22 @@ def test_console_flood_arrives_complete_and_bmc_survives(bmc_port):
     finally:
         stop.set()
         console.close()
+
+
+def test_client_relogin_from_the_same_udp_port(bmc_port):
+    """pyghmi's client treats a session idle for > ~45 s as expired and logs in again from
+    the SAME UDP port; the BMC must start a fresh session (F6), not drop the packets."""
+    from pyghmi.ipmi.command import Command
+    from pyghmi.ipmi.private.session import Session
+    credentials = dict(bmc='127.0.0.1', port=bmc_port, userid=USER.encode(),
+                       password=PASSWORD.encode())
+    first = Command(**credentials)
+    assert first.get_power()['powerstate'] in ('on', 'off')
+    Session.keepalive_sessions[first.ipmi_session]['timeout'] = time.monotonic() - 100
+    second = Command(**credentials)  # hung, then raised IpmiException(None), before F6
+    assert second.ipmi_session is not first.ipmi_session
+    assert second.ipmi_session.socket is first.ipmi_session.socket
+    assert second.get_power()['powerstate'] in ('on', 'off')
 
 
 def test_stale_sol_owner_is_taken_over(tmp_path):

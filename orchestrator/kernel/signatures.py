@@ -236,8 +236,11 @@ def parse_line(line: str) -> KernelEvent | None:
     if m := _USER_ACCESS.search(body):
         return KernelEvent("hw_error", line, label=body, ts=ts, address=_hex(m[1]))
     if body.startswith("EDAC MC") and " UE " in body and (m := _EDAC_PAGE.search(body)):
-        return KernelEvent("hw_error", line, label=body, ts=ts, pfn=_hex(m[1]),
-                           address=(_hex(m[1]) << 12) + _hex(m[2]))
+        # page: is in the kernel's page units; the offset tells a lower bound of the page size
+        # (0x5080 on the v4 thread's 64K-page host), so the address is exact whenever it says.
+        page, offset = _hex(m[1]), _hex(m[2])
+        shift = next(s for s in (12, 14, 16, 21) if offset < 1 << s)
+        return KernelEvent("hw_error", line, label=body, ts=ts, pfn=page, address=(page << shift) + offset)
     if "sysrq: " in body:
         return KernelEvent("sysrq", line, message=body.split("sysrq: ", 1)[1], ts=ts)
     return _parse_oops(line, ts, body)

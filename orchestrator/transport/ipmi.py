@@ -72,13 +72,10 @@ class IpmiPower(PowerProtocol):
         self._chassis_control("pulse diag (NMI)", CHASSIS_PULSE_DIAG)
 
     def close(self) -> None:
-        """Let go of the session (logged out if no SolConsole shares it); the next call
-        logs in again."""
+        """Drop this object's Command; the shared session stays logged in for the next
+        user (pyghmi_loop explains why), and the next call here logs in again if needed."""
         with self._lock:
-            if self._command is None:
-                return
-            session, self._command = self._command.ipmi_session, None
-        pyghmi_loop.release_session_user(self.cfg, session)
+            self._command = None
 
     # -- internals ----------------------------------------------------------------------
 
@@ -102,11 +99,9 @@ class IpmiPower(PowerProtocol):
             # the same BMC already holds.
             self._command = Command(bmc=self.cfg.address, userid=self._userid,
                                     password=self._password, port=self.cfg.port)
-            pyghmi_loop.acquire_session_user(self.cfg)
         return self._command
 
     def _forget_broken_session(self) -> None:
         # A broken pyghmi session never heals; the next call logs in afresh.
         if self._command is not None and self._command.ipmi_session.broken:
             self._command = None
-            pyghmi_loop.release_session_user(self.cfg, None)

@@ -12,8 +12,12 @@ pattern that held 100 BMCs (shared/reference/pyghmi-concurrency.md):
   capped (``_cap_directed_waits``) so the pump taking their reply costs ms, not a second.
 
 Also here: the per-BMC command gate (``min_command_interval``: some BMCs crash when polled
-too fast, and the console probe and power calls must count together), the session refcount
-that logs a session out when its last user closes, and the pyghmi -> InfraError mapping.
+too fast, and the console probe and power calls must count together) and the pyghmi ->
+InfraError mapping.
+
+Sessions are never logged out: one live session per BMC is shared by every later
+IpmiPower/SolConsole of the process (a logout followed at once by a new login from the
+same UDP port went unanswered by the lab BMC in 1 of 3 tries).
 """
 
 from __future__ import annotations
@@ -35,9 +39,8 @@ from orchestrator.transport.base import UnsupportedOperation
 log = logging.getLogger(__name__)
 
 PUMP_WAIT = 0.1             # seconds per wait_for_rsp; bounds how late a keepalive/retry runs
-SPIN_GUARD = 0.005          # a wait_for_rsp shorter than this returned without waiting;
-SPIN_COUNT = 3              # this many in a row is a spin, not a burst of packets ...
-SPIN_BACKOFF = 0.01         # ... so yield this long (costs at most 10 ms of SOL latency)
+SPIN_GUARD = 0.001          # a wait_for_rsp shorter than this may not have waited at all ...
+SPIN_BACKOFF = 0.005        # ... and if pyghmi is spinning, yield this long
 DIRECTED_WAIT_CAP = 0.05    # longest sleep of a command between looks at its reply
 
 # pyghmi reports authentication problems only as message text.
@@ -53,7 +56,6 @@ BmcKey = tuple[str, int]
 _pump_thread: threading.Thread | None = None
 _registry_lock = threading.Lock()
 _gates: dict[BmcKey, "CommandGate"] = {}
-_users: dict[BmcKey, int] = {}
 
 
 def bmc_key(cfg: BmcConfig) -> BmcKey:
@@ -65,18 +67,25 @@ def bmc_credentials(cfg: BmcConfig) -> tuple[bytes, bytes]:
     return cfg.user.encode(), cfg.password.resolve().encode()
 
 
+def _pyghmi_deadline_overdue(now: float) -> bool:
+    """True when pyghmi's wait_for_rsp will return at once: a retry or keepalive deadline
+    has passed (a keepalive stays overdue while its session is busy in a command)."""
+    sessions = ipmi_session.Session
+    pending = list(sessions.keepalive_sessions.values()) + list(sessions.waiting_sessions.values())
+    return any(entry.get("timeout", float("inf")) <= now for entry in pending)
+
+
 def _pump_forever() -> None:
-    fast_in_a_row = 0
     while True:
         started = time.monotonic()
         try:
             ipmi_session.Session.wait_for_rsp(PUMP_WAIT)
         except Exception:  # a callback's bug must not stop every BMC's I/O
             log.exception("pyghmi event loop iteration failed")
-        # One quick return is a processed packet; several in a row is pyghmi spinning
-        # on an overdue-but-deferred keepalive (a dead BMC): only then yield the CPU.
-        fast_in_a_row = fast_in_a_row + 1 if time.monotonic() - started < SPIN_GUARD else 0
-        if fast_in_a_row >= SPIN_COUNT:
+        # A quick return is normal when packets arrive; it is a spin only while a deadline
+        # stays overdue (a dead BMC under a blocked command: 32 % of a core measured).
+        now = time.monotonic()
+        if now - started < SPIN_GUARD and _pyghmi_deadline_overdue(now):
             time.sleep(SPIN_BACKOFF)
 
 
@@ -140,22 +149,6 @@ def command_gate(cfg: BmcConfig) -> CommandGate:
         if gate is None or gate.interval < cfg.min_command_interval:
             gate = _gates[bmc_key(cfg)] = CommandGate(cfg.min_command_interval)
         return gate
-
-
-def acquire_session_user(cfg: BmcConfig) -> None:
-    with _registry_lock:
-        _users[bmc_key(cfg)] = _users.get(bmc_key(cfg), 0) + 1
-
-
-def release_session_user(cfg: BmcConfig, session: object | None) -> None:
-    """Log the shared session out once its last user (power or console) has closed."""
-    with _registry_lock:
-        left = _users[bmc_key(cfg)] = max(0, _users.get(bmc_key(cfg), 0) - 1)
-    if left == 0 and session is not None and getattr(session, "logged", 0) and not session.broken:
-        try:
-            session.logout()
-        except Exception as exc:  # best effort: the BMC may be gone already
-            log.debug("logout from %s failed: %s", cfg.address, exc)
 
 
 def is_auth_failure(exc: BaseException) -> bool:

@@ -143,7 +143,6 @@ class SolConsole(ConsoleProtocol):
         self._event = threading.Event()     # activation settled, a failure, or close()
         self._stop = threading.Event()
         pyghmi_loop.ensure_pump()
-        pyghmi_loop.acquire_session_user(cfg)
         self._keeper = threading.Thread(target=self._keep_alive, daemon=True,
                                         name=f"sol-{cfg.address}:{cfg.port}")
         self._keeper.start()
@@ -173,9 +172,7 @@ class SolConsole(ConsoleProtocol):
         self._stop.set()
         self._event.set()
         self._keeper.join(timeout=2.0)  # it may sit in a pyghmi call to a dead BMC: daemon
-        session = self._session
-        self._drop_console()
-        pyghmi_loop.release_session_user(self.cfg, session)
+        self._drop_console()            # deactivates SOL: the BMC's console is free again
         with self._raw_lock:
             self._raw.close()
 

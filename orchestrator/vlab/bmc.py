@@ -40,6 +40,7 @@ CC_OK = 0x00
 CC_NOT_IN_PRESENT_STATE = 0xD5   # "command not supported in present state" (off, or no NMI)
 CC_UNSPECIFIED = 0xFF
 POWERED_OFF_STATES = frozenset({'off', 'shutdown'})
+QMP_FAILURE_GRACE_SECONDS = 0.5  # bounded: a BMC answers promptly even with a sick QEMU
 LOOP_TICK_SECONDS = 0.2          # bound on how late a SOL retransmit can be noticed
 DUPLICATE_WINDOW_SECONDS = 10.0  # a client retransmit of a slow power command must not act twice
 
@@ -100,8 +101,13 @@ class QemuBmc(pyghmi_bmc.Bmc):
             return False
         try:
             return self.machine.status() not in POWERED_OFF_STATES
-        except Exception as error:  # QMP unusable but the process lives: the rail is up
-            log.warning('QMP status failed (%s); reporting power from the process', error)
+        except Exception as error:
+            # Mostly a QEMU that is dying right now (killed, crashed): QMP resets before the
+            # process is reaped. Give it a bounded moment to go; if it stays, it is powered.
+            log.warning('QMP status failed (%s); judging power by the process', error)
+            deadline = time.monotonic() + QMP_FAILURE_GRACE_SECONDS
+            while self.machine.is_running() and time.monotonic() < deadline:
+                time.sleep(0.02)
             return self.machine.is_running()
 
     def get_power_state(self) -> str:

@@ -9,6 +9,7 @@ port the kernel picked), ``bmc.pid`` (written LAST: its presence means "listenin
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -85,26 +86,42 @@ def stop_bmc_process(machine_dir: Path, timeout: float = 20.0) -> None:
         if pid is None:
             continue
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while process_alive(machine_dir / pid_name, marker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if process_alive(machine_dir / pid_name, marker):
+        if not _wait_exited(pid, timeout):
             os.kill(pid, signal.SIGKILL)
-        _reap(pid)
+            _wait_exited(pid, timeout)
 
 
-def _reap(pid: int) -> None:
-    """Collect our own child's exit status, so no zombie lingers in the caller's process."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+def _wait_exited(pid: int, timeout: float) -> bool:
+    """Until ``pid`` has exited (reaped if it is our child, or a zombie of someone else's).
+    Not "until its cmdline is empty": an exiting process clears that while still running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:  # not our child: look at its state
+            try:
+                state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+            except (OSError, IndexError):
+                return True
+            if state in ('Z', 'X'):
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def write_machine_spec(machine_dir: Path, **spec) -> None:
+    """``machine.json``: the ``MachineSpec`` fields plus ``image_manifest`` (a path); lab up
+    writes it, the BMC process builds its ``QemuMachine`` from it."""
+    (machine_dir / 'machine.json').write_text(json.dumps(spec, indent=2) + '\n')
 
 
 def load_machine(machine_dir: Path) -> Machine:
-    """The QemuMachine described by ``<machine_dir>/machine.json`` (written by lab up)."""
-    from orchestrator.vlab.lab import machine_from_dir
-    return machine_from_dir(machine_dir)
+    from orchestrator.vlab.image import ImageManifest
+    from orchestrator.vlab.machine import MachineSpec, QemuMachine
+    spec = json.loads((machine_dir / 'machine.json').read_text())
+    image = ImageManifest.from_file(Path(spec.pop('image_manifest')))
+    return QemuMachine(MachineSpec(machine_dir=machine_dir, image=image, **spec))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

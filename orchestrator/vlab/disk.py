@@ -44,8 +44,20 @@ def make_ext4(tree: Path, image: Path, size_bytes: int, *, label: str,
         extended += f",hash_seed={uuid}"
     if not journal:
         argv += ["-O", "^has_journal"]
-    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)} if epoch is not None else None
+    if epoch is None:
+        _run(*argv, "-E", extended, str(image))
+        return
+    # e2fsprogs reads 0 as "no fake time", hence at least 1
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(max(epoch, 1))}
     _run(*argv, "-E", extended, str(image), env=env)
+    # mkfs -d copies each inode's ctime from the host file, which cannot be set there
+    paths = ["/", "/lost+found"] + ["/" + p.relative_to(tree).as_posix() for p in sorted(tree.rglob("*"))]
+    script = image.with_suffix(".debugfs")
+    script.write_text("".join(f'set_inode_field "{p}" ctime @{max(epoch, 1)}\n' for p in paths))
+    try:
+        _run("debugfs", "-w", "-f", str(script), str(image), env=env)
+    finally:
+        script.unlink()
 
 
 def ensure_host_key(machine_dir: Path) -> Path:

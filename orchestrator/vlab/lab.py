@@ -25,7 +25,8 @@ from typing import Callable
 
 from orchestrator import paths
 from orchestrator.errors import ConfigError, FatalInfraError
-from orchestrator.vlab.bmc_main import process_alive, start_bmc_process, stop_bmc_process
+from orchestrator.vlab.bmc_main import (process_alive, start_bmc_process, stop_bmc_process,
+                                        write_machine_spec)
 
 Log = Callable[[str], None]
 BMC_USER = 'admin'
@@ -135,42 +136,29 @@ def _password(lab: LabPaths) -> bytes:
     return lab.bmc_password.read_text().strip().encode()  # bytes: pyghmi session sharing
 
 
-def _choose_accel(arch: str) -> tuple[str, str]:
-    try:
-        from orchestrator.vlab.accel import choose_accel
-    except ImportError:
-        return 'tcg', 'accel probe not available'
-    choice = choose_accel(arch)
-    return choice.accel, choice.reason
-
-
 # --- machines ---------------------------------------------------------------------------
 def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifest,
                      accel: str) -> Path:
     """Disk and host key once (kept across ups), and the spec the BMC process loads."""
     from orchestrator.vlab.machine import create_disk, ensure_host_key
     machine_dir = lab.machine_dir(name)
-    host_key = ensure_host_key(machine_dir)
-    create_disk(machine_dir, host_key, Path(f'{lab.client_key}.pub'))
-    spec = {'name': name, 'arch': arch, 'ssh_port': ssh_port, 'memory_mb': MEMORY_MB,
-            'accel': accel, 'image_manifest': str(manifest.directory / 'manifest.json')}
-    (machine_dir / 'machine.json').write_text(json.dumps(spec, indent=2) + '\n')
+    create_disk(machine_dir, ensure_host_key(machine_dir), Path(f'{lab.client_key}.pub'))
+    write_machine_spec(machine_dir, name=name, arch=arch, ssh_port=ssh_port, memory_mb=MEMORY_MB,
+                       accel=accel, image_manifest=str(manifest.directory / 'manifest.json'))
     return machine_dir
 
 
-def machine_from_dir(machine_dir: Path):
-    """The ``QemuMachine`` described by ``<machine_dir>/machine.json`` (BMC process side)."""
-    from orchestrator.vlab.image import ImageManifest
-    from orchestrator.vlab.machine import MachineSpec, QemuMachine
-    spec = json.loads((machine_dir / 'machine.json').read_text())
-    image = ImageManifest.from_file(Path(spec.pop('image_manifest')))
-    return QemuMachine(MachineSpec(machine_dir=machine_dir, image=image, **spec))
-
-
 def _ipmi(machine: LabMachine, lab: LabPaths):
+    """A pyghmi client to the machine's BMC (bytes credentials: see DESIGN.md)."""
+    from pyghmi.exceptions import IpmiException
     from pyghmi.ipmi.command import Command
-    return Command(bmc='127.0.0.1', port=machine.bmc_port, userid=BMC_USER.encode(),
-                   password=_password(lab))
+    for attempt in (1, 2):
+        try:
+            return Command(bmc='127.0.0.1', port=machine.bmc_port, userid=BMC_USER.encode(),
+                           password=_password(lab))
+        except IpmiException:  # once seen: a re-login after > 45 s idle timed out; see report
+            if attempt == 2:
+                raise
 
 
 def _ssh_argv(machine: LabMachine, lab: LabPaths, command: str, timeout: int = 5) -> list[str]:
@@ -226,7 +214,9 @@ def lab_up(hosts: int = 1, arch: str = 'x86_64', *, ssh_port: int | None = None,
     from orchestrator.vlab.image import build_image
     manifest = build_image(arch, log=log)
     _ensure_lab_secrets(lab)
-    accel, accel_reason = _choose_accel(arch)
+    from orchestrator.vlab.accel import choose_accel
+    verdict = choose_accel(manifest)  # KVM only if a real guest boots with it (cached)
+    accel, accel_reason = verdict.accel, verdict.reason
     machines: list[LabMachine] = []
     try:
         for index in range(hosts):
