@@ -27,9 +27,11 @@ from orchestrator.kernel.kdump import KdumpLayout
 from orchestrator.kernel.pages import Target, explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
 from orchestrator.recovery import recover_wedged_host
+from orchestrator.case_result import build_case_result
 from orchestrator.results.model import ERROR, FAIL, PASS, SKIP, CaseResult, Evidence, PhaseTiming
 from orchestrator.transport.base import ConsoleProtocol, PowerProtocol, ShellProtocol
 from orchestrator.verify import Observation, judge_panic, judge_survive
+from orchestrator.waitmeter import WaitMeter
 
 
 class State(enum.Enum):
@@ -88,17 +90,26 @@ class CaseContext:
 class CaseCycle:
     def __init__(self, handles: HostHandles, case: Case, *, expect_resolver: Callable | None = None,
                  on_state: Callable[[str, str], None] | None = None):
-        self.h, self.case = handles, case
+        self.meter = WaitMeter()
+        # The cycle sees metered transports, so each phase knows how long it waited on the host.
+        self.h = HostHandles(host=handles.host, shell=self.meter.wrap(handles.shell),
+                             poll_shell=self.meter.wrap(handles.poll_shell), power=self.meter.wrap(handles.power),
+                             console=self.meter.wrap(handles.console), kdump=handles.kdump)
+        self.case = case
         self.resolve_expect = expect_resolver or (lambda case, shell: case.expect)
         self.on_state = on_state or (lambda host, state: None)
         self.ctx = CaseContext()
 
     # -- bookkeeping ---------------------------------------------------------------------
-    def _enter(self, state: State, started: float, waited: float, note: str = "") -> None:
-        now = time.monotonic()
+    def _begin(self) -> tuple[float, float]:
+        """Start a phase: (monotonic start, time waited on the host so far)."""
+        return time.monotonic(), self.meter.total
+
+    def _enter(self, state: State, begun: tuple[float, float], note: str = "") -> None:
+        now, (started, waited0) = time.monotonic(), begun
+        waited = min(self.meter.total - waited0, now - started)
         self.ctx.timings.append(PhaseTiming(state=state.value, started=round(started - self.ctx.started, 3),
-                                            seconds=round(now - started, 3), waited=round(min(waited, now - started), 3),
-                                            note=note))
+                                            seconds=round(now - started, 3), waited=round(waited, 3), note=note))
         self.ctx.state = state
         self.on_state(self.h.host.name, state.value)
 
@@ -118,7 +129,7 @@ class CaseCycle:
             reasons = [self.ctx.skip_reason] if self.ctx.skip_reason else reasons
         except InfraError as exc:
             verdict, reasons = ERROR, [f"{self.ctx.state.value}: {exc}"]
-            self._enter(State.INFRA_ERROR, time.monotonic(), 0.0, str(exc))
+            self._enter(State.INFRA_ERROR, self._begin(), str(exc))
         except OrchestratorError as exc:
             verdict, reasons = ERROR, [f"{self.ctx.state.value}: {exc}"]
         finally:
@@ -136,7 +147,7 @@ class CaseCycle:
         return self._after_survive()
 
     def _preflight(self) -> bool:
-        t0 = time.monotonic()
+        t0 = self._begin()
         host, case = self.h.host, self.case
         if not host.destructive:
             raise FatalInfraError(f"host {host.name} is not marked destructive: true; refusing to inject")
@@ -157,20 +168,20 @@ class CaseCycle:
         if not self.ctx.skip_reason:
             self.ctx.expect = self.resolve_expect(case, self.h.shell)
             self.ctx.dumps_before = tuple(self.h.kdump.list_dumps(self.h.shell))
-        self._enter(State.PREFLIGHT, t0, time.monotonic() - t0, facts.kernel_release)
+        self._enter(State.PREFLIGHT, t0, facts.kernel_release)
         return self.ctx.skip_reason is None
 
     def _arm(self) -> None:
-        t0 = time.monotonic()
+        t0 = self._begin()
         wanted = dict(self.case.sysctls)
         self.ctx.old_sysctls = {k: v for k, v in read_sysctls(self.h.shell, wanted).items() if v is not None}
         write_sysctls(self.h.shell, wanted)
         if self.case.kdump == "unload":
             self.h.shell.run("kexec -p -u", timeout=30)
-        self._enter(State.ARMED, t0, 0.0, " ".join(f"{k}={v}" for k, v in wanted.items()))
+        self._enter(State.ARMED, t0, " ".join(f"{k}={v}" for k, v in wanted.items()))
 
     def _pick_target(self) -> None:
-        t0 = time.monotonic()
+        t0 = self._begin()
         arch = self.h.host.arch
         if self.case.target == "pfn":
             target = explicit_target(self.h.shell, self.case.pfn)
@@ -178,10 +189,10 @@ class CaseCycle:
             target = select_target(self.h.shell, self.case.target, arch=arch, timeout=self._deadline("target"))
         self.ctx.target = target
         self._evidence("target", f"{target.page_class} pfn {target.pfn:#x} kpageflags {target.kpageflags:#x}: {target.how}")
-        self._enter(State.TARGETED, t0, time.monotonic() - t0, f"pfn {target.pfn:#x}")
+        self._enter(State.TARGETED, t0, f"pfn {target.pfn:#x}")
 
     def _inject(self) -> None:
-        t0 = time.monotonic()
+        t0 = self._begin()
         inj = make_injector(self.case.injector)
         inj.prepare(self.h.shell)
         epoch = int(self.h.shell.run("date +%s", timeout=15).stdout.strip() or 0)
@@ -197,7 +208,7 @@ class CaseCycle:
         except RetryableInfraError as exc:
             note = f"{self.case.injector}; SSH dropped while firing: {exc}"
             self._evidence("ssh", f"connection dropped during the injection: {exc}")
-        self._enter(State.INJECTED, t0, 0.0, note)
+        self._enter(State.INJECTED, t0, note)
 
     def _watch_for_panic(self, timeout: float) -> bool:
         console = self.h.console
@@ -214,17 +225,17 @@ class CaseCycle:
 
     def _panicked_anyway(self) -> bool:
         """A survive case watches the console for a panic that must not come."""
-        t0 = time.monotonic()
+        t0 = self._begin()
         panicked = self._watch_for_panic(self._deadline("survive"))
         if panicked:
-            self._enter(State.PANICKED, t0, time.monotonic() - t0, "unexpected panic")
+            self._enter(State.PANICKED, t0, "unexpected panic")
         return panicked
 
     def _after_panic(self) -> list[str]:
         if self.ctx.state is not State.PANICKED:
-            t0 = time.monotonic()
+            t0 = self._begin()
             seen = self._watch_for_panic(self._deadline("panic"))
-            self._enter(State.PANICKED, t0, time.monotonic() - t0, "seen on console" if seen else "not seen on console")
+            self._enter(State.PANICKED, t0, "seen on console" if seen else "not seen on console")
             if not seen and self._still_same_boot():
                 # No panic line and the same kernel still answers: it did not panic.
                 return self._after_survive_check(panic=True)
@@ -233,27 +244,27 @@ class CaseCycle:
         return self._verify(panic=True)
 
     def _await_reboot(self) -> None:
-        t0 = time.monotonic()
+        t0 = self._begin()
         try:
             self.ctx.after = wait_for_boot(self.h.poll_shell, deadline_s=self._deadline("dump"), state="dump",
                                            not_boot_id=self.ctx.before.boot_id)
-            self._enter(State.DUMPED, t0, time.monotonic() - t0, "back on SSH with a new boot_id")
+            self._enter(State.DUMPED, t0, "back on SSH with a new boot_id")
         except InfraError as exc:
-            self._enter(State.WEDGED, t0, time.monotonic() - t0, str(exc))
-            t1 = time.monotonic()
+            self._enter(State.WEDGED, t0, str(exc))
+            t1 = self._begin()
             self.ctx.after = recover_wedged_host(self.h, self.ctx.before.boot_id, self._deadline("wedge"),
                                                  self.ctx.recovery, nmi_grace_s=self._deadline("nmi"))
-            self._enter(State.DUMPED, t1, time.monotonic() - t1, "; ".join(self.ctx.recovery))
+            self._enter(State.DUMPED, t1, "; ".join(self.ctx.recovery))
 
     def _collect(self) -> None:
-        t0 = time.monotonic()
+        t0 = self._begin()
         new = [d for d in self.h.kdump.list_dumps(self.h.shell) if d not in self.ctx.dumps_before]
         if new:
             # Only a dump made after the injection counts; with several, the newest.
             self.ctx.dump = self.h.kdump.collect(self.h.shell, sorted(new)[-1])
             if len(new) > 1:
                 self._evidence("dump", f"{len(new)} new dumps: {', '.join(sorted(new))}; using the newest")
-        self._enter(State.COLLECTED, t0, time.monotonic() - t0, self.ctx.dump.dump_id if self.ctx.dump else "no new dump")
+        self._enter(State.COLLECTED, t0, self.ctx.dump.dump_id if self.ctx.dump else "no new dump")
 
     def _still_same_boot(self) -> bool:
         try:
@@ -265,7 +276,7 @@ class CaseCycle:
         return self._after_survive_check(panic=False)
 
     def _after_survive_check(self, *, panic: bool) -> list[str]:
-        t0 = time.monotonic()
+        t0 = self._begin()
         facts = None
         try:
             facts = read_boot_facts(self.h.shell, timeout=self._deadline("collect"))
@@ -277,11 +288,11 @@ class CaseCycle:
             live = self.h.shell.run("dmesg", timeout=self._deadline("collect"), check=False).stdout
             rc = self.h.shell.run("cat /tmp/orch-inject.rc /tmp/orch-inject.out", timeout=15, check=False).stdout
             self._evidence("inject", "exit status and output: " + " ".join(rc.split()))
-        self._enter(State.SURVIVED, t0, time.monotonic() - t0)
+        self._enter(State.SURVIVED, t0)
         return self._verify(panic=panic, live_dmesg=live)
 
     def _verify(self, *, panic: bool, live_dmesg: str | None = None) -> list[str]:
-        t0 = time.monotonic()
+        t0 = self._begin()
         console = tuple(line.text for line in self.h.console.lines(self.ctx.console_mark)) if self.h.console else ()
         for text in console:
             if sig.MF_LINE.search(text) or sig.PANIC_LINE.search(text):
@@ -301,7 +312,7 @@ class CaseCycle:
                           rebooted=rebooted, console_expected=has_console)
         reasons = judge_panic(obs, self.ctx.expect) if panic and self.ctx.expect.outcome == "panic" else \
             judge_survive(obs, self.ctx.expect)
-        self._enter(State.VERIFIED, t0, 0.0, "ok" if not reasons else f"{len(reasons)} problem(s)")
+        self._enter(State.VERIFIED, t0, "ok" if not reasons else f"{len(reasons)} problem(s)")
         return reasons
 
     def _restore_quietly(self) -> None:
@@ -309,7 +320,7 @@ class CaseCycle:
         verdict is already decided, and a rebooted host has its defaults back anyway."""
         if not self.ctx.old_sysctls and not (self.ctx.target and self.ctx.target.cleanup):
             return
-        t0 = time.monotonic()
+        t0 = self._begin()
         try:
             current = read_sysctls(self.h.shell, self.ctx.old_sysctls)
             changed = {k: v for k, v in self.ctx.old_sysctls.items() if current.get(k) != v}
@@ -317,28 +328,9 @@ class CaseCycle:
                 write_sysctls(self.h.shell, changed)
             if self.ctx.target and self.ctx.target.cleanup:
                 self.h.shell.run(self.ctx.target.cleanup, timeout=15, check=False)
-            self._enter(State.RESTORED, t0, time.monotonic() - t0)
+            self._enter(State.RESTORED, t0)
         except OrchestratorError as exc:
             self.ctx.recovery.append(f"restore failed: {exc}")
 
     def _result(self, verdict: str, reasons: list[str], started_at: str) -> CaseResult:
-        ctx, target, dump = self.ctx, self.ctx.target, self.ctx.dump
-        expect = ctx.expect or self.case.expect
-        return CaseResult(
-            host=self.h.host.name, case=self.case.name, verdict=verdict, reasons=tuple(r for r in reasons if r),
-            expect={"outcome": expect.outcome, "action_label": expect.action_label,
-                    "action_result": expect.action_result, "signature": expect.signature, "dump": expect.dump},
-            pfn=target.pfn if target else None, page_class=target.page_class if target else self.case.target,
-            injector=self.case.injector, timings=tuple(ctx.timings), evidence=tuple(ctx.evidence),
-            panic_after_inject_s=round(ctx.panic_t - ctx.inject_t, 3) if ctx.panic_t and ctx.inject_t else None,
-            dump=_dump_summary(dump), boot_id_before=ctx.before.boot_id if ctx.before else None,
-            boot_id_after=ctx.after.boot_id if ctx.after else None, recovery=tuple(ctx.recovery),
-            started_at=started_at, seconds=round(time.monotonic() - ctx.started, 3),
-        )
-
-
-def _dump_summary(dump) -> dict | None:
-    if dump is None:
-        return None
-    return {"id": dump.dump_id, "path": dump.path, "files": dict(dump.files), "incomplete": dump.incomplete,
-            "vmcoreinfo": dict(dump.vmcoreinfo), "notes": list(dump.notes)}
+        return build_case_result(self.h.host.name, self.case, self.ctx, verdict, reasons, started_at)

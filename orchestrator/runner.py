@@ -11,7 +11,6 @@ import json
 import resource
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -21,11 +20,11 @@ from typing import Callable
 from orchestrator import __version__
 from orchestrator.config.model import Host, Inventory
 from orchestrator.config.playbook import Case, Playbook
+from orchestrator.case_result import no_cycle_result
 from orchestrator.cycle import CaseCycle, HostHandles
-from orchestrator.errors import InfraError, OrchestratorError
+from orchestrator.errors import OrchestratorError
 from orchestrator.expectations import ExpectationResolver
 from orchestrator.hostwait import read_boot_facts
-from orchestrator.kernel.kdump import layout_for
 from orchestrator.kernel.sysctl import read_sysctls
 from orchestrator.results import store
 from orchestrator.results.model import ERROR, SKIP, CaseResult, HostFacts, RunResult
@@ -113,10 +112,10 @@ class Runner:
         for case in self.req.playbook.cases:
             why = skip_reason(host, case)
             if why is None and handles is None:
-                self._record(_no_cycle_result(host, case, ERROR, f"preflight: {self._facts[host.name].error}"))
+                self._record(no_cycle_result(host.name, case, ERROR, f"preflight: {self._facts[host.name].error}"))
                 continue
             if why is not None:
-                self._record(_no_cycle_result(host, case, SKIP, why))
+                self._record(no_cycle_result(host.name, case, SKIP, why))
                 continue
             folder = store.case_dir(self.run_dir, host.name, case.name)
             log.point_at(folder / "commands.log")
@@ -177,15 +176,6 @@ class Runner:
             )
             store.write_run(self.run_dir, run)
             return run
-
-
-def _no_cycle_result(host: Host, case: Case, verdict: str, reason: str) -> CaseResult:
-    e = case.expect
-    return CaseResult(host=host.name, case=case.name, verdict=verdict, reasons=(reason,),
-                      expect={"outcome": e.outcome, "action_label": e.action_label, "action_result": e.action_result,
-                              "signature": e.signature, "dump": e.dump},
-                      page_class=case.target, injector=case.injector,
-                      started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def close_handles(handles: HostHandles) -> None:

@@ -42,6 +42,7 @@ PUMP_WAIT = 0.1             # seconds per wait_for_rsp; bounds how late a keepal
 SPIN_GUARD = 0.001          # a wait_for_rsp shorter than this may not have waited at all ...
 SPIN_BACKOFF = 0.005        # ... and if pyghmi is spinning, yield this long
 DIRECTED_WAIT_CAP = 0.05    # longest sleep of a command between looks at its reply
+DIRECTED_WAIT_FLOOR = 0.005  # shortest: a wait past its deadline must not spin
 
 # pyghmi reports authentication problems only as message text.
 _AUTH_FAILURE_TEXTS = ("Incorrect password", "Unauthorized name", "Unauthorized role",
@@ -96,14 +97,18 @@ def _cap_directed_waits() -> None:
     timer (0.5-1 s). When the pump thread happens to process the reply first, no further
     packet comes and the worker sleeps out the whole retry timer: 1-4 % of get_power calls
     took 0.5-1 s on loopback. pyghmi's wait loops tolerate early wake-ups (they recompute
-    their deadline), so waking every DIRECTED_WAIT_CAP cuts that tail to ~60 ms."""
+    their deadline), so waking every DIRECTED_WAIT_CAP cuts that tail to ~60 ms.
+
+    The floor: while a BMC is dead, a command's wait loop keeps asking for a wait whose
+    deadline has passed and spins (with the pump and pyghmi's I/O thread, ~50 % of a core
+    for one dead BMC); a few ms per turn bounds that."""
     original = ipmi_session._io_wait
     if getattr(original, "capped", False):
         return
 
     def capped_io_wait(timeout, myaddr=None, evq=None):
-        if myaddr is not None and timeout > DIRECTED_WAIT_CAP:
-            timeout = DIRECTED_WAIT_CAP
+        if myaddr is not None:
+            timeout = min(max(timeout, DIRECTED_WAIT_FLOOR), DIRECTED_WAIT_CAP)
         return original(timeout, myaddr, evq)
 
     capped_io_wait.capped = True

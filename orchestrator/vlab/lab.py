@@ -42,6 +42,7 @@ READY_PROBE = 'test -e /run/vlab-ready || grep -qx 1 /sys/kernel/kexec_crash_loa
 
 @dataclass(frozen=True)
 class LabPaths:
+    """The lab runtime layout of docs/DESIGN.md."""
     root: Path
 
     keys = property(lambda self: self.root / 'keys')
@@ -86,10 +87,6 @@ def _bmc_alive(machine: LabMachine) -> bool:
 # --- checks on the request (bad input -> ConfigError, one line) -----------------------------
 def _check_request(hosts: int, arch: str, ssh_port: int | None, bmc_port: int | None,
                    lab: LabPaths) -> None:
-    if arch not in QEMU_BINARIES:
-        raise ConfigError(f'unknown arch {arch!r} (use x86_64 or aarch64)', field='--arch')
-    if hosts < 1:
-        raise ConfigError(f'--hosts must be at least 1, not {hosts}', field='--hosts')
     if shutil.which(QEMU_BINARIES[arch]) is None:
         raise ConfigError(f'missing QEMU binary {QEMU_BINARIES[arch]} '
                           f'(apt-get install {QEMU_PACKAGES[arch]})')
@@ -198,6 +195,10 @@ def lab_up(hosts: int = 1, arch: str = 'x86_64', *, ssh_port: int | None = None,
            bmc_port: int | None = None, ready_timeout: float = READY_TIMEOUT_SECONDS,
            log: Log = print) -> list[LabMachine]:
     """Bring the lab up (idempotent: an already running lab of this shape is reported)."""
+    if arch not in QEMU_BINARIES:
+        raise ConfigError(f'unknown arch {arch!r} (use x86_64 or aarch64)', field='--arch')
+    if hosts < 1:
+        raise ConfigError(f'--hosts must be at least 1, not {hosts}', field='--hosts')
     lab = lab_paths()
     running = read_lab(lab)
     if running and all(_bmc_alive(m) for m in running):
@@ -306,9 +307,7 @@ def lab_down(log: Log = print) -> None:
 def ensure_up(log: Log = print) -> list[LabMachine]:
     """The lab as it is, or one x86_64 machine brought up (``orchestrator run`` without -i)."""
     running = read_lab()
-    if running and all(_bmc_alive(m) for m in running):
-        return lab_up(len(running), running[0].arch, log=log)
-    return lab_up(log=log)
+    return lab_up(len(running), running[0].arch, log=log) if running else lab_up(log=log)
 
 
 def lab_status() -> list[dict[str, str]]:
@@ -323,7 +322,7 @@ def lab_status() -> list[dict[str, str]]:
                 power = f'BMC error: {error}'
         rows.append({'machine': machine.name, 'power': power, 'ssh port': str(machine.ssh_port),
                      'bmc port': str(machine.bmc_port),
-                     'accel': f'{machine.accel.upper()} ({machine.accel_reason})',
+                     'accel': f'{machine.accel.upper()} ({machine.accel_reason[:48]})',
                      'ready': 'yes' if power == 'on' and is_ready(machine, lab) else 'no'})
     return rows
 
@@ -360,9 +359,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print('lab is down')
         return 0
-    table = Table(title=f'virtual lab ({paths.lab_dir()})')
-    for column in rows[0]:
-        table.add_column(column)
+    table = Table(*rows[0], title=f'virtual lab ({paths.lab_dir()})')
     for row in rows:
         table.add_row(*row.values())
     Console().print(table)
@@ -370,9 +367,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from orchestrator.vlab.image import build_image
-    if args.arch not in QEMU_BINARIES:
-        raise ConfigError(f'unknown arch {args.arch!r} (use x86_64 or aarch64)', field='--arch')
+    from orchestrator.vlab.image import build_image  # ConfigError on an unknown arch
     build_image(args.arch, refresh=args.refresh, force=args.force)
     return 0
 
