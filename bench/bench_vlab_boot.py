@@ -62,6 +62,16 @@ class BenchGuest:
             time.sleep(0.1)
         raise RuntimeError(f"no SSH within {SSH_DEADLINE_S:.0f} s")
 
+    def idle_cpu_percent(self, seconds: float = 15.0) -> float:
+        """QEMU's CPU use (user+sys, % of one host core) while the guest sits idle."""
+        def ticks() -> int:
+            fields = Path(f"/proc/{self.machine.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])
+        before, started = ticks(), time.monotonic()
+        time.sleep(seconds)   # the measurement window itself, not a wait for an event
+        used = (ticks() - before) / os.sysconf("SC_CLK_TCK")
+        return 100 * used / (time.monotonic() - started)
+
     def rss_mb(self) -> float:
         pid = self.machine.pid
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -93,6 +103,7 @@ def bench_kdump(guest: BenchGuest) -> dict[str, float]:
     tap = SerialTap(guest.machine.serial_socket)
     try:
         tap.wait_for("VLAB: ready", 0, SSH_DEADLINE_S)
+        idle = guest.idle_cpu_percent()
         boot_id = guest.ssh("cat /proc/sys/kernel/random/boot_id").stdout.strip()
         since = tap.mark()
         fired = time.monotonic()
@@ -108,7 +119,7 @@ def bench_kdump(guest: BenchGuest) -> dict[str, float]:
         guest.machine.stop()
     return {"fire_to_panic": panic - fired, "panic_to_crash_kernel": crash_up - panic,
             "panic_to_dump_saved": saved - panic, "panic_to_ssh": back, "panic_to_ready": ready - panic,
-            "rss_mb_after_kdump": rss}
+            "rss_mb_after_kdump": rss, "idle_cpu_percent": idle}
 
 
 def bench_builds(arch: str, cold: bool) -> dict[str, float]:

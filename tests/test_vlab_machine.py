@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.errors import ConfigError, FatalInfraError, RetryableInfraError
 from orchestrator.transport.base import UnsupportedOperation
-from orchestrator.vlab import image
+from orchestrator.vlab import accel, image
 from orchestrator.vlab.machine import MachineSpec, QemuMachine, create_disk, ensure_host_key, known_hosts_line
 from orchestrator.vlab.serial_tap import SerialTap
-
-pytestmark = pytest.mark.vlab
 
 
 class Guest:
@@ -124,6 +123,55 @@ def arm_guest(tmp_path_factory: pytest.TempPathFactory, client_key: Path, reques
     return _boot("aarch64", tmp_path_factory.mktemp("arm"), client_key, request)
 
 
+class TestMachineWithoutBooting:
+    """Cheap checks of the process/QMP plumbing; no guest is booted."""
+
+    @pytest.fixture()
+    def spec(self, tmp_path: Path) -> MachineSpec:
+        return MachineSpec(name="idle", arch="x86_64", machine_dir=tmp_path / "idle",
+                           image=image.load_manifest("x86_64"), ssh_port=_free_port())
+
+    def test_never_started_machine_is_off(self, spec: MachineSpec) -> None:
+        machine = QemuMachine(spec)
+        assert machine.status() == "off" and not machine.is_running()
+        machine.stop()   # idempotent: nothing to stop is not an error
+
+    def test_start_without_disk_is_fatal(self, spec: MachineSpec) -> None:
+        with pytest.raises(FatalInfraError, match="no disk"):
+            QemuMachine(spec).start()
+
+    def test_qmp_on_a_dead_socket_is_retryable_not_a_hang(self, spec: MachineSpec) -> None:
+        started = time.monotonic()
+        with pytest.raises(RetryableInfraError):
+            QemuMachine(spec).qmp("query-status")
+        assert time.monotonic() - started < 2
+
+    def test_spec_rejects_a_mismatched_image(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match="image"):
+            MachineSpec(name="x", arch="aarch64", machine_dir=tmp_path, image=image.load_manifest("x86_64"),
+                        ssh_port=1)
+
+    def test_disk_and_host_key_are_made_once(self, tmp_path: Path, client_key: Path) -> None:
+        key = ensure_host_key(tmp_path)
+        disk = create_disk(tmp_path, key, Path(f"{client_key}.pub"))
+        first = (key.read_bytes(), disk.stat().st_mtime_ns)
+        assert ensure_host_key(tmp_path) == key and create_disk(tmp_path, key, "ignored") == disk
+        assert (key.read_bytes(), disk.stat().st_mtime_ns) == first
+        assert known_hosts_line(key, "127.0.0.1", 40022).startswith("[127.0.0.1]:40022 ssh-ed25519 ")
+
+
+@pytest.mark.vlab
+def test_accel_probe_is_cached() -> None:
+    manifest = image.load_manifest("x86_64")
+    first = accel.choose_accel(manifest, reprobe=True)
+    assert first.accel in ("kvm", "tcg") and first.reason
+    started = time.monotonic()
+    assert accel.choose_accel(manifest) == first
+    assert time.monotonic() - started < 1   # answered from the cache, no second boot
+    assert accel.choose_accel(image.load_manifest("aarch64")).accel == "tcg" or os.uname().machine == "aarch64"
+
+
+@pytest.mark.vlab
 @pytest.mark.x86_64
 class TestX86Machine:
     def test_pinned_openssh_login(self, x86_guest: Guest) -> None:
@@ -156,6 +204,10 @@ class TestX86Machine:
     def test_kdump_end_to_end(self, x86_guest: Guest) -> None:
         _crash_and_collect(x86_guest, expect_dump=True)
 
+    def test_a_second_handle_finds_the_running_machine(self, x86_guest: Guest) -> None:
+        other = QemuMachine(x86_guest.machine.spec)   # as another process would, via the pidfile
+        assert other.pid == x86_guest.machine.pid and other.status() == "running"
+
     def test_powerdown_ends_the_process(self, x86_guest: Guest) -> None:
         pid = x86_guest.machine.pid
         since = x86_guest.console.mark()
@@ -168,6 +220,7 @@ class TestX86Machine:
         assert pid is not None and not Path(f"/proc/{pid}").exists()
 
 
+@pytest.mark.vlab
 @pytest.mark.aarch64
 class TestAarch64Machine:
     def test_ssh_and_sysctl(self, arm_guest: Guest) -> None:

@@ -9,7 +9,7 @@ pattern that held 100 BMCs (shared/reference/pyghmi-concurrency.md):
 - one daemon pump thread calling ``Session.wait_for_rsp(0.1)``, with a guard against the
   busy loop pyghmi falls into while a keepalive is deferred on a dead BMC;
 - blocking ``Command`` calls from ordinary worker threads, whose waits for their reply are
-  capped (``_cap_directed_waits``) so the pump taking their reply costs ms, not a second.
+  capped so the pump taking their reply costs ms, not a second (``_install_patches``).
 
 Also here: the per-BMC command gate (``min_command_interval``: some BMCs crash when polled
 too fast, and the console probe and power calls must count together) and the pyghmi ->
@@ -39,10 +39,9 @@ from orchestrator.transport.base import UnsupportedOperation
 log = logging.getLogger(__name__)
 
 PUMP_WAIT = 0.1             # seconds per wait_for_rsp; bounds how late a keepalive/retry runs
-SPIN_GUARD = 0.001          # a wait_for_rsp shorter than this may not have waited at all ...
-SPIN_BACKOFF = 0.005        # ... and if pyghmi is spinning, yield this long
+SPIN_GUARD = 0.001          # a wait_for_rsp shorter than this may not have waited at all;
+SPIN_BACKOFF = 0.005        # if a pyghmi deadline is overdue too, it spins: yield this long
 DIRECTED_WAIT_CAP = 0.05    # longest sleep of a command between looks at its reply
-DIRECTED_WAIT_FLOOR = 0.005  # shortest: a wait past its deadline must not spin
 
 # pyghmi reports authentication problems only as message text.
 _AUTH_FAILURE_TEXTS = ("Incorrect password", "Unauthorized name", "Unauthorized role",
@@ -84,34 +83,30 @@ def _pump_forever() -> None:
         except Exception:  # a callback's bug must not stop every BMC's I/O
             log.exception("pyghmi event loop iteration failed")
         # A quick return is normal when packets arrive; it is a spin only while a deadline
-        # stays overdue (a dead BMC under a blocked command: 32 % of a core measured).
+        # stays overdue (a keepalive deferred on a session stuck in a command to a dead BMC).
         now = time.monotonic()
         if now - started < SPIN_GUARD and _pyghmi_deadline_overdue(now):
             time.sleep(SPIN_BACKOFF)
 
 
-def _cap_directed_waits() -> None:
-    """Bound how long a synchronous command sleeps between looks at its own reply.
+def _install_patches() -> None:
+    """Cap a command's wait for its own reply (idempotent).
 
-    A worker in ``raw_command`` sleeps until the next packet from its BMC or its retry
-    timer (0.5-1 s). When the pump thread happens to process the reply first, no further
-    packet comes and the worker sleeps out the whole retry timer: 1-4 % of get_power calls
-    took 0.5-1 s on loopback. pyghmi's wait loops tolerate early wake-ups (they recompute
-    their deadline), so waking every DIRECTED_WAIT_CAP cuts that tail to ~60 ms.
-
-    The floor: while a BMC is dead, a command's wait loop keeps asking for a wait whose
-    deadline has passed and spins (with the pump and pyghmi's I/O thread, ~50 % of a core
-    for one dead BMC); a few ms per turn bounds that."""
-    original = ipmi_session._io_wait
-    if getattr(original, "capped", False):
+    A command in raw_command sleeps until the next packet from its BMC or its retry timer
+    (0.5-1 s). When another thread (the pump) processes its reply first, no packet follows
+    and it sleeps out the whole timer: 1-4 % of get_power calls took 0.5-1 s on loopback.
+    pyghmi's wait loops recompute their deadline after any wake-up, so waking every
+    DIRECTED_WAIT_CAP cuts that tail to ~60 ms."""
+    original_io_wait = ipmi_session._io_wait
+    if getattr(original_io_wait, "orchestrator_patched", False):
         return
 
     def capped_io_wait(timeout, myaddr=None, evq=None):
-        if myaddr is not None:
-            timeout = min(max(timeout, DIRECTED_WAIT_FLOOR), DIRECTED_WAIT_CAP)
-        return original(timeout, myaddr, evq)
+        if myaddr is not None and timeout > DIRECTED_WAIT_CAP:
+            timeout = DIRECTED_WAIT_CAP
+        return original_io_wait(timeout, myaddr, evq)
 
-    capped_io_wait.capped = True
+    capped_io_wait.orchestrator_patched = True
     ipmi_session._io_wait = capped_io_wait
 
 
@@ -119,7 +114,7 @@ def ensure_pump() -> None:
     """Start the process-wide pump thread once (daemon: it never blocks interpreter exit)."""
     global _pump_thread
     with _registry_lock:
-        _cap_directed_waits()
+        _install_patches()
         if _pump_thread is None or not _pump_thread.is_alive():
             _pump_thread = threading.Thread(target=_pump_forever, name="pyghmi-pump", daemon=True)
             _pump_thread.start()

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,13 +96,9 @@ class PrivateApt:
     def _stamp(self) -> Path:
         return self.root / "lists" / ".vlab-updated"
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> AbstractContextManager[None]:
         """One apt run at a time on this cache (two image builds may run in parallel)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return file_lock(self.root / ".lock")
 
     def _run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
         if not shutil.which(tool):
@@ -184,6 +180,15 @@ class PrivateApt:
             if not path.exists():
                 raise FatalInfraError(f"apt-get download did not produce {path.name}")
         return paths
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path``, held across processes until the block ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def deb_filename(key: str, version: str) -> str:

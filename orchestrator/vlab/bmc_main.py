@@ -78,17 +78,21 @@ def start_bmc_process(machine_dir: Path, password_file: Path, user: str, port: i
     return proc.pid, int((machine_dir / 'bmc.port').read_text())
 
 
-def stop_bmc_process(machine_dir: Path, timeout: float = 20.0) -> None:
+def stop_bmc_process(machine_dir: Path, timeout: float = 20.0) -> bool:
     """SIGTERM the BMC (it powers its QEMU off first), SIGKILL if it hangs; then make sure
-    no QEMU of this machine survives (a BMC killed with -9 cannot stop its QEMU)."""
+    no QEMU of this machine survives (a BMC killed with -9 cannot stop its QEMU).
+    Returns whether anything was running."""
+    stopped = False
     for pid_name, marker in (('bmc.pid', 'orchestrator.vlab.bmc_main'), ('qemu.pid', 'qemu-system')):
         pid = process_alive(machine_dir / pid_name, marker)
         if pid is None:
             continue
+        stopped = True
         os.kill(pid, signal.SIGTERM)
         if not _wait_exited(pid, timeout):
             os.kill(pid, signal.SIGKILL)
             _wait_exited(pid, timeout)
+    return stopped
 
 
 def _wait_exited(pid: int, timeout: float) -> bool:

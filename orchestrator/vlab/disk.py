@@ -28,7 +28,7 @@ def _run(*argv: str, env: dict[str, str] | None = None) -> None:
         raise FatalInfraError(f"{argv[0]} not found on this host")
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise FatalInfraError(f"{argv[0]} failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+        raise FatalInfraError(f"{argv[0]} failed: {' '.join((proc.stderr or proc.stdout).split())[-300:]}")
 
 
 def make_ext4(tree: Path, image: Path, size_bytes: int, *, label: str,

@@ -29,7 +29,7 @@ from uuid import UUID
 from orchestrator.errors import ConfigError, FatalInfraError, OrchestratorError
 from orchestrator.paths import cache_dir
 from orchestrator.vlab import cpio, disk, rootfs
-from orchestrator.vlab.apt import PrivateApt, debian_arch
+from orchestrator.vlab.apt import PrivateApt, debian_arch, file_lock
 
 #: Bump when the manifest's meaning changes.
 MANIFEST_FORMAT = 2
@@ -157,11 +157,18 @@ def _make_boot_disk(staged: Path, tree: Path, key: str, epoch: int) -> None:
 
 def build_image(arch: str, *, refresh: bool = False, force: bool = False, log: Log = print) -> ImageManifest:
     """Build (or reuse) the guest image for ``arch`` ('x86_64' or 'aarch64')."""
+    debian_arch(arch)  # validates arch before anything touches the disk
+    images_dir().mkdir(parents=True, exist_ok=True)
+    # one build per arch at a time: a lab and a test run may both ask for the image
+    with file_lock(images_dir() / f".lock-{arch}"):
+        return _build_locked(arch, refresh=refresh, force=force, log=log)
+
+
+def _build_locked(arch: str, *, refresh: bool, force: bool, log: Log) -> ImageManifest:
     debarch = debian_arch(arch)
     guest = rootfs.GUEST_ARCHES[arch]
     started = time.monotonic()
     apt = PrivateApt.default()
-    images_dir().mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(images_dir()).free
     if free < MIN_FREE_BYTES:
         raise FatalInfraError(f"no free disk: {free >> 20} MiB left under {images_dir()}, need {MIN_FREE_BYTES >> 20} MiB")

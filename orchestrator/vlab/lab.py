@@ -298,10 +298,9 @@ def lab_down(log: Log = print) -> None:
     """Stop every BMC (each stops its QEMU); no lab process is left. Idempotent."""
     lab = lab_paths()
     machine_dirs = sorted((lab.root / 'machines').glob('*/')) if lab.root.exists() else []
-    for machine_dir in machine_dirs:
-        stop_bmc_process(machine_dir)
+    stopped = [d.name for d in machine_dirs if stop_bmc_process(d)]
     lab.lab_json.unlink(missing_ok=True)
-    log(f'lab down ({len(machine_dirs)} machine(s) stopped)' if machine_dirs else 'lab is down')
+    log(f'lab down (stopped: {", ".join(stopped)})' if stopped else 'lab is down')
 
 
 def ensure_up(log: Log = print) -> list[LabMachine]:

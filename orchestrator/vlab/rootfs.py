@@ -62,7 +62,7 @@ def unpack_debs(debs: Iterable[Path], dest: Path) -> None:
     for deb in debs:
         proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise FatalInfraError(f"dpkg-deb -x {deb.name} failed: {proc.stderr.strip()[-200:]}")
+            raise FatalInfraError(f"dpkg-deb -x {deb.name} failed: {' '.join(proc.stderr.split())[-200:]}")
 
 
 def _inside(root: Path, path: Path) -> Path:
@@ -78,7 +78,7 @@ def _inside(root: Path, path: Path) -> Path:
 def _readelf(flag: str, binary: Path) -> str:
     proc = subprocess.run(["readelf", flag, "-W", str(binary)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise FatalInfraError(f"readelf {flag} {binary.name}: {proc.stderr.strip()[-200:]}")
+        raise FatalInfraError(f"readelf {flag} {binary.name}: {' '.join(proc.stderr.split())[-200:]}")
     return proc.stdout
 
 
@@ -173,7 +173,7 @@ def install_modules(kernel_staging: Path, rootfs: Path, release: str, arch: Gues
     dest_root.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["depmod", "-b", str(rootfs), release], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise FatalInfraError(f"depmod -b failed: {proc.stderr.strip()[-200:]}")
+        raise FatalInfraError(f"depmod -b failed: {' '.join(proc.stderr.split())[-200:]}")
     return sorted(installed)
 
 
