@@ -1,6 +1,7 @@
 """Virtual lab timings: image build (cold and cached), boot -> SSH, panic -> dump -> SSH, RSS.
 
     .venv/bin/python bench/bench_vlab_boot.py [--arch x86_64 --arch aarch64] [--boots 5] [--no-cold]
+                                              [--kernel backports|bookworm] [--memory-mb 768]
 
 One guest at a time. "Cold" builds use a fresh, temporary cache dir (apt update and
 downloads included); everything else uses the normal cache. Targets (2-core TCG host):
@@ -30,8 +31,8 @@ SSH_DEADLINE_S = 90.0
 
 
 class BenchGuest:
-    def __init__(self, arch: str, work: Path, port: int):
-        self.manifest = image.build_image(arch, log=lambda _m: None)
+    def __init__(self, arch: str, work: Path, port: int, kernel: str, memory_mb: int, tcg_cache_mb: int | None):
+        self.manifest = image.build_image(arch, kernel, log=lambda _m: None)
         machine_dir = work / arch
         self.key = work / "id_ed25519"
         if not self.key.exists():
@@ -41,12 +42,13 @@ class BenchGuest:
         self.known_hosts = work / f"known_hosts-{arch}"
         self.known_hosts.write_text(known_hosts_line(host_key, "127.0.0.1", port) + "\n")
         self.machine = QemuMachine(MachineSpec(name=f"bench-{arch}", arch=arch, machine_dir=machine_dir,
-                                               image=self.manifest, ssh_port=port))
+                                               image=self.manifest, ssh_port=port, memory_mb=memory_mb,
+                                               tcg_cache_mb=tcg_cache_mb))
 
-    def ssh(self, command: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+    def ssh(self, command: str, timeout: float = 10.0, connect_timeout: int = 3) -> subprocess.CompletedProcess[str]:
         argv = ["ssh", "-n", "-i", str(self.key), "-p", str(self.machine.spec.ssh_port),
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-                "-o", "BatchMode=yes", "-o", "ConnectTimeout=3", "-o", "ServerAliveInterval=2",
+                "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout}", "-o", "ServerAliveInterval=2",
                 "root@127.0.0.1", command]
         try:
             return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -56,7 +58,10 @@ class BenchGuest:
     def wait_ssh(self, started: float, not_boot_id: str = "") -> float:
         """Seconds from ``started`` until an SSH command succeeds (on a new boot, if asked)."""
         while time.monotonic() - started < SSH_DEADLINE_S:
-            result = self.ssh("cat /proc/sys/kernel/random/boot_id", timeout=5)
+            # slirp accepts the TCP connection at once and forwards the SYN to the guest; one
+            # sent before the guest's network is up is only retried after slirp's 3 s RTO, so
+            # a pending attempt is abandoned after 1 s rather than waited for
+            result = self.ssh("cat /proc/sys/kernel/random/boot_id", timeout=5, connect_timeout=1)
             if result.returncode == 0 and result.stdout.strip() != not_boot_id:
                 return time.monotonic() - started
             time.sleep(0.1)
@@ -71,6 +76,16 @@ class BenchGuest:
         time.sleep(seconds)   # the measurement window itself, not a wait for an event
         used = (ticks() - before) / os.sysconf("SC_CLK_TCK")
         return 100 * used / (time.monotonic() - started)
+
+    def guest_ram_rss_mb(self) -> float:
+        """The part of the RSS that is guest RAM (the one mapping of exactly its size)."""
+        size_kb, rss, current = self.machine.spec.memory_mb * 1024, 0, None
+        for line in Path(f"/proc/{self.machine.pid}/smaps").read_text().splitlines():
+            if line.startswith("Size:"):
+                current = int(line.split()[1])
+            elif line.startswith("Rss:") and current == size_kb:
+                rss += int(line.split()[1])
+        return rss / 1024
 
     def rss_mb(self) -> float:
         pid = self.machine.pid
@@ -113,16 +128,16 @@ def bench_kdump(guest: BenchGuest) -> dict[str, float]:
         saved = tap.wait_for("VLAB: dump saved", since, 120)
         back = guest.wait_ssh(panic, not_boot_id=boot_id)
         ready = tap.wait_for("VLAB: ready", since, SSH_DEADLINE_S)
-        rss = guest.rss_mb()
+        rss, ram_rss = guest.rss_mb(), guest.guest_ram_rss_mb()
     finally:
         tap.close()
         guest.machine.stop()
     return {"fire_to_panic": panic - fired, "panic_to_crash_kernel": crash_up - panic,
             "panic_to_dump_saved": saved - panic, "panic_to_ssh": back, "panic_to_ready": ready - panic,
-            "rss_mb_after_kdump": rss, "idle_cpu_percent": idle}
+            "rss_mb_after_kdump": rss, "guest_ram_rss_mb_after_kdump": ram_rss, "idle_cpu_percent": idle}
 
 
-def bench_builds(arch: str, cold: bool) -> dict[str, float]:
+def bench_builds(arch: str, kernel: str, cold: bool) -> dict[str, float]:
     result = {}
     if cold:
         with tempfile.TemporaryDirectory(prefix="vlab-cold-") as tmp:
@@ -130,16 +145,16 @@ def bench_builds(arch: str, cold: bool) -> dict[str, float]:
             os.environ["ORCH_CACHE_DIR"] = tmp
             try:
                 t = time.monotonic()
-                image.build_image(arch, log=lambda _m: None)
+                image.build_image(arch, kernel, log=lambda _m: None)
                 result["cold_build_s"] = time.monotonic() - t
             finally:
                 if env_before is None:
                     os.environ.pop("ORCH_CACHE_DIR")
                 else:
                     os.environ["ORCH_CACHE_DIR"] = env_before
-    image.build_image(arch, log=lambda _m: None)   # make sure the real cache is warm
+    image.build_image(arch, kernel, log=lambda _m: None)   # make sure the real cache is warm
     t = time.monotonic()
-    image.build_image(arch, log=lambda _m: None)
+    image.build_image(arch, kernel, log=lambda _m: None)
     result["cached_build_s"] = time.monotonic() - t
     return result
 
@@ -148,16 +163,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", action="append", choices=["x86_64", "aarch64"])
     parser.add_argument("--boots", type=int, default=5)
+    parser.add_argument("--kernel", default="backports", choices=["backports", "bookworm"])
+    parser.add_argument("--memory-mb", type=int, default=MachineSpec.memory_mb, help="guest RAM")
+    parser.add_argument("--tcg-cache-mb", type=int, help="TCG translation cache cap (MiB)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold build (no downloads)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vlab-bench-"))
     try:
         for port, arch in enumerate(args.arch or ["x86_64", "aarch64"], start=40700):
-            figures = bench_builds(arch, cold=not args.no_cold)
-            guest = BenchGuest(arch, work, port)
+            figures = bench_builds(arch, args.kernel, cold=not args.no_cold)
+            guest = BenchGuest(arch, work, port, args.kernel, args.memory_mb, args.tcg_cache_mb)
             figures |= bench_boots(guest, args.boots)
             figures |= bench_kdump(guest)
-            print(f"{arch} ({guest.manifest.kernel_release}, TCG, {os.cpu_count()} host cores, "
+            print(f"{arch} ({guest.manifest.kernel_release}, {args.memory_mb} MB, TCG, {os.cpu_count()} host cores, "
                   f"load {os.getloadavg()[0]:.1f})")
             for name, value in figures.items():
                 print(f"  {name:24s} {value:8.2f}")

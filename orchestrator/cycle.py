@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
 from orchestrator.config.model import Host
 from orchestrator.config.playbook import Case, Expectation
 from orchestrator.errors import FatalInfraError, InfraError, OrchestratorError, RetryableInfraError
@@ -30,7 +32,7 @@ from orchestrator.recovery import recover_wedged_host
 from orchestrator.case_result import build_case_result
 from orchestrator.results.model import ERROR, FAIL, PASS, SKIP, CaseResult, Evidence, PhaseTiming
 from orchestrator.transport.base import ConsoleProtocol, PowerProtocol, ShellProtocol
-from orchestrator.verify import Observation, judge_panic, judge_survive
+from orchestrator.verify import CLOCK_SLACK_S, Observation, judge_panic, judge_survive
 from orchestrator.waitmeter import WaitMeter
 
 
@@ -248,20 +250,25 @@ class CaseCycle:
         try:
             self.ctx.after = wait_for_boot(self.h.poll_shell, deadline_s=self._deadline("dump"), state="dump",
                                            not_boot_id=self.ctx.before.boot_id)
+            self.h.shell.close()   # its connection belonged to the previous boot
             self._enter(State.DUMPED, t0, "back on SSH with a new boot_id")
         except InfraError as exc:
             self._enter(State.WEDGED, t0, str(exc))
             t1 = self._begin()
             self.ctx.after = recover_wedged_host(self.h, self.ctx.before.boot_id, self._deadline("wedge"),
                                                  self.ctx.recovery, nmi_grace_s=self._deadline("nmi"))
+            self.h.shell.close()
             self._enter(State.DUMPED, t1, "; ".join(self.ctx.recovery))
 
     def _collect(self) -> None:
         t0 = self._begin()
-        new = [d for d in self.h.kdump.list_dumps(self.h.shell) if d not in self.ctx.dumps_before]
+        kdump, shell = self.h.kdump, self.h.shell
+        listed = _retry_transient(kdump.list_dumps, shell)
+        rewritten = _retry_transient(kdump.written_since, shell, self.ctx.inject_epoch - CLOCK_SLACK_S)
+        new = sorted({d for d in listed if d not in self.ctx.dumps_before} | set(rewritten))
         if new:
             # Only a dump made after the injection counts; with several, the newest.
-            self.ctx.dump = self.h.kdump.collect(self.h.shell, sorted(new)[-1])
+            self.ctx.dump = _retry_transient(kdump.collect, shell, new[-1])
             if len(new) > 1:
                 self._evidence("dump", f"{len(new)} new dumps: {', '.join(sorted(new))}; using the newest")
         self._enter(State.COLLECTED, t0, self.ctx.dump.dump_id if self.ctx.dump else "no new dump")
@@ -334,3 +341,11 @@ class CaseCycle:
 
     def _result(self, verdict: str, reasons: list[str], started_at: str) -> CaseResult:
         return build_case_result(self.h.host.name, self.case, self.ctx, verdict, reasons, started_at)
+
+
+def _retry_transient(call, *args):
+    """A freshly rebooted host may drop the first connection or two: retry those only."""
+    for attempt in Retrying(stop=stop_after_attempt(3), wait=wait_fixed(1.0),
+                            retry=retry_if_exception_type(RetryableInfraError), reraise=True):
+        with attempt:
+            return call(*args)

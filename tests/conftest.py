@@ -28,3 +28,42 @@ def vlab_x86(tmp_path_factory) -> Path:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _fetch_test_busybox() -> str | None:
+    """Debian's busybox-static (the lab guests' userspace), fetched once through the image
+    builder's private apt configuration, so the target-selection script is also tested
+    under busybox sh/awk on a fresh machine. None when it cannot be had."""
+    import shutil
+    import subprocess
+
+    from orchestrator.errors import OrchestratorError
+    from orchestrator.paths import cache_dir
+    from orchestrator.vlab.apt import PrivateApt
+
+    target = cache_dir() / "test-busybox"
+    binary = target / "bin" / "busybox"
+    if binary.is_file():
+        return str(binary)
+    try:
+        apt = PrivateApt.default()
+        with apt.locked():
+            apt.prepare()
+            apt.update_if_stale()
+            info = apt.show(["busybox-static:amd64"])["busybox-static:amd64"]
+            deb = apt.download({info.name: info.version})[info.name]
+        tmp = target.with_name("test-busybox.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True, capture_output=True)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return str(binary) if binary.is_file() else None
+    except (OrchestratorError, OSError, subprocess.CalledProcessError):
+        return None
+
+
+def pytest_configure(config) -> None:
+    if "ORCH_TEST_BUSYBOX" not in os.environ and os.uname().machine == "x86_64":
+        found = _fetch_test_busybox()
+        if found:
+            os.environ["ORCH_TEST_BUSYBOX"] = found

@@ -50,6 +50,10 @@ class StubLayout:
         shell.run("ls /var/crash", timeout=10)
         return sorted(self.host.dumps)
 
+    def written_since(self, shell, epoch: float) -> list[str]:
+        shell.run("stat -c '%Y %n' /var/crash/*/*", timeout=10)
+        return sorted(self.host.rewritten)
+
     def collect(self, shell, dump_id: str) -> StubDump:
         return self.host.dumps[dump_id]
 
@@ -67,8 +71,10 @@ class FakeLabHost:
     reboot_after_probes: int = 3            # failed SSH probes before the host is back
     nmi_supported: bool = True
     ssh_drops_on_inject: bool = False
+    dump_stamp: str = "202611251737"        # the minute kdump names the dump by
     boot_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     dumps: dict = field(default_factory=dict)
+    rewritten: set = field(default_factory=set)   # dump dirs rewritten after the injection
     dmesg: list = field(default_factory=list)
     up: bool = True
     wedged: bool = False
@@ -130,7 +136,9 @@ class FakeLabHost:
             self.up = False
             self.wedged = self.behaviour == "hang"
             if self.writes_dump and self.behaviour == "panic":
-                stamp = "202611251737"
+                stamp = self.dump_stamp
+                if stamp in self.dumps:
+                    self.rewritten.add(stamp)
                 self.dumps[stamp] = StubDump(
                     dump_id=stamp, path=f"/var/crash/{stamp}", files={f"dmesg.{stamp}": 4096, f"dump.{stamp}": 30_000_000},
                     dmesg="\n".join(lines) + "\n", vmcoreinfo={"OSRELEASE": "7.3.4+deb13-cloud-amd64",

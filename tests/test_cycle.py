@@ -131,6 +131,15 @@ def test_stale_dump_is_never_taken_for_the_new_one():
     assert any("no new kdump dump" in r for r in result.reasons)
 
 
+def test_dump_rewritten_in_the_same_minute_is_found_by_its_mtime():
+    host = FakeLabHost(dump_stamp="202611240101")
+    host.add_stale_dump()                       # same directory name as the coming dump
+    result = CaseCycle(host.handles(), make_case()).run()
+    assert result.verdict == "pass", result.reasons
+    assert result.dump["id"] == "202611240101"
+    assert int(result.dump["vmcoreinfo"]["CRASHTIME"]) > 1_795_628_000
+
+
 def test_ssh_drop_during_inject_is_observed_not_an_error():
     host = FakeLabHost(ssh_drops_on_inject=True)
     result = CaseCycle(host.handles(), make_case()).run()

@@ -188,3 +188,21 @@ def test_kdump_loaded():
     assert kdump_loaded(FakeShell([(r"kexec_crash_loaded", "1\n")]))
     assert not kdump_loaded(FakeShell([(r"kexec_crash_loaded", "0\n")]))
     assert not kdump_loaded(FakeShell([(r"kexec_crash_loaded", "", 1, "No such file")]))
+
+
+def test_written_since_finds_a_dump_directory_rewritten_in_the_same_minute(tmp_path):
+    import os
+
+    crash = tmp_path / "crash"
+    for stamp, mtime in (("202611240101", 1_000), ("202611251737", 5_000)):
+        (crash / stamp).mkdir(parents=True)
+        dmesg = crash / stamp / f"dmesg.{stamp}"
+        dmesg.write_text("x\n")
+        os.utime(dmesg, (mtime, mtime))
+    (crash / "not-a-dump").mkdir()
+    os.utime(crash / "not-a-dump", (9_000, 9_000))
+    layout = layout_for("debian", str(crash))
+    shell = LocalShell()
+    assert layout.written_since(shell, 4_000) == ["202611251737"]
+    assert layout.written_since(shell, 500) == ["202611240101", "202611251737"]
+    assert layout.written_since(shell, 6_000) == []

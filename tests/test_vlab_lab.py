@@ -3,6 +3,7 @@ plus the one-line bad-input errors (no QEMU needed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_vlab_bmc import PtyProcess, wait_until  # noqa: E402
 
 from orchestrator.errors import ConfigError  # noqa: E402
-from orchestrator.vlab import lab  # noqa: E402
+from orchestrator.vlab import lab, lab_checks  # noqa: E402
 
 
 @pytest.fixture
@@ -42,16 +43,34 @@ def test_port_in_use_is_bad_input(empty_lab):
 
 
 def test_missing_qemu_binary_is_bad_input(empty_lab, monkeypatch):
-    monkeypatch.setattr(lab.shutil, 'which', lambda name: None)
+    monkeypatch.setattr(lab_checks.shutil, 'which', lambda name: None)
     with pytest.raises(ConfigError, match='missing QEMU binary qemu-system-aarch64'):
         lab.lab_up(arch='aarch64')
 
 
 def test_no_free_disk_is_bad_input(empty_lab, monkeypatch):
     usage = namedtuple('usage', 'total used free')
-    monkeypatch.setattr(lab.shutil, 'disk_usage', lambda path: usage(1, 1, 0))
+    monkeypatch.setattr(lab_checks.shutil, 'disk_usage', lambda path: usage(1, 1, 0))
     with pytest.raises(ConfigError, match='no free disk'):
         lab.lab_up()
+
+
+def test_unknown_or_mismatched_kernels_are_bad_input(empty_lab):
+    with pytest.raises(ConfigError, match="unknown guest kernel 'sid'"):
+        lab.lab_up(kernels=('backports', 'sid'))
+    with pytest.raises(ConfigError, match='--hosts 3 but 2 kernel'):
+        lab.lab_up(hosts=3, kernels=('backports', 'bookworm'))
+    assert lab_checks.parse_kernel_list('backports,bookworm') == ('backports', 'bookworm')
+    assert lab_checks.machine_kernels(2, None) == ('backports', 'backports')
+
+
+def test_lab_json_without_kernel_fields_reads_as_backports(empty_lab):
+    lab.lab_paths().root.mkdir(parents=True)
+    old = {'name': 'vlab-x86-1', 'arch': 'x86_64', 'machine_dir': '/nowhere', 'ssh_port': 1,
+           'bmc_port': 2, 'bmc_pid': 3, 'accel': 'tcg', 'accel_reason': 'test'}
+    lab.lab_paths().lab_json.write_text(json.dumps({'machines': [old]}))
+    machine, = lab.read_lab()
+    assert (machine.kernel, machine.kernel_release) == ('backports', '')
 
 
 def test_lab_subcommands_raise_config_error_for_the_cli(empty_lab):
@@ -59,6 +78,7 @@ def test_lab_subcommands_raise_config_error_for_the_cli(empty_lab):
     parser = argparse.ArgumentParser(prog='orchestrator')
     lab.add_lab_commands(parser.add_subparsers(dest='command', required=True))
     for argv in (['lab', 'up', '--arch', 'sparc'], ['lab', 'build', '--arch', 'sparc'],
+                 ['lab', 'up', '--kernels', 'backports,,bookworm'], ['lab', 'build', '--kernel', 'sid'],
                  ['lab', 'console', 'nope']):
         args = parser.parse_args(argv)
         with pytest.raises(ConfigError) as error:  # the CLI maps ConfigError to exit status 2

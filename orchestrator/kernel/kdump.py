@@ -56,6 +56,21 @@ class KdumpLayout(abc.ABC):
     def sort_key(self, dump_id: str) -> str:
         return dump_id
 
+    def written_since(self, shell: ShellProtocol, epoch: float) -> list[str]:
+        """Dump directories holding a file modified at or after ``epoch`` (host clock).
+
+        Names alone cannot tell a new dump: kdump-tools names a dump by the minute and a
+        second crash in the same minute rewrites that directory."""
+        quoted = shlex.quote(self.path)
+        out = shell.run(f"stat -c '%Y %n' {quoted}/*/* 2>/dev/null", timeout=TIMEOUT, check=False).stdout
+        found = set()
+        for line in out.splitlines():
+            mtime, _, name = line.partition(" ")
+            parts = name[len(self.path) + 1:].split("/")
+            if mtime.isdigit() and int(mtime) >= epoch and len(parts) == 2 and self.id_pattern.match(parts[0]):
+                found.add(parts[0])
+        return sorted(found, key=self.sort_key)
+
     def collect(self, shell: ShellProtocol, dump_id: str) -> DumpRecord:
         if not self.id_pattern.match(dump_id):
             raise ConfigError(f"{dump_id!r} is not a {self.name} dump directory name")

@@ -15,6 +15,8 @@ import abc
 import re
 from dataclasses import dataclass
 
+from orchestrator.errors import FatalInfraError
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -27,6 +29,15 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+class CommandFailed(FatalInfraError):
+    """A command run with ``check=True`` exited non-zero; ``result`` says how."""
+
+    def __init__(self, result: CommandResult, host: str):
+        self.result = result
+        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
+        super().__init__(f"{host}: `{result.command}` exited {result.exit_code}: {detail[0]}")
 
 
 class ShellProtocol(abc.ABC):

@@ -7,13 +7,12 @@ that decides what a command answers and what the "kernel" prints on the console.
 from __future__ import annotations
 
 import re
-import threading
-import time
 from typing import Callable
 
 from orchestrator.errors import RetryableInfraError
-from orchestrator.transport.base import (CommandResult, ConsoleLine, ConsoleProtocol, PowerProtocol,
+from orchestrator.transport.base import (CommandFailed, CommandResult, ConsoleLine, ConsoleProtocol, PowerProtocol,
                                          ShellProtocol, UnsupportedOperation)
+from orchestrator.transport.sol import ConsoleTranscript
 
 
 class FakeShell(ShellProtocol):
@@ -33,8 +32,7 @@ class FakeShell(ShellProtocol):
         code, out = self.handler(command)
         result = CommandResult(command=command, exit_code=code, stdout=out, stderr="", seconds=0.0)
         if check and code != 0:
-            from orchestrator.errors import FatalInfraError
-            raise FatalInfraError(f"fake: {command!r} exited {code}")
+            raise CommandFailed(result, "fake")
         return result
 
     def fire_detached(self, command: str, *, timeout: float) -> None:
@@ -80,44 +78,27 @@ class FakePower(PowerProtocol):
 
 
 class FakeConsole(ConsoleProtocol):
-    """A transcript fed by the test (``feed``); waits are real condition waits."""
+    """A transcript fed by the test (``feed``), with the real console's line cleaning and
+    condition waits (``ConsoleTranscript``)."""
 
     def __init__(self) -> None:
-        self._lines: list[ConsoleLine] = []
-        self._cond = threading.Condition()
+        self._transcript = ConsoleTranscript()
         self.alive = True
 
     def feed(self, text: str) -> None:
-        with self._cond:
-            for raw in text.splitlines():
-                self._lines.append(ConsoleLine(index=len(self._lines), t=time.monotonic(), text=raw))
-            self._cond.notify_all()
+        self._transcript.feed(text.encode() + b"\n")
 
     def mark(self) -> int:
-        with self._cond:
-            return len(self._lines)
+        return self._transcript.mark()
 
     def lines(self, since: int = 0) -> list[ConsoleLine]:
-        with self._cond:
-            return self._lines[since:]
+        return self._transcript.lines(since)
 
     def wait_for(self, pattern: re.Pattern[str], *, since: int, timeout: float) -> ConsoleLine | None:
-        end = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self._lines[since:]:
-                    if pattern.search(line.text):
-                        return line
-                since = max(since, len(self._lines))
-                left = end - time.monotonic()
-                if left <= 0 or not self.alive:
-                    return None
-                self._cond.wait(left)
+        return self._transcript.wait_for(pattern, since=since, timeout=timeout if self.alive else 0.0)
 
     def healthy(self) -> bool:
         return self.alive
 
     def close(self) -> None:
-        with self._cond:
-            self.alive = False
-            self._cond.notify_all()
+        self.alive = False

@@ -21,20 +21,11 @@ from paramiko.ssh_exception import AuthenticationException, BadHostKeyException,
 
 from orchestrator.config.model import SshConfig
 from orchestrator.errors import FatalInfraError, InfraError, RetryableInfraError
-from orchestrator.transport.base import CommandResult, ShellProtocol
+from orchestrator.transport.base import CommandFailed, CommandResult, ShellProtocol  # noqa: F401 (re-exported)
 
 DETACHED_OUTPUT = "/tmp/orchestrator-detached"   # .out/.err/.rc of the last fire_detached
 DEFAULT_DETACH_DELAY = 0.3     # the SSH call has returned and closed well before this
 NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
-
-
-class CommandFailed(FatalInfraError):
-    """A command run with ``check=True`` exited non-zero; ``result`` says how."""
-
-    def __init__(self, result: CommandResult, host: str):
-        self.result = result
-        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-        super().__init__(f"{host}: `{result.command}` exited {result.exit_code}: {detail[0]}")
 
 
 class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):

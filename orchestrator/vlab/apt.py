@@ -1,7 +1,7 @@
 """A private apt configuration for fetching guest packages; the host's apt is never touched.
 
-Everything lives under ``<cache>/apt``: our own sources.list (trixie-backports for the
-kernel, bookworm for the guest userspace, amd64 and arm64), our own lists, package cache
+Everything lives under ``<cache>/apt``: our own sources.list (trixie-backports for the 7.3
+kernel, bookworm for the guest userspace and the 6.1 kernel, amd64 and arm64), our own lists, package cache
 and an empty dpkg status file, so that apt resolves candidates as if nothing were
 installed. Packages are only ever fetched with ``apt-get download``; the image builder
 unpacks them with ``dpkg-deb -x``. Nothing is installed on the host.
@@ -33,6 +33,17 @@ MIN_KERNEL_SERIES = (7, 3)
 #: while still picking up a new kernel point release the next day.
 LISTS_MAX_AGE_HOURS = 24.0
 
+#: Kernel flavours a guest image can be built with. "backports": trixie-backports' 7.3.x cloud
+#: kernel, which has vm.panic_on_unrecoverable_memory_failure. "bookworm": Debian 12's 6.1
+#: kernel (whatever bookworm's linux-image-<debarch> meta package depends on), which lacks it:
+#: the "legacy" semantics of orchestrator/kernel/semantics.yaml.
+KERNEL_FLAVOURS = ("backports", "bookworm")
+DEFAULT_FLAVOUR = "backports"
+#: bookworm's kernel series; a meta package resolving to anything else means the lists are
+#: not what we think (e.g. a backports meta package outranking bookworm's) and must not be used.
+BOOKWORM_SERIES = (6, 1)
+
+_BOOKWORM_IMAGE = re.compile(r"^linux-image-(?P<ver>(\d+)\.(\d+)\.\d+)-\d+-(?P<arch>amd64|arm64)$")
 _KERNEL_NAME = re.compile(r"^linux-binary-(?P<ver>(\d+)\.(\d+)\.(\d+))\+(?P<abi>deb\d+)-cloud-(?P<arch>amd64|arm64)$")
 
 
@@ -43,11 +54,22 @@ def debian_arch(arch: str) -> str:
         raise ConfigError(f"unknown guest arch {arch!r} (expected one of {', '.join(DEBIAN_ARCH)})") from None
 
 
+def check_flavour(kernel: str) -> str:
+    if kernel not in KERNEL_FLAVOURS:
+        raise ConfigError(f"unknown guest kernel {kernel!r} (expected one of {', '.join(KERNEL_FLAVOURS)})")
+    return kernel
+
+
 @dataclass(frozen=True)
 class KernelChoice:
-    release: str            # `uname -r` of the guest, e.g. 7.3.4+deb13-cloud-amd64
-    image_package: str      # linux-binary-<release>:<debarch>
-    modules_package: str    # linux-modules-<release>:<debarch>
+    release: str                  # `uname -r` of the guest, e.g. 7.3.4+deb13-cloud-amd64
+    image_package: str            # linux-binary-<release>:<debarch> / linux-image-<release>:<debarch>
+    modules_package: str | None   # linux-modules-<release>:<debarch>; None when the image package
+                                  # carries the modules itself (bookworm's linux-image-*)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return (self.image_package,) + ((self.modules_package,) if self.modules_package else ())
 
 
 @dataclass(frozen=True)
@@ -138,6 +160,25 @@ class PrivateApt:
             raise FatalInfraError(f"no linux-binary-*-cloud-{debarch} >= {minimum[0]}.{minimum[1]} in {KERNEL_SUITE}")
         release = best[1]
         return KernelChoice(release, f"linux-binary-{release}:{debarch}", f"linux-modules-{release}:{debarch}")
+
+    def kernel(self, arch: str, flavour: str = DEFAULT_FLAVOUR) -> KernelChoice:
+        """The kernel package(s) of ``flavour`` for ``arch`` (see KERNEL_FLAVOURS)."""
+        check_flavour(flavour)
+        return self.newest_kernel(arch) if flavour == "backports" else self.bookworm_kernel(arch)
+
+    def bookworm_kernel(self, arch: str) -> KernelChoice:
+        """The ABI package bookworm's ``linux-image-<debarch>`` meta package depends on now.
+        The candidate is bookworm's: trixie-backports is NotAutomatic (priority 100 < 500)."""
+        debarch = debian_arch(arch)
+        meta = self.show([f"linux-image-{debarch}:{debarch}"])[f"linux-image-{debarch}:{debarch}"]
+        found = [m for m in map(_BOOKWORM_IMAGE.match, meta.depends) if m and m["arch"] == debarch]
+        series = tuple(int(x) for x in found[0]["ver"].split(".")[:2]) if found else None
+        if series != BOOKWORM_SERIES:
+            raise FatalInfraError(f"linux-image-{debarch} {meta.version} depends on "
+                                  f"{', '.join(meta.depends) or 'nothing'}: no {USERSPACE_SUITE} "
+                                  f"{BOOKWORM_SERIES[0]}.{BOOKWORM_SERIES[1]} kernel")
+        release = found[0].string.removeprefix("linux-image-")
+        return KernelChoice(release, f"linux-image-{release}:{debarch}", None)
 
     def show(self, packages: Iterable[str]) -> dict[str, PackageInfo]:
         """Candidate version and dependencies of each ``name:arch``, in one apt-cache call."""

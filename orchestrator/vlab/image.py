@@ -1,8 +1,11 @@
 """Guest image builder: kernel, initramfs and crash initramfs for one guest arch.
 
-    python -m orchestrator.vlab.image build --arch x86_64|aarch64 [--refresh] [--force]
+    python -m orchestrator.vlab.image build --arch x86_64|aarch64 [--kernel backports|bookworm]
+                                            [--refresh] [--force]
 
-Output: ``<cache>/images/<arch>-<kernel release>/`` with ``vmlinuz``, ``initrd.img``
+Kernel flavours (apt.KERNEL_FLAVOURS): ``backports`` (default; trixie-backports 7.3, has the
+sysctl) and ``bookworm`` (Debian 12's 6.1, without it). Both images share the userspace.
+Output: ``<cache>/images/<arch>-<kernel release>/`` (so the flavours sit side by side) with ``vmlinuz``, ``initrd.img``
 (the guest userspace; it is also the crash kernel's initramfs), ``boot.img`` (a read-only
 disk holding vmlinuz + crash-initrd.img, from which the guest loads its own crash kernel)
 and ``manifest.json``.
@@ -29,7 +32,7 @@ from uuid import UUID
 from orchestrator.errors import ConfigError, FatalInfraError, OrchestratorError
 from orchestrator.paths import cache_dir
 from orchestrator.vlab import cpio, disk, rootfs
-from orchestrator.vlab.apt import PrivateApt, debian_arch, file_lock
+from orchestrator.vlab.apt import DEFAULT_FLAVOUR, PrivateApt, check_flavour, debian_arch, file_lock
 
 #: Bump when the manifest's meaning changes.
 MANIFEST_FORMAT = 2
@@ -56,6 +59,8 @@ class ImageManifest:
     built_at: str                           # UTC, ISO 8601
     build_seconds: float
     format: int = MANIFEST_FORMAT
+    #: apt.KERNEL_FLAVOURS; manifests written before flavours existed are all "backports"
+    kernel_flavour: str = DEFAULT_FLAVOUR
 
     @property
     def directory(self) -> Path:
@@ -87,18 +92,22 @@ def images_dir() -> Path:
     return cache_dir() / "images"
 
 
-def load_manifest(arch: str) -> ImageManifest:
-    """The newest image built for ``arch``, without touching the network."""
+def load_manifest(arch: str, kernel: str = DEFAULT_FLAVOUR) -> ImageManifest:
+    """The newest image built for ``arch`` with the ``kernel`` flavour, without touching the network."""
     debian_arch(arch)  # validates arch
+    check_flavour(kernel)
     found = []
     for path in images_dir().glob(f"{arch}-*/manifest.json"):
         try:
-            found.append(ImageManifest.from_file(path))
+            manifest = ImageManifest.from_file(path)
         except (ConfigError, ValueError, KeyError, TypeError):
             continue   # an older format or a damaged manifest: not usable, rebuild instead
+        if manifest.kernel_flavour == kernel:
+            found.append(manifest)
     found.sort(key=lambda m: m.built_at)
     if not found:
-        raise ConfigError(f"no {arch} guest image built yet (run: python -m orchestrator.vlab.image build --arch {arch})")
+        raise ConfigError(f"no {arch} guest image with the {kernel} kernel built yet (run: python -m "
+                          f"orchestrator.vlab.image build --arch {arch} --kernel {kernel})")
     return found[-1]
 
 
@@ -155,16 +164,19 @@ def _make_boot_disk(staged: Path, tree: Path, key: str, epoch: int) -> None:
     disk.make_ext4(tree, staged / "boot.img", size, label="vlab-boot", uuid=uuid, epoch=epoch, journal=False)
 
 
-def build_image(arch: str, *, refresh: bool = False, force: bool = False, log: Log = print) -> ImageManifest:
-    """Build (or reuse) the guest image for ``arch`` ('x86_64' or 'aarch64')."""
-    debian_arch(arch)  # validates arch before anything touches the disk
+def build_image(arch: str, kernel: str = DEFAULT_FLAVOUR, *, refresh: bool = False, force: bool = False,
+                log: Log = print) -> ImageManifest:
+    """Build (or reuse) the guest image for ``arch`` ('x86_64' or 'aarch64') with the
+    ``kernel`` flavour ('backports' or 'bookworm', see apt.KERNEL_FLAVOURS)."""
+    debian_arch(arch)  # validates arch and flavour before anything touches the disk
+    check_flavour(kernel)
     images_dir().mkdir(parents=True, exist_ok=True)
     # one build per arch at a time: a lab and a test run may both ask for the image
     with file_lock(images_dir() / f".lock-{arch}"):
-        return _build_locked(arch, refresh=refresh, force=force, log=log)
+        return _build_locked(arch, kernel, refresh=refresh, force=force, log=log)
 
 
-def _build_locked(arch: str, *, refresh: bool, force: bool, log: Log) -> ImageManifest:
+def _build_locked(arch: str, flavour: str, *, refresh: bool, force: bool, log: Log) -> ImageManifest:
     debarch = debian_arch(arch)
     guest = rootfs.GUEST_ARCHES[arch]
     started = time.monotonic()
@@ -175,14 +187,14 @@ def _build_locked(arch: str, *, refresh: bool, force: bool, log: Log) -> ImageMa
     with apt.locked():
         if apt.update_if_stale(refresh=refresh):
             log(f"apt lists refreshed ({apt.root})")
-        kernel = apt.newest_kernel(arch)
+        kernel = apt.kernel(arch, flavour)
         out_dir = images_dir() / f"{arch}-{kernel.release}"
         if not force and (manifest := _up_to_date(apt, arch, out_dir)):
             log(f"{arch} image {kernel.release} up to date, nothing to do ({time.monotonic() - started:.1f} s): {out_dir}")
             return manifest
         roots = [f"{p}:{debarch}" for p in USERSPACE_PACKAGES]
         closure = apt.library_closure(roots, debarch)
-        kernel_infos = apt.show([kernel.image_package, kernel.modules_package])
+        kernel_infos = apt.show(kernel.packages)
         versions = {key: info.version for key, info in {**closure, **kernel_infos}.items()}
         log(f"building {arch} image: kernel {kernel.release} ({versions[kernel.image_package]}), "
             f"{len(closure)} userspace packages")
@@ -191,7 +203,7 @@ def _build_locked(arch: str, *, refresh: bool, force: bool, log: Log) -> ImageMa
     with tempfile.TemporaryDirectory(prefix=f".build-{arch}-", dir=images_dir()) as tmp:
         work = Path(tmp)
         rootfs.unpack_debs([debs[k] for k in sorted(closure)], work / "userspace")
-        rootfs.unpack_debs([debs[kernel.image_package], debs[kernel.modules_package]], work / "kernel")
+        rootfs.unpack_debs([debs[p] for p in kernel.packages], work / "kernel")
         tree = work / "rootfs"
         libs = rootfs.install_programs(work / "userspace", tree, guest)
         modules = rootfs.install_modules(work / "kernel", tree, kernel.release, guest)
@@ -214,7 +226,7 @@ def _build_locked(arch: str, *, refresh: bool, force: bool, log: Log) -> ImageMa
             boot_disk=out_dir / "boot.img", packages=tuple(sorted(versions.items())), modules=tuple(modules),
             sha256=tuple((n, _sha256(staged / n)) for n in names), inputs_key=key,
             built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            build_seconds=round(time.monotonic() - started, 2))
+            build_seconds=round(time.monotonic() - started, 2), kernel_flavour=flavour)
         (staged / "manifest.json").write_text(manifest.to_json())
         # swap in whole: a reader never sees a half-written image directory
         old = work / "previous"
@@ -230,11 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build or reuse the guest image for one arch")
     build.add_argument("--arch", required=True, help="x86_64 or aarch64")
+    build.add_argument("--kernel", default=DEFAULT_FLAVOUR, help="backports (7.3, default) or bookworm (6.1)")
     build.add_argument("--refresh", action="store_true", help="run apt-get update even if the lists are fresh")
     build.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
     args = parser.parse_args(argv)
     try:
-        manifest = build_image(args.arch, refresh=args.refresh, force=args.force)
+        manifest = build_image(args.arch, args.kernel, refresh=args.refresh, force=args.force)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,66 +5,41 @@ BMC process per machine (the BMC owns its QEMU) and powers every machine on THRO
 BMC over IPMI, exactly as the orchestrator will drive it later. It then waits for an SSH
 login with the pinned host key and for the guest's readiness (kdump armed), and writes
 ``lab.json`` and the inventory (docs/DESIGN.md formats). Layout: docs/DESIGN.md.
+Each machine boots the guest image of its own kernel flavour (``kernels=``, see
+apt.KERNEL_FLAVOURS), so one lab can hold a 7.3 machine beside a 6.1 one. Request checks
+are in lab_checks.py, the command line in lab_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from orchestrator import paths
 from orchestrator.errors import ConfigError, FatalInfraError
+from orchestrator.vlab.apt import DEFAULT_FLAVOUR
+from orchestrator.vlab.lab_checks import check_request, free_tcp_port, machine_kernels
+from orchestrator.vlab.lab_state import (BMC_USER, LabMachine, LabPaths, host_features,
+                                         write_inventory, write_known_hosts, write_lab_json)
+from orchestrator.vlab.lab_state import read_lab as read_lab_json
 from orchestrator.vlab.bmc_main import (process_alive, start_bmc_process, stop_bmc_process,
                                         write_machine_spec)
 
+__all__ = ['BMC_USER', 'LabMachine', 'LabPaths', 'add_lab_commands', 'console_command', 'ensure_up',
+           'host_features', 'is_ready', 'lab_console', 'lab_down', 'lab_paths', 'lab_status',
+           'lab_up', 'read_lab', 'write_inventory']
 Log = Callable[[str], None]
-BMC_USER = 'admin'
-QEMU_BINARIES = {'x86_64': 'qemu-system-x86_64', 'aarch64': 'qemu-system-aarch64'}
-QEMU_PACKAGES = {'x86_64': 'qemu-system-x86', 'aarch64': 'qemu-system-arm'}
 NAME_PREFIXES = {'x86_64': 'vlab-x86', 'aarch64': 'vlab-arm'}
 MEMORY_MB = 1024
-DISK_NEED_BYTES = 512 << 20      # per machine: dumps land on a sparse disk; RAM is not disk
 READY_TIMEOUT_SECONDS = 300.0    # TCG boot is 7-8 s alone, 15 s with 3 guests on 2 cores;
                                  # arm64 kdump load adds seconds: leave room for a busy host
 READY_PROBE = 'test -e /run/vlab-ready || grep -qx 1 /sys/kernel/kexec_crash_loaded'
-
-
-@dataclass(frozen=True)
-class LabPaths:
-    """The lab runtime layout of docs/DESIGN.md."""
-    root: Path
-
-    keys = property(lambda self: self.root / 'keys')
-    client_key = property(lambda self: self.keys / 'id_ed25519')
-    known_hosts = property(lambda self: self.keys / 'known_hosts')
-    bmc_password = property(lambda self: self.keys / 'bmc-password')
-    lab_json = property(lambda self: self.root / 'lab.json')
-
-    def machine_dir(self, name: str) -> Path:
-        return self.root / 'machines' / name
-
-
-@dataclass(frozen=True)
-class LabMachine:
-    name: str
-    arch: str
-    machine_dir: str
-    ssh_port: int
-    bmc_port: int
-    bmc_pid: int
-    accel: str
-    accel_reason: str
 
 
 def lab_paths() -> LabPaths:
@@ -72,49 +47,12 @@ def lab_paths() -> LabPaths:
 
 
 def read_lab(lab: LabPaths | None = None) -> list[LabMachine]:
-    lab = lab or lab_paths()
-    try:
-        data = json.loads(lab.lab_json.read_text())
-    except (OSError, ValueError):
-        return []
-    return [LabMachine(**machine) for machine in data['machines']]
+    """The machines of the running (or last) lab, from lab.json; [] if there is none."""
+    return read_lab_json(lab or lab_paths())
 
 
 def _bmc_alive(machine: LabMachine) -> bool:
     return process_alive(Path(machine.machine_dir) / 'bmc.pid', 'orchestrator.vlab.bmc_main') is not None
-
-
-# --- checks on the request (bad input -> ConfigError, one line) -----------------------------
-def _check_request(hosts: int, arch: str, ssh_port: int | None, bmc_port: int | None,
-                   lab: LabPaths) -> None:
-    if shutil.which(QEMU_BINARIES[arch]) is None:
-        raise ConfigError(f'missing QEMU binary {QEMU_BINARIES[arch]} '
-                          f'(apt-get install {QEMU_PACKAGES[arch]})')
-    lab.root.mkdir(parents=True, exist_ok=True)
-    free, need = shutil.disk_usage(lab.root).free, DISK_NEED_BYTES * hosts
-    if free < need:
-        raise ConfigError(f'no free disk: {free >> 20} MiB free under {lab.root}, '
-                          f'{need >> 20} MiB needed')
-    for base, kind in ((ssh_port, socket.SOCK_STREAM), (bmc_port, socket.SOCK_DGRAM)):
-        for port in range(base, base + hosts) if base else ():
-            if not _port_free(port, kind):
-                what = 'SSH' if kind == socket.SOCK_STREAM else 'BMC'
-                raise ConfigError(f'{what} port {port} is in use on 127.0.0.1')
-
-
-def _port_free(port: int, kind: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        try:
-            probe.bind(('127.0.0.1', port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        return probe.getsockname()[1]
 
 
 # --- per-lab secrets, made once --------------------------------------------------------------
@@ -191,19 +129,21 @@ def _wait_ready(machine: LabMachine, lab: LabPaths, timeout: float, console_from
 
 
 # --- the commands -------------------------------------------------------------------------
-def lab_up(hosts: int = 1, arch: str = 'x86_64', *, ssh_port: int | None = None,
+def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
+           kernels: tuple[str, ...] | None = None, ssh_port: int | None = None,
            bmc_port: int | None = None, ready_timeout: float = READY_TIMEOUT_SECONDS,
            log: Log = print) -> list[LabMachine]:
-    """Bring the lab up (idempotent: an already running lab of this shape is reported)."""
-    if arch not in QEMU_BINARIES:
+    """Bring the lab up (idempotent: an already running lab of this shape is reported).
+    ``kernels``: one flavour per machine (default: ``hosts`` machines, all backports)."""
+    kernels = machine_kernels(hosts, kernels)
+    if arch not in NAME_PREFIXES:
         raise ConfigError(f'unknown arch {arch!r} (use x86_64 or aarch64)', field='--arch')
-    if hosts < 1:
-        raise ConfigError(f'--hosts must be at least 1, not {hosts}', field='--hosts')
     lab = lab_paths()
     running = read_lab(lab)
     if running and all(_bmc_alive(m) for m in running):
-        if len(running) != hosts or any(m.arch != arch for m in running):
-            raise ConfigError(f'the lab is up with {len(running)} {running[0].arch} machine(s); '
+        if tuple(m.kernel for m in running) != kernels or any(m.arch != arch for m in running):
+            shape = ', '.join(f'{m.arch}/{m.kernel}' for m in running)
+            raise ConfigError(f'the lab is up with {len(running)} machine(s) ({shape}); '
                               f'run `orchestrator lab down` first')
         log(f'lab already up: {", ".join(m.name for m in running)}')
         _power_on_and_wait(running, lab, ready_timeout, log)
@@ -211,26 +151,29 @@ def lab_up(hosts: int = 1, arch: str = 'x86_64', *, ssh_port: int | None = None,
     if running:
         log('lab partly down (a BMC died): restarting it')
         lab_down(log=lambda _: None)
-    _check_request(hosts, arch, ssh_port, bmc_port, lab)
+    check_request(len(kernels), arch, ssh_port, bmc_port, lab.root)
     from orchestrator.vlab.image import build_image
-    manifest = build_image(arch, log=log)
+    images = {kernel: build_image(arch, kernel, log=log) for kernel in dict.fromkeys(kernels)}
     _ensure_lab_secrets(lab)
     from orchestrator.vlab.accel import choose_accel
-    verdict = choose_accel(manifest)  # KVM only if a real guest boots with it (cached)
+    # KVM only if a real guest boots with it. The verdict is cached per arch for one guest
+    # kernel: ask with the default flavour's image when there is one, as every lab does.
+    verdict = choose_accel(images.get(DEFAULT_FLAVOUR) or images[kernels[0]])
     accel, accel_reason = verdict.accel, verdict.reason
     machines: list[LabMachine] = []
     try:
-        for index in range(hosts):
-            name = f'{NAME_PREFIXES[arch]}-{index + 1}'
-            port = ssh_port + index if ssh_port else _free_tcp_port()
+        for index, kernel in enumerate(kernels):
+            name, manifest = f'{NAME_PREFIXES[arch]}-{index + 1}', images[kernel]
+            port = ssh_port + index if ssh_port else free_tcp_port()
             machine_dir = _prepare_machine(lab, name, arch, port, manifest, accel)
             pid, udp_port = start_bmc_process(machine_dir, lab.bmc_password, BMC_USER,
                                               bmc_port + index if bmc_port else 0)
             machines.append(LabMachine(name, arch, str(machine_dir), port, udp_port, pid,
-                                       accel, accel_reason))
-            log(f'{name}: BMC on udp/{udp_port} (pid {pid}), SSH on tcp/{port}, {accel}')
-        _write_known_hosts(machines, lab)
-        _write_lab_json(machines, lab)
+                                       accel, accel_reason, kernel, manifest.kernel_release))
+            log(f'{name}: {kernel} kernel {manifest.kernel_release}, BMC on udp/{udp_port} '
+                f'(pid {pid}), SSH on tcp/{port}, {accel}')
+        write_known_hosts(machines, lab)
+        write_lab_json(machines, lab)
         _power_on_and_wait(machines, lab, ready_timeout, log)
         write_inventory(machines, lab, paths.virtual_inventory())
     except BaseException:
@@ -255,45 +198,6 @@ def _power_on_and_wait(machines: list[LabMachine], lab: LabPaths, timeout: float
             log(f'{machine.name}: ready (SSH login, kdump armed) after {seconds:.1f} s')
 
 
-def _write_known_hosts(machines: list[LabMachine], lab: LabPaths) -> None:
-    from orchestrator.vlab.machine import known_hosts_line
-    lines = [known_hosts_line(Path(m.machine_dir) / 'ssh_host_ed25519_key', '127.0.0.1',
-                              m.ssh_port) for m in machines]
-    lab.known_hosts.write_text('\n'.join(lines) + '\n')
-
-
-def _write_lab_json(machines: list[LabMachine], lab: LabPaths) -> None:
-    data = {'arch': machines[0].arch, 'hosts': len(machines),
-            'machines': [asdict(m) for m in machines]}
-    temporary = lab.lab_json.with_suffix('.tmp')
-    temporary.write_text(json.dumps(data, indent=2) + '\n')
-    temporary.replace(lab.lab_json)
-
-
-def host_features(arch: str) -> list[str]:
-    features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol']
-    if arch == 'x86_64':
-        features += ['mce_inject', 'nmi']  # QEMU 7.2 arm virt has no NMI source
-    return features
-
-
-def write_inventory(machines: list[LabMachine], lab: LabPaths, path: Path) -> None:
-    """The inventory of docs/DESIGN.md ("Inventory format", version 1), absolute paths."""
-    import yaml
-    hosts = [{
-        'name': m.name, 'arch': m.arch, 'platform': f'qemu-{m.arch}',
-        'features': host_features(m.arch), 'destructive': True,
-        'ssh': {'address': '127.0.0.1', 'port': m.ssh_port, 'user': 'root',
-                'key_file': str(lab.client_key), 'known_hosts': str(lab.known_hosts)},
-        'bmc': {'address': '127.0.0.1', 'port': m.bmc_port, 'user': BMC_USER,
-                'password': {'file': str(lab.bmc_password)}},
-        'kdump': {'layout': 'debian', 'path': '/var/crash'},
-    } for m in machines]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = '# written by `orchestrator lab up`; rewritten on every up\n'
-    path.write_text(text + yaml.safe_dump({'version': 1, 'hosts': hosts}, sort_keys=False))
-
-
 def lab_down(log: Log = print) -> None:
     """Stop every BMC (each stops its QEMU); no lab process is left. Idempotent."""
     lab = lab_paths()
@@ -306,7 +210,9 @@ def lab_down(log: Log = print) -> None:
 def ensure_up(log: Log = print) -> list[LabMachine]:
     """The lab as it is, or one x86_64 machine brought up (``orchestrator run`` without -i)."""
     running = read_lab()
-    return lab_up(len(running), running[0].arch, log=log) if running else lab_up(log=log)
+    if not running:
+        return lab_up(log=log)
+    return lab_up(len(running), running[0].arch, kernels=tuple(m.kernel for m in running), log=log)
 
 
 def lab_status() -> list[dict[str, str]]:
@@ -319,7 +225,8 @@ def lab_status() -> list[dict[str, str]]:
                 power = _ipmi(machine, lab).get_power()['powerstate']
             except Exception as error:  # a status table reports, it does not crash
                 power = f'BMC error: {error}'
-        rows.append({'machine': machine.name, 'power': power, 'ssh port': str(machine.ssh_port),
+        rows.append({'machine': machine.name, 'kernel': machine.kernel_release or machine.kernel,
+                     'power': power, 'ssh port': str(machine.ssh_port),
                      'bmc port': str(machine.bmc_port),
                      'accel': f'{machine.accel.upper()} ({machine.accel_reason[:48]})',
                      'ready': 'yes' if power == 'on' and is_ready(machine, lab) else 'no'})
@@ -345,50 +252,7 @@ def lab_console(name: str) -> None:
     os.execvpe(argv[0], argv, env)
 
 
-# --- CLI ----------------------------------------------------------------------------------
-def _cmd_up(args: argparse.Namespace) -> int:
-    lab_up(args.hosts, args.arch, ssh_port=args.ssh_port, bmc_port=args.bmc_port)
-    return _cmd_status(args)
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-    rows = lab_status()
-    if not rows:
-        print('lab is down')
-        return 0
-    table = Table(*rows[0], title=f'virtual lab ({paths.lab_dir()})')
-    for row in rows:
-        table.add_row(*row.values())
-    Console().print(table)
-    return 0
-
-
-def _cmd_build(args: argparse.Namespace) -> int:
-    from orchestrator.vlab.image import build_image  # ConfigError on an unknown arch
-    build_image(args.arch, refresh=args.refresh, force=args.force)
-    return 0
-
-
 def add_lab_commands(subparsers) -> None:
-    """``orchestrator lab up|down|status|console|build``."""
-    lab = subparsers.add_parser('lab', help='the virtual lab: QEMU machines behind IPMI BMCs')
-    sub = lab.add_subparsers(dest='lab_command', required=True, metavar='ACTION')
-    up = sub.add_parser('up', help='start the lab (default: one x86_64 machine)')
-    up.add_argument('--hosts', type=int, default=1, help='number of machines (default 1)')
-    up.add_argument('--arch', default='x86_64', help='x86_64 (default) or aarch64')
-    up.add_argument('--ssh-port', type=int, help='first SSH port (default: free ports)')
-    up.add_argument('--bmc-port', type=int, help='first BMC UDP port (default: free ports)')
-    up.set_defaults(func=_cmd_up)
-    sub.add_parser('down', help='stop every machine and BMC').set_defaults(
-        func=lambda args: lab_down() or 0)
-    sub.add_parser('status', help='table of machines').set_defaults(func=_cmd_status)
-    console = sub.add_parser('console', help='interactive serial console (SOL); ~. leaves')
-    console.add_argument('name')
-    console.set_defaults(func=lambda args: lab_console(args.name) or 0)
-    build = sub.add_parser('build', help='build or reuse the guest image')
-    build.add_argument('--arch', default='x86_64')
-    build.add_argument('--refresh', action='store_true', help='refresh the private apt lists')
-    build.add_argument('--force', action='store_true', help='rebuild even if nothing changed')
-    build.set_defaults(func=_cmd_build)
+    """``orchestrator lab up|down|status|console|build`` (parsing lives in lab_cli.py)."""
+    from orchestrator.vlab.lab_cli import add_lab_commands as add
+    add(subparsers)

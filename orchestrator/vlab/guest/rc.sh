@@ -17,8 +17,14 @@ mount -t debugfs debugfs /sys/kernel/debug
 
 DISK=/dev/vda
 DISK_MNT=/mnt/disk
+# Drivers that Debian 12's generic 6.1 kernel builds as modules and nothing autoloads here
+# (no udev): the virtio PCI transport, ext4 and the crc32c its checksums need. The 7.3 cloud
+# kernel has them built in; modprobe -q then fails quietly, one module at a time.
+STORAGE_MODULES="virtio_pci virtio_blk ext4 crc32c_generic"
+NET_MODULES="virtio_pci virtio_net"
 
 say() { echo "VLAB: $*"; }
+load_modules() { for m in "$@"; do modprobe -q "$m"; done; }
 uptime_s() { read -r up _ < /proc/uptime; echo "$up"; }
 
 # cmdline_value KEY: prints the value of KEY=value from the kernel command line.
@@ -39,7 +45,7 @@ wait_for() {
 }
 
 mount_disk() {
-    modprobe -q virtio_blk
+    load_modules $STORAGE_MODULES
     wait_for "$DISK" 100 || { say "error: no $DISK"; return 1; }
     # never write dumps to the wrong disk should the device order ever change
     [ "$(cat /sys/block/vda/serial)" = vlab-disk ] || { say "error: $DISK is not the vlab disk"; return 1; }
@@ -48,7 +54,7 @@ mount_disk() {
 }
 
 setup_network() {
-    modprobe -q virtio_net
+    load_modules $NET_MODULES
     ip link set lo up
     wait_for /sys/class/net/eth0 100 || { say "error: no eth0"; return 1; }
     # QEMU user networking: fixed guest address, slirp gateway
@@ -121,7 +127,7 @@ load_crash_kernel() {
 }
 
 normal_boot() {
-    modprobe -q -a virtio_blk virtio_net
+    load_modules $STORAGE_MODULES $NET_MODULES
     hostname "$(cmdline_value vlab.hostname || echo vlab)"
     if panic=$(cmdline_value vlab.panic); then sysctl -q -w kernel.panic="$panic"; fi
     [ "$(uname -m)" = x86_64 ] && { modprobe -q pvpanic_mmio; modprobe -q pvpanic_pci; }

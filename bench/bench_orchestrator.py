@@ -1,0 +1,108 @@
+"""Benchmark of the orchestrator on the virtual lab; prints its figures (not a timed test).
+
+    .venv/bin/python bench/bench_orchestrator.py [--nightly] [--keep-lab]
+
+Measures, against the issue's targets:
+  * per-phase times of one panic case (smoke's rodata-panic);
+  * the orchestrator's own overhead: cycle time minus time spent in host calls (SSH, BMC,
+    console waits), and the controller's CPU time during the cycle;
+  * panic noticed after its line reached the console (target <= 0.2 s);
+  * reboot noticed after the guest's sshd started (console "VLAB: sshd started"; target <= 1 s);
+  * smoke.yaml wall time (target <= 3 min) and, with --nightly, nightly.yaml (<= 12 min);
+  * controller peak memory (target <= 150 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from orchestrator.cli import main as cli_main  # noqa: E402
+from orchestrator.config.inventory import load_inventory  # noqa: E402
+from orchestrator.config.playbook import load_playbook  # noqa: E402
+from orchestrator.cycle import CaseCycle  # noqa: E402
+from orchestrator.expectations import ExpectationResolver  # noqa: E402
+from orchestrator.runner import CommandLog, close_handles  # noqa: E402
+from orchestrator.vlab import lab  # noqa: E402
+from orchestrator.wiring import build_handles  # noqa: E402
+
+SSHD_STARTED = re.compile(r"VLAB: sshd started")
+
+
+def one_panic_case(inventory: Path, work: Path) -> None:
+    host = load_inventory(inventory).hosts[0]
+    case = load_playbook(REPO / "playbooks/smoke.yaml").select(("rodata-panic",)).cases[0]
+    handles = build_handles(host, CommandLog(), work / "bench-case")
+    try:
+        assert handles.console is not None and handles.console.wait_until_healthy(30), "no SOL console"
+        cycle = CaseCycle(handles, case, expect_resolver=ExpectationResolver())
+        cpu0 = time.process_time()
+        result = cycle.run()
+        cpu = time.process_time() - cpu0
+    finally:
+        close_handles(handles)
+    ctx = cycle.ctx
+    print(f"\none panic case ({case.name}) on {host.name}: verdict {result.verdict} in {result.seconds:.1f} s")
+    print(f"  {'phase':<11}{'seconds':>9}{'waited':>9}{'own':>8}  note")
+    own_total = 0.0
+    for t in result.timings:
+        own = t.seconds - t.waited
+        own_total += own
+        print(f"  {t.state:<11}{t.seconds:9.2f}{t.waited:9.2f}{own:8.3f}  {t.note[:60]}")
+    share = 100 * own_total / result.seconds if result.seconds else 0.0
+    print(f"  orchestrator overhead (cycle - host waits): {own_total:.3f} s = {share:.2f} % of the cycle"
+          f"  [target <= 2 % and <= 1 s]")
+    print(f"  controller CPU time during the cycle: {cpu:.3f} s")
+    if ctx.panic_noticed_t and ctx.panic_t:
+        print(f"  panic noticed {1000 * (ctx.panic_noticed_t - ctx.panic_t):.1f} ms after its console line completed"
+              f"  [target <= 200 ms]; kernel panic {result.panic_after_inject_s:.3f} s after the injection was fired")
+    dumped = [t for t in result.timings if t.state == "dumped"]
+    sshd = [line for line in cycle.h.console.lines(ctx.console_mark) if SSHD_STARTED.search(line.text)]
+    if dumped and sshd:
+        noticed = ctx.started + dumped[0].started + dumped[0].seconds
+        print(f"  reboot noticed {noticed - sshd[-1].t:.2f} s after the guest's sshd started  [target <= 1 s]")
+
+
+def timed_playbook(inventory: Path, playbook: str, results: Path) -> None:
+    t0 = time.monotonic()
+    code = cli_main(["run", "-i", str(inventory), str(REPO / playbook), "--results", str(results)])
+    target = {"playbooks/smoke.yaml": 180, "playbooks/nightly.yaml": 720}[playbook]
+    print(f"\n{playbook}: exit {code}, wall {time.monotonic() - t0:.1f} s  [target <= {target} s]")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nightly", action="store_true", help="also time playbooks/nightly.yaml")
+    parser.add_argument("--keep-lab", action="store_true", help="leave the bench lab up afterwards")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-orch-"))
+    os.environ.setdefault("ORCH_LAB_DIR", str(work / "lab"))
+    os.environ.setdefault("ORCH_VIRTUAL_INVENTORY", str(work / "virtual.yaml"))
+    inventory = Path(os.environ["ORCH_VIRTUAL_INVENTORY"])
+    t0 = time.monotonic()
+    lab.lab_up(hosts=1, arch="x86_64", log=lambda _: None)
+    print(f"lab up (one x86_64 machine, ready with kdump armed): {time.monotonic() - t0:.1f} s")
+    try:
+        one_panic_case(inventory, work)
+        timed_playbook(inventory, "playbooks/smoke.yaml", work / "results")
+        if args.nightly:
+            timed_playbook(inventory, "playbooks/nightly.yaml", work / "results")
+    finally:
+        if not args.keep_lab:
+            lab.lab_down(log=lambda _: None)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\ncontroller peak RSS: {peak:.0f} MB  [target <= 150 MB]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
