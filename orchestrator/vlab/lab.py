@@ -36,7 +36,7 @@ __all__ = ['BMC_USER', 'LabMachine', 'LabPaths', 'add_lab_commands', 'console_co
            'lab_up', 'read_lab', 'write_inventory']
 Log = Callable[[str], None]
 NAME_PREFIXES = {'x86_64': 'vlab-x86', 'aarch64': 'vlab-arm'}
-MEMORY_MB = 1024
+MEMORY_MB = 768               # see the RSS figures in bench/bench_vlab_boot.py
 READY_TIMEOUT_SECONDS = 300.0    # TCG boot is 7-8 s alone, 15 s with 3 guests on 2 cores;
                                  # arm64 kdump load adds seconds: leave room for a busy host
 READY_PROBE = 'test -e /run/vlab-ready || grep -qx 1 /sys/kernel/kexec_crash_loaded'
