@@ -62,6 +62,7 @@ class HostHandles:
     power: PowerProtocol | None
     console: ConsoleProtocol | None
     kdump: KdumpLayout
+    pause: Callable[[float], None] = time.sleep   # between polls of the host
 
 
 @dataclass
@@ -96,7 +97,8 @@ class CaseCycle:
         # The cycle sees metered transports, so each phase knows how long it waited on the host.
         self.h = HostHandles(host=handles.host, shell=self.meter.wrap(handles.shell),
                              poll_shell=self.meter.wrap(handles.poll_shell), power=self.meter.wrap(handles.power),
-                             console=self.meter.wrap(handles.console), kdump=handles.kdump)
+                             console=self.meter.wrap(handles.console), kdump=handles.kdump,
+                             pause=self.meter.sleep)
         self.case = case
         self.resolve_expect = expect_resolver or (lambda case, shell: case.expect)
         self.on_state = on_state or (lambda host, state: None)
@@ -157,7 +159,8 @@ class CaseCycle:
             self.ctx.recovery.append("preflight: BMC reported power off; powered on")
             self.h.power.on()
         facts = wait_for_boot(self.h.poll_shell, deadline_s=self._deadline("preflight"), state="preflight",
-                              kdump_loaded=case.kdump == "required" and case.expect.outcome != "survive")
+                              kdump_loaded=case.kdump == "required" and case.expect.outcome != "survive",
+                              sleep=self.h.pause)
         self.ctx.before = facts
         present = read_sysctls(self.h.shell, case.limits.sysctls_present)
         missing = [name for name, value in present.items() if value is None]
@@ -249,7 +252,7 @@ class CaseCycle:
         t0 = self._begin()
         try:
             self.ctx.after = wait_for_boot(self.h.poll_shell, deadline_s=self._deadline("dump"), state="dump",
-                                           not_boot_id=self.ctx.before.boot_id)
+                                           not_boot_id=self.ctx.before.boot_id, sleep=self.h.pause)
             self.h.shell.close()   # its connection belonged to the previous boot
             self._enter(State.DUMPED, t0, "back on SSH with a new boot_id")
         except InfraError as exc:

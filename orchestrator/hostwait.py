@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
@@ -16,6 +17,8 @@ from orchestrator.transport.base import ShellProtocol
 
 #: Poll period while waiting for SSH: bounds "reboot noticed after sshd accepts" (target <= 1 s).
 SSH_POLL_S = 0.25
+#: The probe is three cats and a date: a host that needs longer is not up yet.
+PROBE_TIMEOUT_S = 5.0
 
 BOOT_FACTS_CMD = (
     "cat /proc/sys/kernel/random/boot_id; uname -r; "
@@ -42,13 +45,16 @@ def read_boot_facts(shell: ShellProtocol, timeout: float = 15.0) -> BootFacts:
 
 
 def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
-                  not_boot_id: str | None = None, kdump_loaded: bool = False) -> BootFacts:
+                  not_boot_id: str | None = None, kdump_loaded: bool = False,
+                  sleep: Callable[[float], None] = time.sleep) -> BootFacts:
     """Poll until the host answers SSH (with a boot_id different from ``not_boot_id`` and, if
     asked, the crash kernel loaded). Raises ``DeadlineExceeded`` naming ``state``."""
     last = {"why": "no answer yet"}
+    if not_boot_id is not None:
+        shell.close()   # a connection from the old boot would hang until its timeout
 
     def probe() -> BootFacts:
-        facts = read_boot_facts(shell, timeout=min(15.0, deadline_s))
+        facts = read_boot_facts(shell, timeout=min(PROBE_TIMEOUT_S, deadline_s))
         if not_boot_id is not None and facts.boot_id == not_boot_id:
             last["why"] = "still the same boot"
             raise RetryableInfraError(last["why"])
@@ -58,7 +64,7 @@ def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
         return facts
 
     try:
-        for attempt in Retrying(stop=stop_after_delay(deadline_s), wait=wait_fixed(SSH_POLL_S),
+        for attempt in Retrying(stop=stop_after_delay(deadline_s), wait=wait_fixed(SSH_POLL_S), sleep=sleep,
                                 retry=retry_if_exception_type(RetryableInfraError), reraise=True):
             with attempt:
                 try:

@@ -24,7 +24,7 @@ def recover_wedged_host(handles, old_boot_id: str, deadline_s: float, log: list[
             power.nmi()
             log.append("wedged: NMI sent through the BMC")
             return wait_for_boot(handles.poll_shell, deadline_s=min(nmi_grace_s, _left(end)), state="wedge",
-                                 not_boot_id=old_boot_id)
+                                 not_boot_id=old_boot_id, sleep=handles.pause)
         except UnsupportedOperation:
             log.append("wedged: the BMC does not support NMI")
         except DeadlineExceeded:
@@ -36,7 +36,8 @@ def recover_wedged_host(handles, old_boot_id: str, deadline_s: float, log: list[
         try:
             power.cycle()
             log.append(f"wedged: power cycle {attempt} through the BMC")
-            return wait_for_boot(handles.poll_shell, deadline_s=_left(end), state="wedge", not_boot_id=old_boot_id)
+            return wait_for_boot(handles.poll_shell, deadline_s=_left(end), state="wedge", not_boot_id=old_boot_id,
+                                 sleep=handles.pause)
         except InfraError as exc:
             last = exc
             log.append(f"wedged: power cycle {attempt} did not bring the host back: {exc}")

@@ -17,6 +17,11 @@ class WaitMeter:
         with self._lock:
             self.total += seconds
 
+    def sleep(self, seconds: float) -> None:
+        """A pause between polls of the host is time spent waiting on the host."""
+        time.sleep(seconds)
+        self.add(seconds)
+
     def wrap(self, inner: Any) -> Any:
         return None if inner is None else _Metered(inner, self)
 

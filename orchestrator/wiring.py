@@ -17,15 +17,17 @@ from orchestrator.transport.sol import SolConsole
 from orchestrator.transport.ssh import FabricShell
 
 #: While a host reboots, each SSH attempt must fail fast so a returning sshd is noticed
-#: within a second (slirp and NAT accept TCP for a dead guest, so only the banner tells).
+#: within a second: slirp and NAT accept TCP for a dead guest, and a connection made before
+#: the guest listens stalls (slirp retries the guest after 3 s), so only the banner tells.
 POLL_CONNECT_TIMEOUT_S = 3.0
+POLL_BANNER_TIMEOUT_S = 1.0
 POLL_COMMAND_TIMEOUT_S = 15.0
 
 
 def build_handles(host: Host, command_log, host_dir: Path) -> HostHandles:
     host_dir.mkdir(parents=True, exist_ok=True)
     shell = FabricShell(host.ssh, log=command_log)
-    poll_cfg = replace(host.ssh, connect_timeout=POLL_CONNECT_TIMEOUT_S,
+    poll_cfg = replace(host.ssh, connect_timeout=POLL_CONNECT_TIMEOUT_S, banner_timeout=POLL_BANNER_TIMEOUT_S,
                        command_timeout=min(host.ssh.command_timeout, POLL_COMMAND_TIMEOUT_S))
     poll_shell = FabricShell(poll_cfg, log=command_log)
     power = IpmiPower(host.bmc) if host.bmc is not None else None

@@ -108,7 +108,7 @@ def _resolve(path: Path, value: str | None) -> Path | None:
 
 def _build_ssh(f: Fields, path: Path) -> SshConfig:
     f.reject_unknown({"address", "port", "user", "key_file", "known_hosts", "host_key",
-                      "connect_timeout", "keepalive", "command_timeout"})
+                      "connect_timeout", "banner_timeout", "keepalive", "command_timeout"})
     key_file = _resolve(path, f.get("key_file", str, None))
     if key_file is not None and not key_file.is_file():
         raise f.error("key_file", f"key file {key_file} does not exist")
@@ -124,6 +124,7 @@ def _build_ssh(f: Fields, path: Path) -> SshConfig:
         address=f.get("address", str), port=f.port("port", 22), user=f.get("user", str, "root"),
         key_file=key_file, known_hosts=known_hosts, host_key=host_key,
         connect_timeout=_positive(f, "connect_timeout", 10.0), keepalive=int(_positive(f, "keepalive", 5.0)),
+        banner_timeout=_positive(f, "banner_timeout", 10.0),
         command_timeout=_positive(f, "command_timeout", 60.0),
     )
 

@@ -42,6 +42,8 @@ class SshConfig:
     known_hosts: Path | None = None     # OpenSSH known_hosts holding the pinned host key
     host_key: str | None = None         # or the pinned key inline: "ssh-ed25519 AAAA..."
     connect_timeout: float = 10.0
+    banner_timeout: float | None = None # default: connect_timeout. A NAT or QEMU's user network
+                                        # accepts TCP for a host still booting and stalls there
     keepalive: int = 5                  # seconds between SSH keepalives: a dead peer becomes an error
     command_timeout: float = 60.0       # default for calls that do not name their own
 

@@ -121,7 +121,7 @@ class FabricShell(ShellProtocol):
             return self._connection
         self.close()
         connect_kwargs = {"look_for_keys": False, "allow_agent": False,   # only the lab key
-                          "banner_timeout": self.cfg.connect_timeout,
+                          "banner_timeout": self.cfg.banner_timeout or self.cfg.connect_timeout,
                           "auth_timeout": self.cfg.connect_timeout}
         if self.cfg.key_file:
             connect_kwargs["key_filename"] = [str(self.cfg.key_file)]
