@@ -9,17 +9,27 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vlab_x86(tmp_path_factory) -> Path:
     """One x86_64 lab machine behind its own BMC; yields the lab's inventory file."""
+    yield from _lab(tmp_path_factory, "x86_64")
+
+
+@pytest.fixture(scope="module")
+def vlab_arm(tmp_path_factory) -> Path:
+    """One aarch64 lab machine. Module scope: a lab is only up while its tests run."""
+    yield from _lab(tmp_path_factory, "aarch64")
+
+
+def _lab(tmp_path_factory, arch: str):
     from orchestrator.vlab import lab
 
-    base = tmp_path_factory.mktemp("e2e-lab")
+    base = tmp_path_factory.mktemp(f"e2e-lab-{arch}")
     saved = {k: os.environ.get(k) for k in ("ORCH_LAB_DIR", "ORCH_VIRTUAL_INVENTORY")}
     inventory = base / "virtual.yaml"
     os.environ.update(ORCH_LAB_DIR=str(base / "lab"), ORCH_VIRTUAL_INVENTORY=str(inventory))
     try:
-        lab.lab_up(hosts=1, arch="x86_64")
+        lab.lab_up(hosts=1, arch=arch)
         yield inventory
     finally:
         lab.lab_down(log=lambda _: None)
