@@ -40,6 +40,16 @@ def _lab(tmp_path_factory, arch: str):
                 os.environ[key] = value
 
 
+@pytest.fixture
+def bmc(tmp_path):
+    """A real pyghmi BMC (the lab's) on loopback, power kept in memory: for transport tests."""
+    from test_transport_peers import LoopbackBmc
+
+    peer = LoopbackBmc(tmp_path / "m1")
+    yield peer
+    peer.stop()
+
+
 def _fetch_test_busybox() -> str | None:
     """Debian's busybox-static (the lab guests' userspace), fetched once through the image
     builder's private apt configuration, so the target-selection script is also tested

@@ -19,13 +19,6 @@ from test_transport_peers import LoopbackBmc
 
 
 @pytest.fixture
-def bmc(tmp_path):
-    peer = LoopbackBmc(tmp_path / "m1")
-    yield peer
-    peer.stop()
-
-
-@pytest.fixture
 def power(bmc):
     power = IpmiPower(bmc.bmc_config())
     yield power

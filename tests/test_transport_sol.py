@@ -25,13 +25,6 @@ def wait_until(predicate, timeout: float, what: str) -> float:
 
 
 @pytest.fixture
-def bmc(tmp_path):
-    peer = LoopbackBmc(tmp_path / "m1")
-    yield peer
-    peer.stop()
-
-
-@pytest.fixture
 def console(bmc, tmp_path):
     console = SolConsole(bmc.bmc_config(), raw_log=tmp_path / "console.raw")
     assert console.wait_until_healthy(20), console.last_failure

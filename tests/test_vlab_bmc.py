@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from orchestrator.transport.base import UnsupportedOperation  # noqa: E402
+from orchestrator.vlab.sol_bridge import shutdown_and_close
 from orchestrator.vlab.bmc import (CC_NOT_IN_PRESENT_STATE, BmcConfig,  # noqa: E402
                                    QemuBmc)
 
@@ -94,12 +95,7 @@ class StandInConsole:
         # shutdown() first: a bare close() does not wake the thread blocked in recv/accept,
         # so no EOF would reach the BMC (QEMU exiting does send one).
         for sock in (self.server, self.client):  # listener first: no reconnect to a dying console
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
+            shutdown_and_close(sock)
         self.path.unlink(missing_ok=True)
 
 

@@ -117,12 +117,17 @@ class SerialConsoleReader:
 
     def _drop_connection(self) -> None:
         sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        shutdown_and_close(sock)
+
+
+def shutdown_and_close(sock: socket.socket | None) -> None:
+    """shutdown() first: a bare close() does not wake a thread blocked in recv/accept."""
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
 
 
 def udp_waker(port: int, address: str = '127.0.0.1') -> Callable[[], None]:
