@@ -31,7 +31,8 @@ SSH_DEADLINE_S = 90.0
 
 
 class BenchGuest:
-    def __init__(self, arch: str, work: Path, port: int, kernel: str, memory_mb: int, tcg_cache_mb: int | None):
+    def __init__(self, arch: str, work: Path, port: int, kernel: str, memory_mb: int, tcg_cache_mb: int | None,
+                 tcg_thread: str):
         self.manifest = image.build_image(arch, kernel, log=lambda _m: None)
         machine_dir = work / arch
         self.key = work / "id_ed25519"
@@ -43,7 +44,7 @@ class BenchGuest:
         self.known_hosts.write_text(known_hosts_line(host_key, "127.0.0.1", port) + "\n")
         self.machine = QemuMachine(MachineSpec(name=f"bench-{arch}", arch=arch, machine_dir=machine_dir,
                                                image=self.manifest, ssh_port=port, memory_mb=memory_mb,
-                                               tcg_cache_mb=tcg_cache_mb))
+                                               tcg_cache_mb=tcg_cache_mb, tcg_thread=tcg_thread))
 
     def ssh(self, command: str, timeout: float = 10.0, connect_timeout: int = 3) -> subprocess.CompletedProcess[str]:
         argv = ["ssh", "-n", "-i", str(self.key), "-p", str(self.machine.spec.ssh_port),
@@ -166,16 +167,18 @@ def main() -> int:
     parser.add_argument("--kernel", default="backports", choices=["backports", "bookworm"])
     parser.add_argument("--memory-mb", type=int, default=MachineSpec.memory_mb, help="guest RAM")
     parser.add_argument("--tcg-cache-mb", type=int, help="TCG translation cache cap (MiB)")
+    parser.add_argument("--tcg-thread", default=MachineSpec.tcg_thread, choices=["single", "multi"])
     parser.add_argument("--no-cold", action="store_true", help="skip the cold build (no downloads)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vlab-bench-"))
     try:
         for port, arch in enumerate(args.arch or ["x86_64", "aarch64"], start=40700):
             figures = bench_builds(arch, args.kernel, cold=not args.no_cold)
-            guest = BenchGuest(arch, work, port, args.kernel, args.memory_mb, args.tcg_cache_mb)
+            guest = BenchGuest(arch, work, port, args.kernel, args.memory_mb, args.tcg_cache_mb, args.tcg_thread)
             figures |= bench_boots(guest, args.boots)
             figures |= bench_kdump(guest)
-            print(f"{arch} ({guest.manifest.kernel_release}, {args.memory_mb} MB, TCG, {os.cpu_count()} host cores, "
+            print(f"{arch} ({guest.manifest.kernel_release}, {args.memory_mb} MB, TCG thread={args.tcg_thread} "
+                  f"tb-size={args.tcg_cache_mb or 'default'}, {os.cpu_count()} host cores, "
                   f"load {os.getloadavg()[0]:.1f})")
             for name, value in figures.items():
                 print(f"  {name:24s} {value:8.2f}")

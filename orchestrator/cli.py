@@ -38,6 +38,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     inventory = _select_hosts(load_inventory(inventory_path), _split(args.hosts))
     if args.cases:
         playbook = playbook.select(_split(args.cases))
+    for host in inventory.hosts:
+        if host.bmc is not None:
+            host.bmc.password.resolve()     # an unset variable is bad input, not a lab failure
     refused = [h.name for h in inventory.hosts if not h.destructive]
     if refused:
         raise ConfigError(f"host(s) {', '.join(refused)} lack 'destructive: true'; refusing to inject",
@@ -151,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("orchestrator: interrupted; results written so far are kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug must not read as "the kernel failed" (1)
+        print(f"orchestrator: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INFRA
 
 
 if __name__ == "__main__":

@@ -17,23 +17,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from orchestrator.config.model import Host
 from orchestrator.config.playbook import Case, Expectation
 from orchestrator.errors import FatalInfraError, InfraError, OrchestratorError, RetryableInfraError
-from orchestrator.hostwait import BootFacts, read_boot_facts, wait_for_boot
+from orchestrator.hostwait import BootFacts, wait_for_boot
 from orchestrator.kernel import signatures as sig
 from orchestrator.kernel.injectors import injector as make_injector
 from orchestrator.kernel.kdump import KdumpLayout
 from orchestrator.kernel.pages import Target, explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
-from orchestrator.recovery import recover_wedged_host
+from orchestrator.cycle_after import INJECT_OUT, INJECT_RC, AfterInjection
 from orchestrator.case_result import build_case_result
 from orchestrator.results.model import ERROR, FAIL, PASS, SKIP, CaseResult, Evidence, PhaseTiming
 from orchestrator.transport.base import ConsoleProtocol, PowerProtocol, ShellProtocol
-from orchestrator.verify import CLOCK_SLACK_S, Observation, judge_panic, judge_survive
 from orchestrator.waitmeter import WaitMeter
+
+
+#: Distributions reload their crash kernel differently; the lab guests answer to kdump-config.
+RELOAD_KDUMP = "kdump-config load || kdumpctl restart || systemctl restart kdump"
 
 
 class State(enum.Enum):
@@ -88,9 +90,11 @@ class CaseContext:
     dumps_before: tuple = ()
     dump: object | None = None
     skip_reason: str | None = None
+    kdump_unloaded: bool = False
+    console_gap: bool = False            # the console was down while the panic could come
 
 
-class CaseCycle:
+class CaseCycle(AfterInjection):
     def __init__(self, handles: HostHandles, case: Case, *, expect_resolver: Callable | None = None,
                  on_state: Callable[[str, str], None] | None = None):
         self.meter = WaitMeter()
@@ -133,9 +137,14 @@ class CaseCycle:
             reasons = [self.ctx.skip_reason] if self.ctx.skip_reason else reasons
         except InfraError as exc:
             verdict, reasons = ERROR, [f"{self.ctx.state.value}: {exc}"]
+            if self.ctx.panic_line is not None and self.ctx.expect and self.ctx.expect.outcome == "survive":
+                # The kernel failure was already seen; the lab's trouble afterwards does not undo it.
+                verdict, reasons = FAIL, [f"console: the kernel panicked: {self.ctx.panic_line.text}", f"then: {exc}"]
             self._enter(State.INFRA_ERROR, self._begin(), str(exc))
         except OrchestratorError as exc:
             verdict, reasons = ERROR, [f"{self.ctx.state.value}: {exc}"]
+        except Exception as exc:  # noqa: BLE001 - one case's bug must not end the whole run
+            verdict, reasons = ERROR, [f"{self.ctx.state.value}: internal error: {type(exc).__name__}: {exc}"]
         finally:
             self._restore_quietly()
         return self._result(verdict, reasons, started_at)
@@ -146,9 +155,9 @@ class CaseCycle:
         self._arm()
         self._pick_target()
         self._inject()
-        if self.ctx.expect.outcome == "panic" or self._panicked_anyway():
-            return self._after_panic()
-        return self._after_survive()
+        if self._observe() == "returned":
+            return self._judge_alive()      # the injection returned and the kernel kept running
+        return self._after_panic()          # a panic was seen, or the host stopped answering
 
     def _preflight(self) -> bool:
         t0 = self._begin()
@@ -183,6 +192,7 @@ class CaseCycle:
         write_sysctls(self.h.shell, wanted)
         if self.case.kdump == "unload":
             self.h.shell.run("kexec -p -u", timeout=30)
+            self.ctx.kdump_unloaded = True
         self._enter(State.ARMED, t0, " ".join(f"{k}={v}" for k, v in wanted.items()))
 
     def _pick_target(self) -> None:
@@ -200,10 +210,14 @@ class CaseCycle:
         t0 = self._begin()
         inj = make_injector(self.case.injector)
         inj.prepare(self.h.shell)
-        epoch = int(self.h.shell.run("date +%s", timeout=15).stdout.strip() or 0)
+        # A previous case's exit status must not pass for this injection's.
+        epoch = self.h.shell.run(f"rm -f {INJECT_RC} {INJECT_OUT}; date +%s", timeout=15).stdout.strip()
+        if not epoch.isdigit():
+            raise RetryableInfraError(f"the host's clock answered {epoch!r}, not seconds since the epoch")
+        epoch = int(epoch)
         if self.h.console is not None:
             self.ctx.console_mark = self.h.console.mark()
-        command = f"( {inj.command(self.ctx.target)} ) >/tmp/orch-inject.out 2>&1; echo $? >/tmp/orch-inject.rc"
+        command = f"( {inj.command(self.ctx.target)} ) >{INJECT_OUT} 2>&1; echo $? >{INJECT_RC}"
         self.ctx.inject_t, self.ctx.inject_epoch = time.monotonic(), epoch
         # Fired detached: a panic must not leave this SSH call hanging on a dead kernel. A
         # connection that drops right now may be the panic itself: observe before judging.
@@ -215,123 +229,18 @@ class CaseCycle:
             self._evidence("ssh", f"connection dropped during the injection: {exc}")
         self._enter(State.INJECTED, t0, note)
 
-    def _watch_for_panic(self, timeout: float) -> bool:
-        console = self.h.console
-        if console is None or not console.healthy():
-            return False
-        line = console.wait_for(sig.PANIC_LINE, since=self.ctx.console_mark, timeout=timeout)
-        if line is None:
-            return False
-        self.ctx.panic_noticed_t = time.monotonic()
-        self.ctx.panic_t = line.t
-        self.ctx.panic_line = sig.parse_line(line.text)
-        self._evidence("console", line.text, line.t)
-        return True
-
-    def _panicked_anyway(self) -> bool:
-        """A survive case watches the console for a panic that must not come."""
-        t0 = self._begin()
-        panicked = self._watch_for_panic(self._deadline("survive"))
-        if panicked:
-            self._enter(State.PANICKED, t0, "unexpected panic")
-        return panicked
-
-    def _after_panic(self) -> list[str]:
-        if self.ctx.state is not State.PANICKED:
-            t0 = self._begin()
-            seen = self._watch_for_panic(self._deadline("panic"))
-            self._enter(State.PANICKED, t0, "seen on console" if seen else "not seen on console")
-            if not seen and self._still_same_boot():
-                # No panic line and the same kernel still answers: it did not panic.
-                return self._after_survive_check(panic=True)
-        self._await_reboot()
-        self._collect()
-        return self._verify(panic=True)
-
-    def _await_reboot(self) -> None:
-        t0 = self._begin()
-        try:
-            self.ctx.after = wait_for_boot(self.h.poll_shell, deadline_s=self._deadline("dump"), state="dump",
-                                           not_boot_id=self.ctx.before.boot_id, sleep=self.h.pause)
-            self.h.shell.close()   # its connection belonged to the previous boot
-            self._enter(State.DUMPED, t0, "back on SSH with a new boot_id")
-        except InfraError as exc:
-            self._enter(State.WEDGED, t0, str(exc))
-            t1 = self._begin()
-            self.ctx.after = recover_wedged_host(self.h, self.ctx.before.boot_id, self._deadline("wedge"),
-                                                 self.ctx.recovery, nmi_grace_s=self._deadline("nmi"))
-            self.h.shell.close()
-            self._enter(State.DUMPED, t1, "; ".join(self.ctx.recovery))
-
-    def _collect(self) -> None:
-        t0 = self._begin()
-        kdump, shell = self.h.kdump, self.h.shell
-        listed = _retry_transient(kdump.list_dumps, shell)
-        rewritten = _retry_transient(kdump.written_since, shell, self.ctx.inject_epoch - CLOCK_SLACK_S)
-        new = sorted({d for d in listed if d not in self.ctx.dumps_before} | set(rewritten))
-        if new:
-            # Only a dump made after the injection counts; with several, the newest.
-            self.ctx.dump = _retry_transient(kdump.collect, shell, new[-1])
-            if len(new) > 1:
-                self._evidence("dump", f"{len(new)} new dumps: {', '.join(sorted(new))}; using the newest")
-        self._enter(State.COLLECTED, t0, self.ctx.dump.dump_id if self.ctx.dump else "no new dump")
-
-    def _still_same_boot(self) -> bool:
-        try:
-            return read_boot_facts(self.h.poll_shell, timeout=10).boot_id == self.ctx.before.boot_id
-        except InfraError:
-            return False
-
-    def _after_survive(self) -> list[str]:
-        return self._after_survive_check(panic=False)
-
-    def _after_survive_check(self, *, panic: bool) -> list[str]:
-        t0 = self._begin()
-        facts = None
-        try:
-            facts = read_boot_facts(self.h.shell, timeout=self._deadline("collect"))
-        except InfraError:
-            pass
-        self.ctx.after = facts
-        live = None
-        if facts is not None:
-            live = self.h.shell.run("dmesg", timeout=self._deadline("collect"), check=False).stdout
-            rc = self.h.shell.run("cat /tmp/orch-inject.rc /tmp/orch-inject.out", timeout=15, check=False).stdout
-            self._evidence("inject", "exit status and output: " + " ".join(rc.split()))
-        self._enter(State.SURVIVED, t0)
-        return self._verify(panic=panic, live_dmesg=live)
-
-    def _verify(self, *, panic: bool, live_dmesg: str | None = None) -> list[str]:
-        t0 = self._begin()
-        console = tuple(line.text for line in self.h.console.lines(self.ctx.console_mark)) if self.h.console else ()
-        for text in console:
-            if sig.MF_LINE.search(text) or sig.PANIC_LINE.search(text):
-                self._evidence("console", text)
-        dump = self.ctx.dump
-        if dump is not None and dump.dmesg:
-            for text in dump.dmesg.splitlines():
-                if self.ctx.target and (f"{self.ctx.target.pfn:#x}" in text or sig.PANIC_LINE.search(text)):
-                    self._evidence("dump-dmesg", text.strip())
-        has_console = self.h.console is not None
-        if has_console and not self.h.console.healthy() and "sol" in self.h.host.features:
-            raise FatalInfraError("the SOL console died during the case")
-        rebooted = self.ctx.after is not None and self.ctx.after.boot_id != self.ctx.before.boot_id
-        obs = Observation(pfn=self.ctx.target.pfn, console=console, dump_dmesg=dump.dmesg if dump else None,
-                          live_dmesg=live_dmesg, vmcoreinfo=dict(dump.vmcoreinfo) if dump else {},
-                          inject_epoch=self.ctx.inject_epoch, dump_incomplete=bool(dump and dump.incomplete),
-                          rebooted=rebooted, console_expected=has_console)
-        reasons = judge_panic(obs, self.ctx.expect) if panic and self.ctx.expect.outcome == "panic" else \
-            judge_survive(obs, self.ctx.expect)
-        self._enter(State.VERIFIED, t0, "ok" if not reasons else f"{len(reasons)} problem(s)")
-        return reasons
-
     def _restore_quietly(self) -> None:
         """Put the sysctls back as recorded and clean up the target. Best effort: the
         verdict is already decided, and a rebooted host has its defaults back anyway."""
-        if not self.ctx.old_sysctls and not (self.ctx.target and self.ctx.target.cleanup):
+        if not self.ctx.old_sysctls and not (self.ctx.target and self.ctx.target.cleanup) \
+                and not self.ctx.kdump_unloaded:
             return
         t0 = self._begin()
         try:
+            if self.ctx.kdump_unloaded and (self.ctx.after is None or self.ctx.after.boot_id == self.ctx.before.boot_id):
+                # Same boot: the crash kernel is still unloaded; a reboot would have reloaded it.
+                self.h.shell.run(RELOAD_KDUMP, timeout=60, check=False)
+                self.ctx.recovery.append("restore: reloaded the crash kernel")
             current = read_sysctls(self.h.shell, self.ctx.old_sysctls)
             changed = {k: v for k, v in self.ctx.old_sysctls.items() if current.get(k) != v}
             if changed:
@@ -345,10 +254,3 @@ class CaseCycle:
     def _result(self, verdict: str, reasons: list[str], started_at: str) -> CaseResult:
         return build_case_result(self.h.host.name, self.case, self.ctx, verdict, reasons, started_at)
 
-
-def _retry_transient(call, *args):
-    """A freshly rebooted host may drop the first connection or two: retry those only."""
-    for attempt in Retrying(stop=stop_after_attempt(3), wait=wait_fixed(1.0),
-                            retry=retry_if_exception_type(RetryableInfraError), reraise=True):
-        with attempt:
-            return call(*args)

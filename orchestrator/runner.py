@@ -89,13 +89,24 @@ class Runner:
         self._lock = threading.Lock()
         self._cases: list[CaseResult] = []
         self._facts: dict[str, HostFacts] = {}
+        self._stop = threading.Event()
 
     def run(self) -> RunResult:
+        """Run every host's cases. On Ctrl-C no new case starts: the cases in flight finish
+        (a host mid-panic is left rebooted, not half-armed), the rest are skipped."""
         hosts = self.req.inventory.hosts
         self._save()
-        with ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="host") as pool:
-            for future in [pool.submit(self._run_host, h) for h in hosts]:
+        pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="host")
+        futures = [pool.submit(self._run_host, h) for h in hosts]
+        try:
+            for future in futures:
                 future.result()
+        except KeyboardInterrupt:
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._save()
+            raise
+        pool.shutdown(wait=True)
         return self._save()
 
     def _run_host(self, host: Host) -> None:
@@ -110,6 +121,9 @@ class Runner:
                                                features=tuple(sorted(host.features)), error=str(exc))
         resolver = ExpectationResolver() if handles else None
         for case in self.req.playbook.cases:
+            if self._stop.is_set():
+                self._record(no_cycle_result(host.name, case, SKIP, "interrupted before this case started"))
+                continue
             why = skip_reason(host, case)
             if why is None and handles is None:
                 self._record(no_cycle_result(host.name, case, ERROR, f"preflight: {self._facts[host.name].error}"))

@@ -46,6 +46,9 @@ class StubLayout:
     def __init__(self, host: "FakeLabHost"):
         self.host = host
 
+    def sort_key(self, dump_id: str) -> str:
+        return dump_id
+
     def list_dumps(self, shell) -> list[str]:
         shell.run("ls /var/crash", timeout=10)
         return sorted(self.host.dumps)
@@ -78,6 +81,7 @@ class FakeLabHost:
     dmesg: list = field(default_factory=list)
     up: bool = True
     wedged: bool = False
+    injected: bool = False                  # the injection's exit status is on the host
 
     def __post_init__(self) -> None:
         self.console = FakeConsole()
@@ -89,12 +93,15 @@ class FakeLabHost:
     def _answer(self, command: str) -> tuple[int, str]:
         if command == BOOT_FACTS_CMD:
             return 0, f"{self.boot_id}\n7.3.4+deb13-cloud-amd64\n1\n{EPOCH}\n"
-        if command == "date +%s":
+        if command.endswith("date +%s"):
+            self.injected = False       # the cycle clears the previous exit status first
             return 0, f"{EPOCH}\n"
         if command == "dmesg":
             return 0, "\n".join(self.dmesg) + "\n"
         if command.startswith("cat /tmp/orch-inject.rc"):
-            return 0, "16\nsh: write error: Device or resource busy\n"
+            if not self.injected:
+                return 1, ""
+            return 0, "16\n" + ("sh: write error: Device or resource busy\n" if " " in command else "")
         return 0, ""
 
     def _reachable(self) -> bool:
@@ -129,6 +136,7 @@ class FakeLabHost:
         return lines
 
     def _inject(self, command: str) -> None:
+        self.injected = True
         lines = self.kernel_lines()
         self.dmesg.extend(lines)
         self.console.feed("/ # \x1b[6n" + "\n".join(lines))

@@ -175,3 +175,56 @@ def test_cli_inventory_check_without_probe(files, capsys) -> None:
     code = main(["inventory", "check", "--no-probe", str(write(files, "inv.yaml", GOOD_INVENTORY))])
     out = capsys.readouterr().out
     assert code == 0 and "srv1" in out and "vm2" in out
+
+
+PLAYBOOK_RUNTIME_TRAPS = [
+    ("nan deadline", ("{panic: 30}", "{panic: .nan}"), 4, "deadlines.panic", "positive"),
+    ("bad sysctl in limits", ("arches: [x86_64]", "sysctls_present: ['vm.x; reboot']"), 15,
+     "limit.sysctls_present", "not a sysctl"),
+    ("matrix with explicit pfn", ("expect: {outcome: survive}", "expect: {outcome: matrix}"), 13,
+     "cases[1].target", "explicit pfn"),
+    ("dump from an unloaded kdump", ("signature: new}", "signature: new, dump: true}\n    kdump: unload"), 10,
+     "cases[0].expect.dump", "no crash kernel"),
+]
+
+
+@pytest.mark.parametrize("desc, change, line, field, message", PLAYBOOK_RUNTIME_TRAPS,
+                         ids=[e[0] for e in PLAYBOOK_RUNTIME_TRAPS])
+def test_playbook_errors_that_would_only_show_at_run_time_are_caught_at_load(tmp_path, desc, change, line, field,
+                                                                             message) -> None:
+    text = GOOD_PLAYBOOK.replace(*change)
+    assert text != GOOD_PLAYBOOK
+    with pytest.raises(ConfigError) as info:
+        load_playbook(write(tmp_path, "bad.yaml", text))
+    assert message in str(info.value) and info.value.line == line, str(info.value)
+    assert field in (info.value.field or ""), str(info.value)
+
+
+def test_unloaded_kdump_case_expects_no_dump_by_default(tmp_path) -> None:
+    text = GOOD_PLAYBOOK.replace("signature: new}", "signature: new}\n    kdump: unload")
+    case = load_playbook(write(tmp_path, "pb.yaml", text)).cases[0]
+    assert case.kdump == "unload" and case.expect.dump is False
+
+
+def test_inventory_host_name_that_is_a_list_is_bad_input(files) -> None:
+    text = GOOD_INVENTORY.replace("name: vm2", "name: [vm, 2]")
+    with pytest.raises(ConfigError) as info:
+        load_inventory(write(files, "inv.yaml", text))
+    assert info.value.line == 15 and "must be a string" in str(info.value)
+
+
+def test_inventory_garbled_host_key_is_bad_input(files) -> None:
+    text = GOOD_INVENTORY.replace('host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample"',
+                                  'host_key: "ssh-ed25519 not*base64!"')
+    with pytest.raises(ConfigError) as info:
+        load_inventory(write(files, "inv.yaml", text))
+    assert info.value.line == 18 and "base64" in str(info.value)
+
+
+def test_cli_unset_bmc_password_variable_is_bad_input(files, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("NO_SUCH_BMC_PASSWORD", raising=False)
+    inv = write(files, "inv.yaml", GOOD_INVENTORY.replace("password: {file: bmc-password}",
+                                                          "password: {env: NO_SUCH_BMC_PASSWORD}"))
+    code = main(["run", "-i", str(inv), "--hosts", "srv1", str(REPO / "playbooks/smoke.yaml"),
+                 "--results", str(tmp_path / "r")])
+    assert code == 2 and "NO_SUCH_BMC_PASSWORD" in capsys.readouterr().err

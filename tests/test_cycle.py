@@ -167,3 +167,42 @@ def test_missing_sysctl_skips_with_the_reason(stub_kernel_seams):
     case = make_case(limits=Limits(sysctls_present=("vm.not_in_this_kernel",)))
     result = CaseCycle(host.handles(), case).run()
     assert result.verdict == "skip" and "lacks sysctl vm.not_in_this_kernel" in result.reasons[0]
+
+
+def test_host_without_a_console_is_judged_from_ssh_and_the_dump():
+    host = FakeLabHost()
+    handles = host.handles(features=("hwpoison_inject", "kdump"))
+    handles.console = None
+    result = CaseCycle(handles, make_case()).run()
+    assert result.verdict == "pass", result.reasons
+    assert any("host stopped answering" in t.note for t in result.timings)
+    assert any(e.source == "dump-dmesg" and "unrecoverable page" in e.text for e in result.evidence)
+
+
+def test_survive_case_that_panics_stays_a_fail_even_when_recovery_then_fails():
+    host = FakeLabHost(behaviour="hang", writes_dump=False)
+    handles = host.handles()
+    handles.power = None
+    case = make_case(outcome="survive")
+    case = replace(case, deadlines=dict(case.deadlines, dump=1.0))
+    result = CaseCycle(handles, case).run()
+    assert result.verdict == "fail"
+    assert "the kernel panicked" in result.reasons[0] and "no BMC" in result.reasons[1]
+
+
+def test_a_bug_in_one_case_is_an_error_verdict_not_a_crash(monkeypatch):
+    def broken(shell, cls, arch, timeout):
+        raise KeyError("boom")
+    monkeypatch.setattr(cycle_mod, "select_target", broken)
+    result = CaseCycle(FakeLabHost().handles(), make_case()).run()
+    assert result.verdict == "error" and "internal error: KeyError" in result.reasons[0]
+
+
+def test_unloaded_crash_kernel_is_reloaded_when_the_host_kept_its_boot():
+    host = FakeLabHost(behaviour="survive")
+    case = make_case(outcome="survive", kdump="unload")
+    result = CaseCycle(host.handles(), case).run()
+    assert result.verdict == "pass", result.reasons
+    assert "kexec -p -u" in host.shell.commands
+    assert any(c.startswith("kdump-config load") for c in host.shell.commands)
+    assert "restore: reloaded the crash kernel" in result.recovery

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 from pathlib import Path
+
+import paramiko
 
 from orchestrator.config.model import (ARCHES, KDUMP_LAYOUTS, BmcConfig, Host, Inventory, KdumpConfig,
                                        SecretRef, SshConfig)
@@ -36,6 +40,8 @@ def load_inventory(path: Path | str) -> Inventory:
         if not isinstance(entry, dict):
             raise ConfigError("each host must be a mapping", path=str(path), line=line, field=f"hosts[{i}]")
         name = entry.get("name")
+        if not isinstance(name, str):
+            raise ConfigError("host name must be a string", path=str(path), line=line, field=f"hosts[{i}].name")
         groups = membership.get(name, [])
         merged = defaults
         for group_name, group_defaults in groups:
@@ -118,8 +124,8 @@ def _build_ssh(f: Fields, path: Path) -> SshConfig:
     host_key = f.get("host_key", str, None)
     if host_key is None and known_hosts is None:
         raise f.error("known_hosts", "no pinned host key: give known_hosts (a file) or host_key")
-    if host_key is not None and len(host_key.split()) < 2:
-        raise f.error("host_key", "expected '<type> <base64>' as in a known_hosts line")
+    if host_key is not None and not _valid_host_key(host_key):
+        raise f.error("host_key", "expected '<type> <base64 key>' as in a known_hosts line")
     return SshConfig(
         address=f.get("address", str), port=f.port("port", 22), user=f.get("user", str, "root"),
         key_file=key_file, known_hosts=known_hosts, host_key=host_key,
@@ -127,6 +133,17 @@ def _build_ssh(f: Fields, path: Path) -> SshConfig:
         banner_timeout=_positive(f, "banner_timeout", 10.0),
         command_timeout=_positive(f, "command_timeout", 60.0),
     )
+
+
+def _valid_host_key(text: str) -> bool:
+    parts = text.split()
+    if len(parts) < 2:
+        return False
+    try:
+        paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
+    except (binascii.Error, ValueError, paramiko.SSHException, TypeError):
+        return False
+    return True
 
 
 def _positive(f: Fields, key: str, default: float) -> float:

@@ -9,6 +9,7 @@ matrix (orchestrator/kernel/semantics.yaml) instead of hard-coding one kernel's 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -120,10 +121,15 @@ def _build_case(f: Fields) -> Case:
     if not _NAME_RE.match(name):
         raise f.error("name", f"{name!r} is not a valid case name (letters, digits, '.', '_', '-')")
     target, pfn = _build_target(f)
+    kdump = f.get("kdump", str, "required", choices=KDUMP_MODES)
+    expect = _build_expect(f, kdump)
+    if expect.outcome == "matrix" and target == "pfn":
+        raise f.error("target", "an explicit pfn has no page class to look up in the semantics matrix; "
+                                "state the expectation (panic or survive)")
     return Case(
         name=name, injector=f.get("injector", str, choices=INJECTORS), target=target, pfn=pfn,
-        sysctls=_build_sysctls(f), expect=_build_expect(f), limits=_build_limits(f),
-        deadlines=_build_deadlines(f), kdump=f.get("kdump", str, "required", choices=KDUMP_MODES),
+        sysctls=_build_sysctls(f), expect=expect, limits=_build_limits(f),
+        deadlines=_build_deadlines(f), kdump=kdump,
         description=f.get("description", str, ""), origin=f"{f.path}:{f.line}",
     )
 
@@ -161,7 +167,7 @@ def _build_sysctls(f: Fields) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def _build_expect(f: Fields) -> Expectation:
+def _build_expect(f: Fields, kdump: str) -> Expectation:
     sub = f.sub("expect")
     sub.reject_unknown({"outcome", "action", "signature", "dump"})
     outcome = sub.get("outcome", str, choices=OUTCOMES)
@@ -174,8 +180,10 @@ def _build_expect(f: Fields) -> Expectation:
     signature = sub.get("signature", str, "any", choices=SIGNATURES)
     if outcome == "survive" and "signature" in sub.data:
         raise sub.error("signature", "a survive case expects no panic, so it has no signature")
-    return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature,
-                       dump=sub.get("dump", bool, outcome != "survive"))
+    dump = sub.get("dump", bool, outcome != "survive" and kdump != "unload")
+    if dump and kdump == "unload":
+        raise sub.error("dump", "kdump: unload leaves no crash kernel to write a dump")
+    return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature, dump=dump)
 
 
 def _build_limits(f: Fields) -> Limits:
@@ -187,8 +195,12 @@ def _build_limits(f: Fields) -> Limits:
     for arch in arches:
         if arch not in ARCHES:
             raise sub.error("arches", f"unknown arch {arch!r} (known: {', '.join(ARCHES)})")
+    present = sub.str_list("sysctls_present")
+    for name in present:
+        if not _SYSCTL_RE.match(name):
+            raise sub.error("sysctls_present", f"{name!r} is not a sysctl name (dotted, like vm.memory_failure_recovery)")
     return Limits(arches=arches, platforms=sub.str_list("platforms"), features=sub.str_list("features"),
-                  sysctls_present=sub.str_list("sysctls_present"))
+                  sysctls_present=present)
 
 
 def _build_deadlines(f: Fields) -> dict:
@@ -199,7 +211,7 @@ def _build_deadlines(f: Fields) -> dict:
     sub.reject_unknown(set(DEFAULT_DEADLINES))
     for key in sub.data:
         value = sub.get(key, float)
-        if value <= 0:
+        if not math.isfinite(value) or value <= 0:
             raise sub.error(key, f"deadline must be positive seconds, got {value}")
         out[key] = value
     return out

@@ -36,7 +36,18 @@ __all__ = ['BMC_USER', 'LabMachine', 'LabPaths', 'add_lab_commands', 'console_co
            'lab_up', 'read_lab', 'write_inventory']
 Log = Callable[[str], None]
 NAME_PREFIXES = {'x86_64': 'vlab-x86', 'aarch64': 'vlab-arm'}
-MEMORY_MB = 768               # see the RSS figures in bench/bench_vlab_boot.py
+#: Guest RAM and TCG settings, measured with bench/bench_vlab_boot.py (7.3 guest, 2-core host):
+#: 1024 MB guests used 740-800 MB of host RSS after one kdump cycle, 768 MB guests with QEMU's
+#: defaults 766 MB, of which only ~420 MB was guest RAM: the rest is mostly TCG's translation
+#: cache, which a 128 MiB cap bounds (669 MB, boot->SSH 6.0 s, panic->SSH 14 s). 768 MB still
+#: holds crashkernel=256M with 440 MB usable for the page-class targets.
+MEMORY_MB = 768
+TCG_CACHE_MB = 128
+#: One host thread for all vCPUs: with multi-threaded TCG the 7.3 guest sometimes died at boot
+#: in the kernel's live code patching (`Oops: int3` in sched_clock_cpu right after "sched_clock:
+#: Marking stable", or both vCPUs spinning after SMP bring-up) when two vCPUs ran the patched
+#: code concurrently on a loaded host; and two guests on two host cores gain nothing from MTTCG.
+TCG_THREAD = 'single'
 READY_TIMEOUT_SECONDS = 300.0    # TCG boot is 7-8 s alone, 15 s with 3 guests on 2 cores;
                                  # arm64 kdump load adds seconds: leave room for a busy host
 READY_PROBE = 'test -e /run/vlab-ready || grep -qx 1 /sys/kernel/kexec_crash_loaded'
@@ -79,6 +90,7 @@ def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifes
     machine_dir = lab.machine_dir(name)
     create_disk(machine_dir, ensure_host_key(machine_dir), Path(f'{lab.client_key}.pub'))
     write_machine_spec(machine_dir, name=name, arch=arch, ssh_port=ssh_port, memory_mb=MEMORY_MB,
+                       tcg_thread=TCG_THREAD, tcg_cache_mb=TCG_CACHE_MB,
                        accel=accel, image_manifest=str(manifest.directory / 'manifest.json'))
     return machine_dir
 

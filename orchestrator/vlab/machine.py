@@ -49,9 +49,12 @@ class MachineSpec:
     accel: str = "tcg"                 # tcg | kvm (see accel.py)
     extra_kernel_args: tuple[str, ...] = ()
     crashkernel: str = "256M"
-    #: TCG translation cache cap (MiB); None = QEMU's default (up to 1 GiB, and under TCG it
-    #: keeps growing over a nightly run: it was most of a 1.9 GB RSS for a 1 GB guest)
+    #: TCG translation cache cap (MiB); None = QEMU's default (up to 1 GiB). Measured: ~345 MB of
+    #: a 766 MB RSS after one kdump cycle of a 768 MB guest was not guest RAM
     tcg_cache_mb: int | None = None
+    #: "multi" (QEMU's default: one host thread per vCPU) or "single" (all vCPUs round-robin
+    #: on one thread); lab.py says why the lab uses single
+    tcg_thread: str = "multi"
     address: str = "127.0.0.1"        # where the SSH port is forwarded on the host
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class MachineSpec:
             raise ConfigError(f"machine {self.name}: unknown arch {self.arch!r}")
         if self.accel not in ("tcg", "kvm"):
             raise ConfigError(f"machine {self.name}: accel must be tcg or kvm, not {self.accel!r}")
+        if self.tcg_thread not in ("single", "multi"):
+            raise ConfigError(f"machine {self.name}: tcg_thread must be single or multi, not {self.tcg_thread!r}")
         if self.image.arch != self.arch:
             raise ConfigError(f"machine {self.name}: {self.image.arch} image for an {self.arch} machine")
 
@@ -80,7 +85,9 @@ class QemuMachine:
 
     def _accel_option(self) -> str:
         s = self.spec
-        return f"tcg,tb-size={s.tcg_cache_mb}" if s.accel == "tcg" and s.tcg_cache_mb else s.accel
+        if s.accel != "tcg":
+            return s.accel
+        return ",".join(["tcg", f"thread={s.tcg_thread}", *([f"tb-size={s.tcg_cache_mb}"] if s.tcg_cache_mb else [])])
 
     def command_line(self) -> list[str]:
         s = self.spec
