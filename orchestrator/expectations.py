@@ -26,13 +26,17 @@ class ExpectationResolver:
     def semantics(self) -> "semantics.KernelSemantics | None":
         return self._semantics
 
+    def probe(self, shell: ShellProtocol) -> "semantics.KernelSemantics":
+        """The host's semantics, probed once (crashes nothing); ``SemanticsUnknown`` if undeterminable."""
+        with self._lock:
+            if self._semantics is None:
+                self._semantics = semantics.probe_semantics(shell)
+            return self._semantics
+
     def __call__(self, case: Case, shell: ShellProtocol) -> Expectation:
         if case.expect.outcome != "matrix":
             return case.expect
-        with self._lock:
-            if self._semantics is None:
-                self._semantics = semantics.probe_semantics(shell)   # SemanticsUnknown -> error verdict
-        found = semantics.expectation(self._semantics, case.target, dict(case.sysctls))
+        found = semantics.expectation(self.probe(shell), case.target, dict(case.sysctls))
         return Expectation(
             outcome="panic" if found.panic else "survive",
             action_label=case.expect.action_label or found.action_label,

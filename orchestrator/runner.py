@@ -25,6 +25,7 @@ from orchestrator.cycle import CaseCycle, HostHandles
 from orchestrator.errors import OrchestratorError
 from orchestrator.expectations import ExpectationResolver
 from orchestrator.hostwait import read_boot_facts
+from orchestrator.kernel.semantics import SemanticsUnknown
 from orchestrator.kernel.sysctl import read_sysctls
 from orchestrator.results import store
 from orchestrator.results.model import ERROR, SKIP, CaseResult, HostFacts, RunResult
@@ -115,11 +116,11 @@ class Runner:
         try:
             log.point_at(store.case_dir(self.run_dir, host.name, "_host") / "commands.log")
             handles = self.make_handles(host, log, self.run_dir / host.name)
-            self._facts[host.name] = self._probe(handles)
+            resolver = ExpectationResolver()
+            self._facts[host.name] = self._probe(handles, resolver)
         except OrchestratorError as exc:
             self._facts[host.name] = HostFacts(host=host.name, arch=host.arch, platform=host.platform,
                                                features=tuple(sorted(host.features)), error=str(exc))
-        resolver = ExpectationResolver() if handles else None
         for case in self.req.playbook.cases:
             if self._stop.is_set():
                 self._record(no_cycle_result(host.name, case, SKIP, "interrupted before this case started"))
@@ -140,13 +141,20 @@ class Runner:
         if handles is not None:
             close_handles(handles)
 
-    def _probe(self, handles: HostHandles) -> HostFacts:
+    def _probe(self, handles: HostHandles, resolver: ExpectationResolver) -> HostFacts:
         facts = read_boot_facts(handles.poll_shell)
         sysctls = read_sysctls(handles.shell, WATCHED_SYSCTLS)
         host = handles.host
+        try:
+            semantics = resolver.probe(handles.shell)
+            name, evidence = semantics.name, semantics.evidence
+        except SemanticsUnknown as exc:
+            # recorded, not fatal: only `outcome: matrix` cases need it, and they say so
+            name, evidence = None, (f"undetermined: {exc}",)
         return HostFacts(host=host.name, arch=host.arch, platform=host.platform,
                          kernel_release=facts.kernel_release, boot_id=facts.boot_id,
-                         sysctls={k: v for k, v in sysctls.items()}, features=tuple(sorted(host.features)))
+                         sysctls={k: v for k, v in sysctls.items()}, semantics=name,
+                         semantics_evidence=tuple(evidence), features=tuple(sorted(host.features)))
 
     def _with_artifacts(self, result: CaseResult, handles: HostHandles, cycle: CaseCycle, folder: Path) -> CaseResult:
         artifacts = {}

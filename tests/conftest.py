@@ -8,36 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from vlabs import private_lab
+
 
 @pytest.fixture(scope="module")
 def vlab_x86(tmp_path_factory) -> Path:
     """One x86_64 lab machine behind its own BMC; yields the lab's inventory file."""
-    yield from _lab(tmp_path_factory, "x86_64")
+    yield from private_lab(tmp_path_factory, arch="x86_64", hosts=1)
 
 
 @pytest.fixture(scope="module")
 def vlab_arm(tmp_path_factory) -> Path:
     """One aarch64 lab machine. Module scope: a lab is only up while its tests run."""
-    yield from _lab(tmp_path_factory, "aarch64")
-
-
-def _lab(tmp_path_factory, arch: str):
-    from orchestrator.vlab import lab
-
-    base = tmp_path_factory.mktemp(f"e2e-lab-{arch}")
-    saved = {k: os.environ.get(k) for k in ("ORCH_LAB_DIR", "ORCH_VIRTUAL_INVENTORY")}
-    inventory = base / "virtual.yaml"
-    os.environ.update(ORCH_LAB_DIR=str(base / "lab"), ORCH_VIRTUAL_INVENTORY=str(inventory))
-    try:
-        lab.lab_up(hosts=1, arch=arch)
-        yield inventory
-    finally:
-        lab.lab_down(log=lambda _: None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    yield from private_lab(tmp_path_factory, arch="aarch64", hosts=1)
 
 
 @pytest.fixture

@@ -70,6 +70,15 @@ def test_wedged_host_is_recovered_through_the_bmc(vlab_x86, tmp_path):
     assert code == 0
 
 
+def test_crash_kernel_unloaded_by_a_case_is_loaded_again_for_the_next(vlab_x86, tmp_path):
+    code, run, _ = run_playbook(vlab_x86, "tests/playbooks/kdump-reload.yaml", tmp_path)
+    cases = by_case(run)
+    assert "restore: reloaded the crash kernel" in cases["survive-without-kdump"].recovery
+    assert cases["panic-needs-kdump-again"].verdict == "pass", cases["panic-needs-kdump-again"].reasons
+    assert cases["panic-needs-kdump-again"].dump is not None
+    assert code == 0
+
+
 @pytest.mark.slow
 def test_nightly_gives_the_correct_verdict_for_every_case(vlab_x86, tmp_path):
     code, run, _ = run_playbook(vlab_x86, "playbooks/nightly.yaml", tmp_path)

@@ -9,7 +9,6 @@ and `legacy-recovery-off` (vm.memory_failure_recovery=0) must panic with the leg
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from orchestrator.config.inventory import load_inventory
 from orchestrator.kernel.semantics import probe_semantics
 from orchestrator.results.store import load_run
 from orchestrator.transport.ssh import FabricShell
+from vlabs import private_lab
 
 pytestmark = [pytest.mark.vlab, pytest.mark.slow, pytest.mark.x86_64]
 REPO = Path(__file__).resolve().parent.parent
@@ -34,23 +34,7 @@ MACHINES = {"vlab-x86-1": ("backports", "7.3.", "v10-like"),
 @pytest.fixture(scope="module")
 def mixed_lab(tmp_path_factory) -> Iterator[Path]:
     """A private two-machine lab (7.3 + 6.1); yields its inventory and always takes it down."""
-    from orchestrator.vlab import lab
-
-    base = tmp_path_factory.mktemp("semantics-lab")
-    saved = {k: os.environ.get(k) for k in ("ORCH_LAB_DIR", "ORCH_VIRTUAL_INVENTORY")}
-    inventory = base / "virtual.yaml"
-    os.environ.update(ORCH_LAB_DIR=str(base / "lab"), ORCH_VIRTUAL_INVENTORY=str(inventory))
-    try:
-        machines = lab.lab_up(kernels=tuple(kernel for kernel, _, _ in MACHINES.values()))
-        assert [m.name for m in machines] == list(MACHINES)
-        yield inventory
-    finally:
-        lab.lab_down(log=lambda _: None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    yield from private_lab(tmp_path_factory, kernels=tuple(kernel for kernel, _, _ in MACHINES.values()))
 
 
 def sysctl_limited_cases() -> set[str]:
@@ -85,8 +69,9 @@ def test_nightly_passes_on_both_kernels(mixed_lab, tmp_path):
     run_dir, = [p for p in tmp_path.iterdir() if p.is_dir()]
     run = load_run(run_dir)
     facts = {h.host: h for h in run.hosts}
-    for name, (_, release, _) in MACHINES.items():
+    for name, (_, release, semantics) in MACHINES.items():
         assert facts[name].kernel_release.startswith(release), facts[name]
+        assert facts[name].semantics == semantics, facts[name]
     cases = {(c.host, c.case): c for c in run.cases}
     limited = sysctl_limited_cases()
     assert limited and "legacy-recovery-off" not in limited

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -168,6 +169,25 @@ def test_dropped_connection_is_retryable_and_reconnects(shell):
     with pytest.raises(RetryableInfraError):
         shell.run("kill -9 $PPID; sleep 5", timeout=10)   # kills its own sshd session process
     assert shell.run("echo again", timeout=10).stdout == "again\n"
+
+
+def test_frozen_peer_on_an_open_connection_cannot_hang_a_call(shell, monkeypatch):
+    """A panicked guest behind QEMU's user network: TCP stays open, nothing answers. Freezing
+    our sshd session process reproduces it: the channel open is never confirmed."""
+    import orchestrator.transport.ssh as ssh_mod
+
+    monkeypatch.setattr(ssh_mod, "WATCHDOG_GRACE_S", 1.0)
+    session = shell.run("echo $PPID").stdout.strip()          # the sshd process serving us
+    os.kill(int(session), signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RetryableInfraError) as info:
+            shell.run("echo never", timeout=2)
+        assert time.monotonic() - started < 2 + 1.0 + 3, "the watchdog did not end the stuck call"
+        assert "no answer within 2 s" in str(info.value) or "timed out" in str(info.value)
+    finally:
+        os.kill(int(session), signal.SIGKILL)
+    assert shell.run("echo back").stdout.strip() == "back"
 
 
 def test_connection_refused_is_retryable():

@@ -35,7 +35,7 @@ DEFAULT_DEADLINES = {
     "dump": 240.0,        # panic -> host back on SSH with a new boot_id (kdump + reboot)
     "wedge": 300.0,       # bounded recovery through the BMC (NMI, power cycle, boot)
     "nmi": 45.0,          # after an NMI, time a kdump-capable host gets to dump and reboot itself
-    "survive": 20.0,      # how long a survive case watches for a panic that must not come
+    "survive": 20.0,      # how long a survive case waits for its injection to return (a panic ends it)
     "collect": 60.0,
     "restore": 30.0,
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import shlex
 import socket
+import threading
 import time
 from typing import Callable
 
@@ -26,6 +27,7 @@ from orchestrator.transport.base import CommandFailed, CommandResult, ShellProto
 DETACHED_OUTPUT = "/tmp/orchestrator-detached"   # .out/.err/.rc of the last fire_detached
 DEFAULT_DETACH_DELAY = 0.3     # the SSH call has returned and closed well before this
 NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
+WATCHDOG_GRACE_S = 5.0         # past a call's own timeout, before its transport is torn down
 
 
 class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -53,6 +55,12 @@ class FabricShell(ShellProtocol):
         timeout = self.cfg.command_timeout if timeout is None else timeout
         self._log(f"$ {command}")
         started = time.monotonic()
+        # invoke's timeout only covers a running command: opening the channel on a link whose
+        # far end died behind a NAT (QEMU's user network keeps it open) waits for ever. The
+        # watchdog closes the transport, which wakes whatever paramiko call is stuck.
+        watchdog = threading.Timer(timeout + WATCHDOG_GRACE_S, self._abort_stuck_call)
+        watchdog.daemon = True
+        watchdog.start()
         try:
             connection = self._open()
             reply = connection.run(command, hide=True, warn=True, timeout=timeout,
@@ -61,12 +69,16 @@ class FabricShell(ShellProtocol):
             raise self._lost(command, f"timed out after {timeout:g} s") from exc
         except (InfraError, SSHException, EOFError, OSError) as exc:
             self.close()
+            if time.monotonic() - started >= timeout:
+                raise self._lost(command, f"no answer within {timeout:g} s") from exc
             error = self._map_error(exc)
             self._log(f"-> {error}")
             raise error from exc
         except BaseException:
             self.close()
             raise
+        finally:
+            watchdog.cancel()
         result = CommandResult(command, reply.exited, reply.stdout, reply.stderr,
                                time.monotonic() - started)
         if result.exit_code == NO_EXIT_STATUS:
@@ -157,6 +169,11 @@ class FabricShell(ShellProtocol):
         if not client.get_host_keys().lookup(name):
             raise FatalInfraError(f"{self._where()}: no pinned host key for {name}")
         client.set_missing_host_key_policy(_PinnedHostKeyPolicy())
+
+    def _abort_stuck_call(self) -> None:
+        connection = self._connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
 
     def _detect_dead_peers(self, transport: paramiko.Transport) -> None:
         # Keepalives alone never fail: paramiko wants no reply. TCP_USER_TIMEOUT turns the

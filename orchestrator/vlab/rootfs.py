@@ -54,8 +54,9 @@ GUEST_FILES = {
     "inittab": "etc/inittab", "passwd": "etc/passwd", "group": "etc/group", "shells": "etc/shells",
     "rc.sh": "etc/vlab/rc.sh", "crash-dump.sh": "etc/vlab/crash-dump.sh",
     "power-button.sh": "etc/vlab/power-button.sh", "nohup": "usr/bin/nohup",
+    "kdump-config": "usr/sbin/kdump-config",
 }
-_EXECUTABLES = ("rc.sh", "crash-dump.sh", "power-button.sh", "nohup")
+_EXECUTABLES = ("rc.sh", "crash-dump.sh", "power-button.sh", "nohup", "kdump-config")
 
 _EMPTY_DIRS = ("proc", "sys", "dev", "run", "tmp", "mnt/disk", "var/crash", "boot", "root",
                "usr/bin", "usr/sbin", "sbin")

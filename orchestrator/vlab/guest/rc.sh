@@ -114,10 +114,7 @@ load_crash_kernel() {
     fi
     mount_boot_disk || return 1
     t0=$(uptime_s)
-    # --no-checks: the purgatory's sha256 of every segment costs 5-9 s under TCG at panic time
-    kexec -p --no-checks /boot/vmlinuz --initrd=/boot/crash-initrd.img \
-        --append="console=$(cmdline_value console) irqpoll nr_cpus=1 reset_devices panic=10" \
-        >/run/kexec.log 2>&1
+    kdump-config load >/run/kexec.log 2>&1
     rc=$?
     if [ "$rc" -ne 0 ] || [ "$(cat /sys/kernel/kexec_crash_loaded)" != 1 ]; then
         say "error: kdump load failed rc=$rc: $(tail -n 1 /run/kexec.log)"
