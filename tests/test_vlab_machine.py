@@ -210,13 +210,7 @@ class TestX86Machine:
 
     def test_powerdown_ends_the_process(self, x86_guest: Guest) -> None:
         pid = x86_guest.machine.pid
-        since = x86_guest.console.mark()
-        x86_guest.machine.powerdown()
-        x86_guest.console.wait_for("VLAB: power button -> poweroff", since, 30)
-        deadline = time.monotonic() + 30
-        while x86_guest.machine.is_running() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert x86_guest.machine.status() == "off"
+        _power_button_and_wait_off(x86_guest)
         assert pid is not None and not Path(f"/proc/{pid}").exists()
 
 
@@ -238,10 +232,15 @@ class TestAarch64Machine:
         assert "makedumpfile" in reason and "failed" in reason
 
     def test_power_button_via_pl061(self, arm_guest: Guest) -> None:
-        since = arm_guest.console.mark()
-        arm_guest.machine.powerdown()
-        arm_guest.console.wait_for("VLAB: power button -> poweroff", since, 30)
-        deadline = time.monotonic() + 30
-        while arm_guest.machine.is_running() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert arm_guest.machine.status() == "off"
+        _power_button_and_wait_off(arm_guest)
+
+
+def _power_button_and_wait_off(guest: Guest) -> None:
+    """ACPI/GPIO power button: the guest's handler powers off, and the QEMU process ends."""
+    since = guest.console.mark()
+    guest.machine.powerdown()
+    guest.console.wait_for("VLAB: power button -> poweroff", since, 30)
+    deadline = time.monotonic() + 30
+    while guest.machine.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)   # polling the process table against a deadline
+    assert guest.machine.status() == "off"
