@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.vlab import image  # noqa: E402
+from orchestrator.vlab import image, lab  # noqa: E402
 from orchestrator.vlab.machine import MachineSpec, QemuMachine, create_disk, ensure_host_key, known_hosts_line  # noqa: E402
 from orchestrator.vlab.serial_tap import SerialTap  # noqa: E402
 
@@ -165,9 +165,10 @@ def main() -> int:
     parser.add_argument("--arch", action="append", choices=["x86_64", "aarch64"])
     parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--kernel", default="backports", choices=["backports", "bookworm"])
-    parser.add_argument("--memory-mb", type=int, default=MachineSpec.memory_mb, help="guest RAM")
-    parser.add_argument("--tcg-cache-mb", type=int, help="TCG translation cache cap (MiB)")
-    parser.add_argument("--tcg-thread", default=MachineSpec.tcg_thread, choices=["single", "multi"])
+    # defaults: what `orchestrator lab up` gives its machines
+    parser.add_argument("--memory-mb", type=int, default=lab.MEMORY_MB, help="guest RAM")
+    parser.add_argument("--tcg-cache-mb", type=int, default=lab.TCG_CACHE_MB, help="TCG translation cache cap (MiB)")
+    parser.add_argument("--tcg-thread", default=lab.TCG_THREAD, choices=["single", "multi"])
     parser.add_argument("--no-cold", action="store_true", help="skip the cold build (no downloads)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vlab-bench-"))
