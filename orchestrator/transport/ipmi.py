@@ -97,8 +97,15 @@ class IpmiPower(PowerProtocol):
         if self._command is None:
             # Blocking login; with bytes credentials this joins a session a SolConsole to
             # the same BMC already holds.
-            self._command = Command(bmc=self.cfg.address, userid=self._userid,
+            login = lambda: Command(bmc=self.cfg.address, userid=self._userid,  # noqa: E731
                                     password=self._password, port=self.cfg.port)
+            try:
+                self._command = login()
+            except AttributeError:
+                # pyghmi race: the pump thread can mark a failing login broken before the
+                # reason (errormsg) is set, and pyghmi then trips over the missing attribute.
+                # A second attempt fails with the real reason (or succeeds).
+                self._command = login()
         return self._command
 
     def _forget_broken_session(self) -> None:
