@@ -23,6 +23,7 @@ from orchestrator.config.playbook import Case, Expectation
 from orchestrator.errors import FatalInfraError, InfraError, OrchestratorError, RetryableInfraError
 from orchestrator.hostwait import BootFacts, wait_for_boot
 from orchestrator.kernel import signatures as sig
+from orchestrator.kernel.facts import probe_facts
 from orchestrator.kernel.injectors import injector as make_injector
 from orchestrator.kernel.kdump import KdumpLayout
 from orchestrator.kernel.pages import Target, explicit_target, select_target
@@ -91,6 +92,7 @@ class CaseContext:
     dump: object | None = None
     skip_reason: str | None = None
     kdump_unloaded: bool = False
+    page_size: int = 4096
     console_gap: bool = False            # the console was down while the panic could come
 
 
@@ -171,6 +173,10 @@ class CaseCycle(AfterInjection):
                               kdump_loaded=case.kdump == "required" and case.expect.outcome != "survive",
                               sleep=self.h.pause)
         self.ctx.before = facts
+        kernel = probe_facts(self.h.shell)      # page size: 4K, 16K or 64K arm64 kernels differ
+        if kernel.arch != host.arch:
+            raise FatalInfraError(f"the inventory says {host.name} is {host.arch}, the host says {kernel.arch}")
+        self.ctx.page_size = kernel.page_size
         present = read_sysctls(self.h.shell, case.limits.sysctls_present)
         missing = [name for name, value in present.items() if value is None]
         if missing:
@@ -199,9 +205,10 @@ class CaseCycle(AfterInjection):
         t0 = self._begin()
         arch = self.h.host.arch
         if self.case.target == "pfn":
-            target = explicit_target(self.h.shell, self.case.pfn)
+            target = explicit_target(self.h.shell, self.case.pfn, page_size=self.ctx.page_size)
         else:
-            target = select_target(self.h.shell, self.case.target, arch=arch, timeout=self._deadline("target"))
+            target = select_target(self.h.shell, self.case.target, arch=arch, page_size=self.ctx.page_size,
+                                   timeout=self._deadline("target"))
         self.ctx.target = target
         self._evidence("target", f"{target.page_class} pfn {target.pfn:#x} kpageflags {target.kpageflags:#x}: {target.how}")
         self._enter(State.TARGETED, t0, f"pfn {target.pfn:#x}")

@@ -96,6 +96,8 @@ class FakeLabHost:
         if command.endswith("date +%s"):
             self.injected = False       # the cycle clears the previous exit status first
             return 0, f"{EPOCH}\n"
+        if "KernelPageSize" in command:     # kernel/facts.py's probe
+            return 0, "x86_64\n7.3.4+deb13-cloud-amd64\n4096\n1\n"
         if command == "dmesg":
             return 0, "\n".join(self.dmesg) + "\n"
         if command.startswith("cat /tmp/orch-inject.rc"):

@@ -34,7 +34,8 @@ def stub_kernel_seams(monkeypatch):
     monkeypatch.setattr(cycle_mod, "make_injector", lambda name: StubInjector())
     monkeypatch.setattr(cycle_mod, "read_sysctls", lambda shell, names: {n: sysctls.get(n) for n in names})
     monkeypatch.setattr(cycle_mod, "write_sysctls", lambda shell, values: sysctls.update(values))
-    monkeypatch.setattr(cycle_mod, "select_target", lambda shell, cls, arch, timeout: StubTarget(cls, 0x38830, 0x38830000))
+    monkeypatch.setattr(cycle_mod, "select_target",
+                        lambda shell, cls, arch, page_size, timeout: StubTarget(cls, 0x38830, 0x38830000))
     return sysctls
 
 
@@ -191,7 +192,7 @@ def test_survive_case_that_panics_stays_a_fail_even_when_recovery_then_fails():
 
 
 def test_a_bug_in_one_case_is_an_error_verdict_not_a_crash(monkeypatch):
-    def broken(shell, cls, arch, timeout):
+    def broken(shell, cls, arch, page_size, timeout):
         raise KeyError("boom")
     monkeypatch.setattr(cycle_mod, "select_target", broken)
     result = CaseCycle(FakeLabHost().handles(), make_case()).run()
@@ -206,3 +207,12 @@ def test_unloaded_crash_kernel_is_reloaded_when_the_host_kept_its_boot():
     assert "kexec -p -u" in host.shell.commands
     assert any(c.startswith("kdump-config load") for c in host.shell.commands)
     assert "restore: reloaded the crash kernel" in result.recovery
+
+
+def test_inventory_arch_that_disagrees_with_the_host_is_an_error_before_injecting():
+    host = FakeLabHost()
+    handles = host.handles()
+    handles.host = replace(handles.host, arch="aarch64")
+    result = CaseCycle(handles, make_case()).run()
+    assert result.verdict == "error" and "the host says x86_64" in result.reasons[0]
+    assert not any("corrupt-pfn" in c for c in host.shell.commands)
