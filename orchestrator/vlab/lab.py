@@ -43,10 +43,7 @@ NAME_PREFIXES = {'x86_64': 'vlab-x86', 'aarch64': 'vlab-arm'}
 #: holds crashkernel=256M with 440 MB usable for the page-class targets.
 MEMORY_MB = 768
 TCG_CACHE_MB = 128
-#: One host thread for all vCPUs: with multi-threaded TCG the 7.3 guest sometimes died at boot
-#: in the kernel's live code patching (`Oops: int3` in sched_clock_cpu right after "sched_clock:
-#: Marking stable", or both vCPUs spinning after SMP bring-up) when two vCPUs ran the patched
-#: code concurrently on a loaded host; and two guests on two host cores gain nothing from MTTCG.
+#: One host thread for all vCPUs (MachineSpec says why; the lab states it, not inherits it).
 TCG_THREAD = 'single'
 READY_TIMEOUT_SECONDS = 300.0    # TCG boot is 7-8 s alone, 15 s with 3 guests on 2 cores;
                                  # arm64 kdump load adds seconds: leave room for a busy host

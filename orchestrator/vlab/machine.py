@@ -51,10 +51,14 @@ class MachineSpec:
     crashkernel: str = "256M"
     #: TCG translation cache cap (MiB); None = QEMU's default (up to 1 GiB). Measured: ~345 MB of
     #: a 766 MB RSS after one kdump cycle of a 768 MB guest was not guest RAM
-    tcg_cache_mb: int | None = None
-    #: "multi" (QEMU's default: one host thread per vCPU) or "single" (all vCPUs round-robin
-    #: on one thread); lab.py says why the lab uses single
-    tcg_thread: str = "multi"
+    tcg_cache_mb: int | None = 128
+    #: "single" (all vCPUs round-robin on one host thread) or "multi" (QEMU's default: one
+    #: thread per vCPU). Single by default: with multi-threaded TCG the 7.3 guest sometimes dies
+    #: at boot in the kernel's live code patching (`Oops: int3` in sched_clock_cpu after
+    #: "sched_clock: Marking stable") when two vCPUs run the patched code concurrently on a
+    #: loaded host — seen in the lab and in CI after a reset; and two guests on two host cores
+    #: gain nothing from MTTCG.
+    tcg_thread: str = "single"
     address: str = "127.0.0.1"        # where the SSH port is forwarded on the host
 
     def __post_init__(self) -> None:
