@@ -84,7 +84,7 @@ def bench_ssh(samples: int, root: Path) -> None:
     report("SSH command round trip", [timed_ms(lambda: shell.run("true", timeout=10))
                                       for _ in range(samples)])
     started = time.perf_counter()
-    shell.fire_detached("sleep 5", timeout=10)
+    shell.fire_detached("sleep 5", timeout=10, output=str(root / "detached"))
     print(f"{'fire_detached returns after':<28} {(time.perf_counter() - started) * 1000:8.2f} ms")
     shell.close()
     sshd.stop()

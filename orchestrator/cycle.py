@@ -28,7 +28,7 @@ from orchestrator.kernel.injectors import injector as make_injector
 from orchestrator.kernel.kdump import KdumpLayout
 from orchestrator.kernel.pages import Target, explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
-from orchestrator.cycle_after import INJECT_OUT, INJECT_RC, AfterInjection
+from orchestrator.cycle_after import INJECT_OUTPUT, AfterInjection
 from orchestrator.case_result import build_case_result
 from orchestrator.results.model import ERROR, FAIL, PASS, SKIP, CaseResult, Evidence, PhaseTiming
 from orchestrator.transport.base import ConsoleProtocol, PowerProtocol, ShellProtocol
@@ -217,19 +217,21 @@ class CaseCycle(AfterInjection):
         t0 = self._begin()
         inj = make_injector(self.case.injector)
         inj.prepare(self.h.shell)
-        # A previous case's exit status must not pass for this injection's.
-        epoch = self.h.shell.run(f"rm -f {INJECT_RC} {INJECT_OUT}; date +%s", timeout=15).stdout.strip()
+        # A previous case's exit status must not pass for this injection's, even if the
+        # launch below drops before its own clean-up ran.
+        stale = " ".join(f"{INJECT_OUTPUT}.{suffix}" for suffix in ("rc", "out", "err"))
+        epoch = self.h.shell.run(f"rm -f {stale}; date +%s", timeout=15).stdout.strip()
         if not epoch.isdigit():
             raise RetryableInfraError(f"the host's clock answered {epoch!r}, not seconds since the epoch")
         epoch = int(epoch)
         if self.h.console is not None:
             self.ctx.console_mark = self.h.console.mark()
-        command = f"( {inj.command(self.ctx.target)} ) >{INJECT_OUT} 2>&1; echo $? >{INJECT_RC}"
+        command = inj.command(self.ctx.target)
         self.ctx.inject_t, self.ctx.inject_epoch = time.monotonic(), epoch
         # Fired detached: a panic must not leave this SSH call hanging on a dead kernel. A
         # connection that drops right now may be the panic itself: observe before judging.
         try:
-            self.h.shell.fire_detached(command, timeout=self._deadline("inject"))
+            self.h.shell.fire_detached(command, timeout=self._deadline("inject"), output=INJECT_OUTPUT)
             note = self.case.injector
         except RetryableInfraError as exc:
             note = f"{self.case.injector}; SSH dropped while firing: {exc}"

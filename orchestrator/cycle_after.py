@@ -19,7 +19,9 @@ from orchestrator.kernel import signatures as sig
 from orchestrator.recovery import recover_wedged_host
 from orchestrator.verify import CLOCK_SLACK_S, Observation, judge_panic, judge_survive
 
-INJECT_RC, INJECT_OUT = "/tmp/orch-inject.rc", "/tmp/orch-inject.out"
+#: where the detached injection's .rc/.out/.err land (ShellProtocol.fire_detached)
+INJECT_OUTPUT = "/tmp/orch-inject"
+INJECT_RC = INJECT_OUTPUT + ".rc"
 #: Consecutive failed SSH probes after which the host counts as gone (panicked or hung).
 LOST_AFTER_FAILURES = 2
 #: After a survive case's injection returned, how long a late panic still gets to show.
@@ -88,17 +90,17 @@ class AfterInjection:
 
     # -- a kernel that kept running ----------------------------------------------------------
     def _judge_alive(self) -> list[str]:
-        live = rc = None
+        live = done = None
         try:
             self.ctx.after = _retry_transient(read_boot_facts, self.h.shell)
             live = _retry_transient(lambda: self.h.shell.run("dmesg", timeout=self._deadline("collect"),
                                                              check=False).stdout)
-            rc = _retry_transient(lambda: self.h.shell.run(f"cat {INJECT_RC} {INJECT_OUT}", timeout=15,
-                                                           check=False).stdout)
+            done = _retry_transient(lambda: self.h.shell.detached_result(output=INJECT_OUTPUT, timeout=15))
         except InfraError as exc:
             self._evidence("ssh", f"the host stopped answering after the injection returned: {exc}")
-        if rc is not None:
-            self._evidence("inject", "exit status and output: " + " ".join(rc.split()))
+        if done is not None:
+            said = " ".join((done.stdout + done.stderr).split())
+            self._evidence("inject", f"exit status {done.exit_code}" + (f", output: {said}" if said else ""))
         return self._verify(live_dmesg=live)
 
     # -- a kernel that panicked (or vanished) ------------------------------------------------

@@ -101,9 +101,9 @@ class FakeLabHost:
         if command == "dmesg":
             return 0, "\n".join(self.dmesg) + "\n"
         if command.startswith("cat /tmp/orch-inject.rc"):
-            if not self.injected:
-                return 1, ""
-            return 0, "16\n" + ("sh: write error: Device or resource busy\n" if " " in command else "")
+            return (0, "16\n") if self.injected else (1, "")
+        if command == "cat /tmp/orch-inject.err":
+            return 0, "sh: write error: Device or resource busy\n"
         return 0, ""
 
     def _reachable(self) -> bool:

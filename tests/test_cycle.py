@@ -74,6 +74,11 @@ def test_survive_case_passes_and_host_keeps_its_boot():
     assert result.verdict == "pass", result.reasons
     assert "survived" in states(result) and "panicked" not in states(result)
     assert result.boot_id_before == result.boot_id_after
+    # the detached injection's own outcome (the -EBUSY of an Ignored page) is kept as evidence
+    assert any(e.source == "inject" and e.text == "exit status 16, output: sh: write error: Device or resource busy"
+               for e in result.evidence), result.evidence
+    fired = [c for c in host.shell.commands if c.startswith("detached: ")]
+    assert len(fired) == 1 and fired[0].endswith("> /tmp/orch-inject") and "orch-inject.rc" not in fired[0]
 
 
 def test_wrong_expectation_fails_with_the_evidence():

@@ -38,7 +38,7 @@ class LocalShell(ShellProtocol):
             raise FatalInfraError(f"{command!r} exited {result.exit_code}: {result.stderr}")
         return result
 
-    def fire_detached(self, command, *, timeout):
+    def fire_detached(self, command, *, timeout, output):
         subprocess.Popen([*self.argv0, "-c", command], start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -78,7 +78,7 @@ class FakeShell(ShellProtocol):
                 return result
         raise AssertionError(f"FakeShell: unexpected command {command[:300]!r}")
 
-    def fire_detached(self, command, *, timeout):
+    def fire_detached(self, command, *, timeout, output):
         self.commands.append(command)
 
     def close(self):

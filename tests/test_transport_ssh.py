@@ -156,9 +156,9 @@ def test_fire_detached_returns_at_once_and_records_the_outcome(shell, tmp_path):
     started = time.monotonic()
     shell.fire_detached("sleep 2; echo injected; echo oops >&2; exit 7", timeout=10, output=output)
     assert time.monotonic() - started < 1.5
-    assert shell.detached_result(output=output) is None        # still sleeping
+    assert shell.detached_result(output=output, timeout=10) is None        # still sleeping
     deadline = time.monotonic() + 15
-    while (outcome := shell.detached_result(output=output)) is None:
+    while (outcome := shell.detached_result(output=output, timeout=10)) is None:
         assert time.monotonic() < deadline, "detached command never finished"
         time.sleep(0.2)
     assert (outcome.exit_code, outcome.stdout, outcome.stderr) == (7, "injected\n", "oops\n")

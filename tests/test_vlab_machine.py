@@ -86,7 +86,7 @@ def _boot(arch: str, tmp: Path, client_key: Path, request: pytest.FixtureRequest
 
 def _crash_and_collect(guest: Guest, expect_dump: bool) -> str:
     """sysrq crash -> crash kernel saves -> reboot -> back on SSH; returns the new dump dir."""
-    before = guest.boot_id()
+    before, qemu_before = guest.boot_id(), guest.machine.pid
     crashed_after = int(guest.ssh("date +%s").stdout)
     since = guest.console.mark()
     # detached: the SSH session must end before the kernel dies under it
@@ -96,6 +96,8 @@ def _crash_and_collect(guest: Guest, expect_dump: bool) -> str:
                       "VLAB: crash kernel rebooting", "VLAB: sshd started", "VLAB: ready"):
         guest.console.wait_for(milestone, since, 120)
     assert guest.boot_id() != before
+    # the crash kernel's reboot is a cold boot: a new QEMU, so RAM touched so far is freed
+    assert guest.machine.pid not in (None, qemu_before)
     newest = guest.ssh("ls -t /var/crash | head -n 1").stdout.strip()
     assert re.fullmatch(r"\d{12}", newest), newest
     # a crash in the same minute as an earlier one reuses its directory: check the file is new
@@ -195,11 +197,20 @@ class TestX86Machine:
         x86_guest.console.wait_for("NMI received", since, 20)
 
     def test_host_key_survives_reset(self, x86_guest: Guest) -> None:
-        before = x86_guest.boot_id()
+        before, qemu_before = x86_guest.boot_id(), x86_guest.machine.pid
         since = x86_guest.console.mark()
         x86_guest.machine.reset()
         x86_guest.wait_ready(since)
         assert x86_guest.boot_id() != before   # StrictHostKeyChecking=yes against the pinned key
+        assert x86_guest.machine.pid not in (None, qemu_before)   # reset = cold boot (cold_reboot.py)
+        assert x86_guest.machine.status() == "running"
+
+    def test_guest_reboot_is_a_cold_boot(self, x86_guest: Guest) -> None:
+        qemu_before, since = x86_guest.machine.pid, x86_guest.console.mark()
+        fired = x86_guest.ssh("nohup setsid sh -c 'sleep 1; reboot -f' </dev/null >/dev/null 2>&1 &")
+        assert fired.returncode == 0, fired.stderr
+        x86_guest.wait_ready(since)
+        assert x86_guest.machine.pid not in (None, qemu_before)
 
     def test_kdump_end_to_end(self, x86_guest: Guest) -> None:
         _crash_and_collect(x86_guest, expect_dump=True)

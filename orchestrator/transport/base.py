@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import re
+import shlex
 from dataclasses import dataclass
 
 from orchestrator.errors import FatalInfraError
@@ -49,11 +50,23 @@ class ShellProtocol(abc.ABC):
         non-zero exit. A dropped or silent connection raises ``RetryableInfraError``."""
 
     @abc.abstractmethod
-    def fire_detached(self, command: str, *, timeout: float) -> None:
+    def fire_detached(self, command: str, *, timeout: float, output: str) -> None:
         """Start ``command`` on the host so that it runs after this call has returned.
 
         Used for the injection that may panic the host: the SSH call must never be the one
-        left hanging on a dead kernel."""
+        left hanging on a dead kernel. Its stdout, stderr and exit status land in the host
+        files ``output``.out/.err/.rc (earlier ones removed first); the .rc appears only once
+        the command has finished, so its presence means "it returned"."""
+
+    def detached_result(self, *, output: str, timeout: float) -> CommandResult | None:
+        """What the ``fire_detached`` command writing to ``output`` did; None while it has
+        not finished (or never started)."""
+        rc = self.run(f"cat {shlex.quote(output + '.rc')} 2>/dev/null", timeout=timeout, check=False)
+        if not rc.ok or not rc.stdout.strip().isdigit():
+            return None
+        out = self.run(f"cat {shlex.quote(output + '.out')}", timeout=timeout, check=False).stdout
+        err = self.run(f"cat {shlex.quote(output + '.err')}", timeout=timeout, check=False).stdout
+        return CommandResult(f"(detached) {output}", int(rc.stdout.strip()), out, err, 0.0)
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -35,8 +35,8 @@ class FakeShell(ShellProtocol):
             raise CommandFailed(result, "fake")
         return result
 
-    def fire_detached(self, command: str, *, timeout: float) -> None:
-        self.commands.append(f"detached: {command}")
+    def fire_detached(self, command: str, *, timeout: float, output: str) -> None:
+        self.commands.append(f"detached: {command} > {output}")
         if not self.reachable():
             raise RetryableInfraError("fake: connection refused")
         if self.on_detached is not None:

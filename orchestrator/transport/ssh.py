@@ -24,7 +24,6 @@ from orchestrator.config.model import SshConfig
 from orchestrator.errors import FatalInfraError, InfraError, RetryableInfraError
 from orchestrator.transport.base import CommandFailed, CommandResult, ShellProtocol  # noqa: F401 (re-exported)
 
-DETACHED_OUTPUT = "/tmp/orchestrator-detached"   # .out/.err/.rc of the last fire_detached
 DEFAULT_DETACH_DELAY = 0.3     # the SSH call has returned and closed well before this
 NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
 WATCHDOG_GRACE_S = 5.0         # past a call's own timeout, before its transport is torn down
@@ -92,11 +91,10 @@ class FabricShell(ShellProtocol):
             raise CommandFailed(result, self._where())
         return result
 
-    def fire_detached(self, command: str, *, timeout: float | None = None,
-                      delay: float | None = None, output: str = DETACHED_OUTPUT) -> None:
+    def fire_detached(self, command: str, *, timeout: float, output: str,
+                      delay: float | None = None) -> None:
         """Start ``command`` after ``delay`` seconds in a new session on the host and return
-        at once. Its stdout, stderr and exit status land in ``output``.out/.err/.rc (read
-        them back with ``detached_result``); the .rc appears only once it has finished."""
+        at once (ShellProtocol says where its outcome lands)."""
         delay = self.detach_delay if delay is None else delay
         files = {suffix: shlex.quote(f"{output}.{suffix}") for suffix in ("out", "err", "rc")}
         job = (f"sleep {delay:.3f}; ( {command} ) >{files['out']} 2>{files['err']}; "
@@ -107,16 +105,6 @@ class FabricShell(ShellProtocol):
                     f"S=$(command -v setsid); nohup $S sh -c {shlex.quote(job)} "
                     f"</dev/null >/dev/null 2>&1 &")
         self.run(launcher, timeout=timeout)
-
-    def detached_result(self, *, timeout: float | None = None,
-                        output: str = DETACHED_OUTPUT) -> CommandResult | None:
-        """What the last ``fire_detached`` command did; None while it has not finished."""
-        probe = self.run(f"cat {shlex.quote(output + '.rc')} 2>/dev/null", timeout=timeout, check=False)
-        if not probe.ok or not probe.stdout.strip():
-            return None
-        out = self.run(f"cat {shlex.quote(output + '.out')}", timeout=timeout, check=False).stdout
-        err = self.run(f"cat {shlex.quote(output + '.err')}", timeout=timeout, check=False).stdout
-        return CommandResult(f"(detached) {output}", int(probe.stdout.strip()), out, err, 0.0)
 
     def close(self) -> None:
         connection, self._connection = self._connection, None

@@ -6,7 +6,7 @@ The BMC OWNS its machine, as a real BMC owns the board's power rail:
     on (1)                  cold boot: a new QEMU process (a stale 'shutdown' one is replaced)
     off (0)                 hard off: the QEMU process is gone
     cycle (2)               off, then on (also from off: a useful "make it boot" button)
-    reset (3)               QMP system_reset (warm); a stopped VM is resumed (machine.reset)
+    reset (3)               QMP system_reset; QEMU ends and a new one boots (cold_reboot.py)
     diag (4)                QMP inject-nmi; 0xD5 where QEMU has none (aarch64 -M virt)
     soft (5)                QMP system_powerdown (ACPI button / arm64 GPIO poller)
 
@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Callable, Protocol
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.session as ipmisession
@@ -47,6 +47,8 @@ DUPLICATE_WINDOW_SECONDS = 10.0  # a client retransmit of a slow power command m
 
 class Machine(Protocol):
     """What the BMC needs from ``orchestrator.vlab.machine.QemuMachine``."""
+
+    on_cold_reboot: Callable[[], None] | None   # the BMC hooks its console reconnect here
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -94,6 +96,8 @@ class QemuBmc(pyghmi_bmc.Bmc):
         self.console = SerialConsoleReader(config.serial_socket, config.console_log,
                                            udp_waker(self.port), trace=self._trace)
         self._last_control: tuple[tuple, float, int] | None = None
+        # a guest reboot replaces the QEMU process and its serial socket (cold_reboot.py)
+        machine.on_cold_reboot = self.console.reconnect_soon
 
     # --- power --------------------------------------------------------------------------
     def powered_on(self) -> bool:

@@ -9,19 +9,24 @@ because QEMU 7.2 writes some characters twice into it.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.errors import ConfigError, FatalInfraError, RetryableInfraError
 from orchestrator.transport.base import UnsupportedOperation
+from orchestrator.vlab.cold_reboot import watch_for_reset
 from orchestrator.vlab.disk import DISK_NAME, create_disk, ensure_host_key, known_hosts_line
 from orchestrator.vlab.image import ImageManifest
 from orchestrator.vlab.qmp import QmpClient, QmpError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MachineSpec", "QemuMachine", "create_disk", "ensure_host_key", "known_hosts_line"]
 
@@ -60,6 +65,9 @@ class MachineSpec:
     #: gain nothing from MTTCG.
     tcg_thread: str = "single"
     address: str = "127.0.0.1"        # where the SSH port is forwarded on the host
+    #: every reboot starts a new QEMU process, so guest RAM touched by earlier boots is
+    #: given back to the host (cold_reboot.py says why); False: QEMU's warm reset
+    cold_reboot: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in _BOARD:
@@ -77,9 +85,17 @@ class QemuMachine:
         self.spec = spec
         d = spec.machine_dir
         self.serial_socket, self.qmp_socket = d / "serial.sock", d / "qmp.sock"
+        self.events_socket = d / "events.sock"
         self.pidfile, self.disk, self.qemu_log = d / "qemu.pid", d / DISK_NAME, d / "qemu.log"
         self._qmp = QmpClient(self.qmp_socket)
         self._proc: subprocess.Popen[bytes] | None = None
+        #: start/stop/cold reboot are serialised; a cold reboot acts only if no start or
+        #: stop happened since the process it watches was started (same generation)
+        self._power_lock = threading.RLock()
+        self._generation = 0
+        self._rebooting = False
+        #: called after a cold reboot started the new process (the BMC reconnects its console)
+        self.on_cold_reboot: Callable[[], None] | None = None
 
     # -- the command line ----------------------------------------------------------------
     def kernel_cmdline(self) -> str:
@@ -104,6 +120,8 @@ class QemuMachine:
             # whole panic text reaches the console (panic=pause cuts it); set at start, not
             # via set-action afterwards, so a panic during early boot is covered too
             "-action", "panic=none",
+            *(["-action", "reboot=shutdown", "-qmp", f"unix:{self.events_socket},server=on,wait=off"]
+              if s.cold_reboot else []),
             "-kernel", str(s.image.kernel), "-initrd", str(s.image.initrd), "-append", self.kernel_cmdline(),
             "-chardev", f"socket,id=ser0,path={self.serial_socket},server=on,wait=off", "-serial", "chardev:ser0",
             "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
@@ -128,16 +146,25 @@ class QemuMachine:
         return pid if _is_our_qemu(pid, self.spec.machine_dir) else None
 
     def is_running(self) -> bool:
-        return self.pid is not None
+        """Powered: a QEMU process exists, or one is being replaced by a cold reboot."""
+        return self._rebooting or self.pid is not None
 
     def start(self, timeout: float = 15.0) -> int:
         """Cold boot: a new QEMU process. Returns once QMP answers (the guest is booting)."""
-        if self.is_running():
+        with self._power_lock:
+            pid = self._start(timeout)
+            self._generation += 1
+            if self.spec.cold_reboot:
+                generation = self._generation
+                watch_for_reset(self.events_socket, lambda _reason: self._cold_reboot(generation), self.spec.name)
+            return pid
+
+    def _start(self, timeout: float) -> int:
+        if self.pid is not None:
             raise FatalInfraError(f"{self.spec.name}: QEMU already running (pid {self.pid})")
         if not self.disk.exists():
             raise FatalInfraError(f"{self.spec.name}: no disk at {self.disk} (create_disk first)")
-        for stale in (self.serial_socket, self.qmp_socket, self.pidfile):
-            stale.unlink(missing_ok=True)
+        self._remove_sockets()
         with open(self.qemu_log, "ab") as log:
             log.write(f"--- start {time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(self.command_line())}\n".encode())
             log.flush()
@@ -161,6 +188,45 @@ class QemuMachine:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Hard power-off: SIGKILL the QEMU process group and wait until it is gone."""
+        with self._power_lock:
+            self._generation += 1   # a reset announced by the killed process is void
+            self._rebooting = False
+            self._kill(timeout)
+
+    def _cold_reboot(self, generation: int) -> None:
+        """The watched QEMU announced a reset and is exiting: boot a new one in its place."""
+        with self._power_lock:
+            if generation != self._generation:
+                return   # stopped or restarted on purpose since: that decision stands
+            self._rebooting = True
+            try:
+                self._wait_exit()
+                self._proc = None
+                self.start()
+            except FatalInfraError as error:
+                log.error("%s: cold reboot failed, machine is off: %s", self.spec.name, error)
+                self._kill(10.0)
+            finally:
+                self._rebooting = False
+        if self.on_cold_reboot is not None:
+            self.on_cold_reboot()
+
+    def _wait_exit(self, timeout: float = 10.0) -> None:
+        """QEMU exits by itself after the reset; one that lingers is killed (a hard reset)."""
+        pid = self.pid
+        if pid is None:
+            return
+        deadline = time.monotonic() + timeout
+        while self.pid is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.pid is not None:
+            self._kill(timeout)
+
+    def _remove_sockets(self) -> None:
+        for stale in (self.serial_socket, self.qmp_socket, self.events_socket, self.pidfile):
+            stale.unlink(missing_ok=True)
+
+    def _kill(self, timeout: float) -> None:
         pid = self.pid
         if pid is not None:
             try:
@@ -172,15 +238,17 @@ class QemuMachine:
             else:
                 _wait_gone(pid, timeout)
         self._proc = None
-        for stale in (self.serial_socket, self.qmp_socket, self.pidfile):
-            stale.unlink(missing_ok=True)
+        self._remove_sockets()
 
     # -- QMP: what a BMC does ---------------------------------------------------------------
     def qmp(self, command: str, **arguments: Any) -> Any:
         return self._qmp.execute(command, arguments or None)
 
     def status(self) -> str:
-        """QEMU's run state ('running', 'paused', 'shutdown', ...) or 'off' without a process."""
+        """QEMU's run state ('running', 'paused', 'shutdown', ...), 'rebooting' while a cold
+        reboot replaces the process, or 'off' without a process."""
+        if self._rebooting:
+            return "rebooting"
         if not self.is_running():
             return "off"
         return str(self._qmp.execute("query-status", timeout=1.0)["status"])
@@ -188,6 +256,8 @@ class QemuMachine:
     def reset(self) -> None:
         """Warm reset; a paused machine is resumed, as a reset button would."""
         self.qmp("system_reset")
+        if self.spec.cold_reboot:
+            return   # QEMU ends and a new one boots (cold_reboot.py), paused or not
         if self.status() in ("paused", "prelaunch", "guest-panicked"):
             self.qmp("cont")
 

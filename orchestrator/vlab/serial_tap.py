@@ -14,21 +14,42 @@ from pathlib import Path
 
 
 class SerialTap:
+    RECONNECT_SECONDS = 0.02   # a cold reboot replaces QEMU and its socket: follow it
+
     def __init__(self, path: Path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(path))
+        self.path = path
+        self.sock = self._connect()
+        if self.sock is None:
+            raise ConnectionError(f"no serial console at {path}")
         self._text = ""
         self._lock = threading.Lock()
+        self._closed = threading.Event()
         threading.Thread(target=self._pump, name=f"serial-tap {path}", daemon=True).start()
 
+    def _connect(self) -> socket.socket | None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.path))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
     def _pump(self) -> None:
-        while True:
+        sock: socket.socket | None = self.sock
+        while not self._closed.is_set():
+            if sock is None:
+                self._closed.wait(self.RECONNECT_SECONDS)
+                sock = self.sock = self._connect()
+                continue
             try:
-                data = self.sock.recv(65536)
+                data = sock.recv(65536)
             except OSError:
-                return
+                data = b""
             if not data:
-                return
+                sock.close()
+                sock = None
+                continue
             with self._lock:
                 self._text += data.decode(errors="replace")
 
@@ -51,4 +72,6 @@ class SerialTap:
         raise AssertionError(f"console: no {needle!r} within {timeout:.0f} s; tail:\n{self.text[-1500:]}")
 
     def close(self) -> None:
-        self.sock.close()
+        self._closed.set()
+        if self.sock is not None:
+            self.sock.close()
