@@ -16,11 +16,12 @@ from orchestrator.transport.ipmi import IpmiPower
 from orchestrator.transport.sol import SolConsole
 from orchestrator.transport.ssh import FabricShell
 
-#: While a host reboots, each SSH attempt must fail fast so a returning sshd is noticed
-#: within a second: slirp and NAT accept TCP for a dead guest, and a connection made before
-#: the guest listens stalls (slirp retries the guest after 3 s), so only the banner tells.
+#: While a host reboots, SSH attempts are hedged (hostwait.py: a new one every 0.25 s), so a
+#: stalled attempt costs nothing but a thread; it must still end: slirp and NAT accept TCP
+#: for a dead guest, and a connection made before the guest listens stalls (slirp retries
+#: the guest after 3 s), so only the banner tells. 2 s leaves a slow sshd room to answer.
 POLL_CONNECT_TIMEOUT_S = 3.0
-POLL_BANNER_TIMEOUT_S = 1.0
+POLL_BANNER_TIMEOUT_S = 2.0
 POLL_COMMAND_TIMEOUT_S = 15.0
 
 

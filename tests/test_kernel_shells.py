@@ -38,6 +38,9 @@ class LocalShell(ShellProtocol):
             raise FatalInfraError(f"{command!r} exited {result.exit_code}: {result.stderr}")
         return result
 
+    def fresh(self):
+        return self
+
     def fire_detached(self, command, *, timeout, output):
         subprocess.Popen([*self.argv0, "-c", command], start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -77,6 +80,9 @@ class FakeShell(ShellProtocol):
                     raise FatalInfraError(f"{command!r} exited {code}")
                 return result
         raise AssertionError(f"FakeShell: unexpected command {command[:300]!r}")
+
+    def fresh(self):
+        return self
 
     def fire_detached(self, command, *, timeout, output):
         self.commands.append(command)

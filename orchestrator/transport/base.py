@@ -58,6 +58,11 @@ class ShellProtocol(abc.ABC):
         files ``output``.out/.err/.rc (earlier ones removed first); the .rc appears only once
         the command has finished, so its presence means "it returned"."""
 
+    @abc.abstractmethod
+    def fresh(self) -> "ShellProtocol":
+        """A new, unconnected shell to the same host with the same settings, for a probe
+        that must not wait behind (or disturb) this one's connection."""
+
     def detached_result(self, *, output: str, timeout: float) -> CommandResult | None:
         """What the ``fire_detached`` command writing to ``output`` did; None while it has
         not finished (or never started)."""

@@ -35,6 +35,9 @@ class FakeShell(ShellProtocol):
             raise CommandFailed(result, "fake")
         return result
 
+    def fresh(self) -> "FakeShell":
+        return self   # one scripted host: every connection sees the same state
+
     def fire_detached(self, command: str, *, timeout: float, output: str) -> None:
         self.commands.append(f"detached: {command} > {output}")
         if not self.reachable():

@@ -91,6 +91,9 @@ class FabricShell(ShellProtocol):
             raise CommandFailed(result, self._where())
         return result
 
+    def fresh(self) -> "FabricShell":
+        return FabricShell(self.cfg, log=self._log, detach_delay=self.detach_delay)
+
     def fire_detached(self, command: str, *, timeout: float, output: str,
                       delay: float | None = None) -> None:
         """Start ``command`` after ``delay`` seconds in a new session on the host and return

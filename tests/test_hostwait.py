@@ -1,0 +1,97 @@
+"""wait_for_boot's hedged probes, on scripted shells (no host)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from orchestrator.errors import DeadlineExceeded, FatalInfraError, RetryableInfraError
+from orchestrator.hostwait import BOOT_FACTS_CMD, wait_for_boot
+from orchestrator.transport.base import CommandResult, ShellProtocol
+
+
+class ScriptedHost:
+    """Connection n (0-based) behaves as ``behaviours[n]`` (the last one repeats):
+    'stall' blocks until its timeout like a banner that never comes, 'refuse' fails at
+    once, 'old'/'new' answer with that boot_id, 'badkey' is a pinned-key mismatch."""
+
+    def __init__(self, *behaviours: str):
+        self.behaviours, self.connections = behaviours, 0
+        self.lock, self.released = threading.Lock(), threading.Event()
+
+    def shell(self) -> "ScriptedShell":
+        with self.lock:
+            n, self.connections = self.connections, self.connections + 1
+        return ScriptedShell(self, self.behaviours[min(n, len(self.behaviours) - 1)])
+
+
+class ScriptedShell(ShellProtocol):
+    def __init__(self, host: ScriptedHost, behaviour: str):
+        self.host, self.behaviour, self.closed = host, behaviour, False
+
+    def run(self, command: str, *, timeout: float, check: bool = True) -> CommandResult:
+        assert command == BOOT_FACTS_CMD
+        if self.behaviour == "stall":
+            self.host.released.wait(timeout)
+            raise RetryableInfraError("banner timeout")
+        if self.behaviour == "refuse":
+            raise RetryableInfraError("connection refused")
+        if self.behaviour == "badkey":
+            raise FatalInfraError("host key is not the pinned one")
+        return CommandResult(command, 0, f"{self.behaviour}-boot\n7.3.4\n1\n1700000000\n", "", 0.01)
+
+    def fresh(self) -> "ScriptedShell":
+        return self.host.shell()
+
+    def fire_detached(self, command: str, *, timeout: float, output: str) -> None:
+        raise AssertionError("not used")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_stalled_probe_does_not_delay_noticing_the_host():
+    host = ScriptedHost("stall", "new")
+    started = time.monotonic()
+    try:
+        facts = wait_for_boot(host.shell(), deadline_s=10, state="dump", not_boot_id="old-boot")
+    finally:
+        host.released.set()
+    # the first probe would have stalled for PROBE_TIMEOUT_S (5 s); the hedge answers after one poll period
+    assert facts.boot_id == "new-boot"
+    assert time.monotonic() - started < 1.0
+
+
+def test_the_old_boot_is_not_taken_for_the_new_one():
+    host = ScriptedHost("old", "old", "refuse", "new")
+    facts = wait_for_boot(host.shell(), deadline_s=10, state="dump", not_boot_id="old-boot")
+    assert facts.boot_id == "new-boot" and host.connections >= 4   # the caller's + three probes
+
+
+def test_deadline_names_the_state_and_the_last_reason():
+    host = ScriptedHost("old")
+    with pytest.raises(DeadlineExceeded, match="still the same boot") as caught:
+        wait_for_boot(host.shell(), deadline_s=0.6, state="wedge", not_boot_id="old-boot")
+    assert "wedge" in str(caught.value)
+
+
+def test_a_wrong_host_key_is_final_not_retried_until_the_deadline():
+    host = ScriptedHost("badkey")
+    started = time.monotonic()
+    with pytest.raises(FatalInfraError, match="pinned"):
+        wait_for_boot(host.shell(), deadline_s=30, state="preflight")
+    assert time.monotonic() - started < 1.0
+
+
+def test_probes_in_flight_are_bounded():
+    host = ScriptedHost("stall")
+    try:
+        with pytest.raises(DeadlineExceeded):
+            wait_for_boot(host.shell(), deadline_s=2.5, state="dump")
+    finally:
+        host.released.set()
+    # one poll period each, but never more than MAX_PROBES_IN_FLIGHT stalled at once
+    from orchestrator.hostwait import MAX_PROBES_IN_FLIGHT
+    assert host.connections - 1 == MAX_PROBES_IN_FLIGHT
