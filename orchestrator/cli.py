@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,9 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # paramiko logs every refused banner of a rebooting host as an ERROR with a traceback;
-    # the transport already turns those into retryable errors, so keep the terminal readable.
-    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

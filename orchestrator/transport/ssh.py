@@ -9,6 +9,7 @@ drops, and the injection is fired detached so no SSH call waits on a dying kerne
 from __future__ import annotations
 
 import base64
+import logging
 import shlex
 import socket
 import threading
@@ -27,6 +28,12 @@ from orchestrator.transport.base import CommandFailed, CommandResult, ShellProto
 DEFAULT_DETACH_DELAY = 0.3     # the SSH call has returned and closed well before this
 NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
 WATCHDOG_GRACE_S = 5.0         # past a call's own timeout, before its transport is torn down
+
+# paramiko's transport thread logs every refused banner of a rebooting host as an ERROR
+# with a traceback (printed by Python's last-resort handler when nobody configured logging:
+# the bench, a library user). This module turns those failures into RetryableInfraError
+# with the reason, so paramiko's own account of them is noise.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
