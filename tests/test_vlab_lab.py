@@ -206,6 +206,27 @@ def test_pyghmi_client_power_and_sol(running_lab):
 
 
 @pytest.mark.vlab
+def test_a_guest_reboot_is_a_new_qemu_with_power_on_throughout(running_lab):
+    """cold_reboot.py: the guest's reboot ends its QEMU (RAM back to the host) and the
+    machine boots in a new one; the BMC never reports off and the console follows."""
+    import time
+    command = lab._ipmi(running_lab, lab.lab_paths())
+    before, = our_qemu_pids(running_lab.machine_dir)
+    console_from = len(console_text(running_lab))
+    fired = subprocess.run(lab._ssh_argv(running_lab, lab.lab_paths(),
+                                         "nohup setsid sh -c 'sleep 1; reboot -f' </dev/null >/dev/null 2>&1 &"),
+                           capture_output=True, timeout=30)
+    assert fired.returncode == 0, fired.stderr
+    states, deadline = set(), time.monotonic() + 120
+    while our_qemu_pids(running_lab.machine_dir) in ([before], []) and time.monotonic() < deadline:
+        states.add(command.get_power()['powerstate'])   # polled through the switch-over
+    after, = our_qemu_pids(running_lab.machine_dir)
+    assert after != before and states == {'on'}, states
+    wait_ready(running_lab)
+    assert 'VLAB: ready' in console_text(running_lab)[console_from:], 'console.log follows the new QEMU'
+
+
+@pytest.mark.vlab
 def test_bmc_whose_qemu_was_killed_reports_off_promptly(running_lab):
     import time
     command = lab._ipmi(running_lab, lab.lab_paths())

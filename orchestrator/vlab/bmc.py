@@ -6,7 +6,7 @@ The BMC OWNS its machine, as a real BMC owns the board's power rail:
     on (1)                  cold boot: a new QEMU process (a stale 'shutdown' one is replaced)
     off (0)                 hard off: the QEMU process is gone
     cycle (2)               off, then on (also from off: a useful "make it boot" button)
-    reset (3)               QMP system_reset; QEMU ends and a new one boots (cold_reboot.py)
+    reset (3)               QMP system_reset; power stays on (QEMU itself is replaced: cold_reboot.py)
     diag (4)                QMP inject-nmi; 0xD5 where QEMU has none (aarch64 -M virt)
     soft (5)                QMP system_powerdown (ACPI button / arm64 GPIO poller)
 

@@ -7,8 +7,9 @@ lost: a real server's memory contents do not survive its reset either, and the b
 ~0.2 s longer (a process start).
 
 How: QEMU runs with ``-action reboot=shutdown``, so any reset (the guest's ``reboot``, the
-crash kernel's reboot after the dump, a ``kernel.panic`` timeout, QMP ``system_reset``) ends
-the process after a ``SHUTDOWN`` event whose ``reason`` names a reset. A second QMP monitor
+crash kernel's reboot after the dump, a ``kernel.panic`` timeout, the BMC's reset through QMP
+``system_reset``) ends the process after a ``SHUTDOWN`` event whose ``reason`` names a reset.
+Power stays on through it: the machine reports 'rebooting', so the BMC says "on". A second QMP monitor
 (``events.sock``; the first serves one short command at a time) is held open by a watcher
 thread per process; on such an event it asks the machine to boot again. A power-off
 (guest ``poweroff``, the BMC's hard off) is not a reset and stays off.

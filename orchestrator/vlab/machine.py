@@ -24,6 +24,7 @@ from orchestrator.transport.base import UnsupportedOperation
 from orchestrator.vlab.cold_reboot import watch_for_reset
 from orchestrator.vlab.disk import DISK_NAME, create_disk, ensure_host_key, known_hosts_line
 from orchestrator.vlab.image import ImageManifest
+from orchestrator.vlab.qemu_process import is_our_qemu, last_line, wait_gone
 from orchestrator.vlab.qmp import QmpClient, QmpError
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class QemuMachine:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _is_our_qemu(pid, self.spec.machine_dir) else None
+        return pid if is_our_qemu(pid, self.spec.machine_dir) else None
 
     def is_running(self) -> bool:
         """Powered: a QEMU process exists, or one is being replaced by a cold reboot."""
@@ -177,7 +178,7 @@ class QemuMachine:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise FatalInfraError(f"{self.spec.name}: QEMU exited at start (rc {self._proc.returncode}): "
-                                      f"{_last_line(self.qemu_log)}")
+                                      f"{last_line(self.qemu_log)}")
             try:
                 self._qmp.execute("query-status", timeout=1.0)
                 return self._proc.pid
@@ -236,7 +237,7 @@ class QemuMachine:
             if self._proc is not None:
                 self._proc.wait(timeout)
             else:
-                _wait_gone(pid, timeout)
+                wait_gone(pid, timeout)
         self._proc = None
         self._remove_sockets()
 
@@ -254,10 +255,14 @@ class QemuMachine:
         return str(self._qmp.execute("query-status", timeout=1.0)["status"])
 
     def reset(self) -> None:
-        """Warm reset; a paused machine is resumed, as a reset button would."""
+        """Reset without a power-off (the BMC's reset line): power stays on throughout. With
+        cold reboots the reset ends this QEMU and a new one boots (cold_reboot.py); keeping
+        the process would not keep the reset warm anyway: on x86 SeaBIOS answers a QMP reset
+        with a reset of its own (seen: switching the action around the request still gave a
+        new process). A paused machine is resumed, as a reset button would."""
         self.qmp("system_reset")
         if self.spec.cold_reboot:
-            return   # QEMU ends and a new one boots (cold_reboot.py), paused or not
+            return
         if self.status() in ("paused", "prelaunch", "guest-panicked"):
             self.qmp("cont")
 
@@ -273,35 +278,3 @@ class QemuMachine:
             if "not" in exc.desc and "supported" in exc.desc:   # arm virt: no NMI source in QEMU 7.2
                 raise UnsupportedOperation(f"NMI on {self.spec.name} ({self.spec.arch}): {exc.desc}") from exc
             raise
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _is_our_qemu(pid: int, machine_dir: Path) -> bool:
-    """The pid is a live QEMU of this machine (not a stale pidfile or a recycled pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return _is_alive(pid) and cmdline[0].startswith(b"qemu-system") and str(machine_dir).encode() in b" ".join(cmdline)
-
-
-def _wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while _is_alive(pid):   # a zombie (not our child, not yet reaped) counts as gone
-        if time.monotonic() > deadline:
-            raise FatalInfraError(f"QEMU pid {pid} still present {timeout:.0f} s after SIGKILL")
-        time.sleep(0.05)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
