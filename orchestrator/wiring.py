@@ -16,7 +16,7 @@ from orchestrator.transport.ipmi import IpmiPower
 from orchestrator.transport.sol import SolConsole
 from orchestrator.transport.ssh import FabricShell
 
-#: While a host reboots, SSH attempts are hedged (hostwait.py: a new one every 0.25 s), so a
+#: While a host reboots, SSH attempts are hedged (hostwait.py: a new one every 0.1 s), so a
 #: stalled attempt costs nothing but a thread; it must still end: slirp and NAT accept TCP
 #: for a dead guest, and a connection made before the guest listens stalls (slirp retries
 #: the guest after 3 s), so only the banner tells. 2 s leaves a slow sshd room to answer.
