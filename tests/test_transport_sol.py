@@ -106,6 +106,33 @@ def test_killed_bmc_is_noticed_promptly_and_the_console_recovers(bmc, console):
     assert console.wait_for(re.compile("after the BMC restart"), since=since, timeout=5)
 
 
+FREEZE_S = 8.0   # long enough for the clients to retry and give up their sessions
+
+
+def test_a_frozen_bmc_outlives_its_clients_retries_and_the_console_recovers(bmc, console):
+    """SIGSTOP the BMC for FREEZE_S under a live console and power session, then resume it: the
+    clients' piled-up retries and the session's close used to meet in pyghmi's server code
+    (pyghmi_server_fixes F6) and the AttributeError killed the BMC process."""
+    import signal
+    power = IpmiPower(bmc.bmc_config())
+    assert power.status() == "on"
+    bmc.process.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: not console.healthy(), 8, "frozen console noticed")
+        with pytest.raises(Exception):
+            power.status()                   # a frozen BMC answers nothing
+        time.sleep(FREEZE_S)   # the stimulus: how long the BMC stays stopped (not a wait for anything)
+    finally:
+        bmc.process.send_signal(signal.SIGCONT)
+    assert console.wait_until_healthy(20), console.last_failure
+    assert bmc.process.poll() is None, (bmc.machine_dir / "bmc.log").read_text()[-2000:]
+    assert power.status() == "on"
+    since = console.mark()
+    bmc.guest.say("after the freeze\n")
+    assert console.wait_for(re.compile("after the freeze"), since=since, timeout=5)
+    power.close()
+
+
 def test_power_and_console_closed_and_reopened_share_one_live_session(bmc, tmp_path):
     """Cases open and close their transports; each reopening must work at once."""
     for round_ in range(5):

@@ -139,6 +139,15 @@ def _close_server_session(self):
             ipmisession.Session.bmc_handlers.pop(self.sockaddr, None)
 
 
+def _sessionless_to_the_bmc(self, data, sockaddr):
+    """F6: packets queued to a server session that is closed before the queue is processed
+    (a Close Session, or a BMC frozen for a while: on resume its clients' retries and the
+    session's close arrive together) take Session.process_pktqueue's "sessionless" branch,
+    which calls a method ServerSession lacks: the AttributeError killed the lab BMC, and its
+    machine with it. Sessionless data is the BMC's to answer (it is how a login starts)."""
+    self.bmc.sessionless_data(data, sockaddr)
+
+
 def release_sol(bmc, why: str) -> None:
     """Drop the active SOL payload so a later client can activate it."""
     if bmc.sol is not None:
@@ -251,6 +260,7 @@ def install() -> None:
     server_session._handle_ipmi_packet = _stamp_last_heard(
         ipmisession.Session._handle_ipmi_packet)
     server_session.close_server_session = _close_server_session
+    server_session.sessionless_data = _sessionless_to_the_bmc
     bmc_class = pyghmi_bmc.Bmc
     bmc_class.activate_payload = _activate_payload
     bmc_class.deactivate_payload = _deactivate_payload
