@@ -100,7 +100,7 @@ def _ipmi(machine: LabMachine, lab: LabPaths):
         try:
             return Command(bmc='127.0.0.1', port=machine.bmc_port, userid=BMC_USER.encode(),
                            password=_password(lab))
-        except IpmiException:  # once seen: a re-login after > 45 s idle timed out; see report
+        except IpmiException:  # UDP: one lost login exchange must not fail a lab command
             if attempt == 2:
                 raise
 
