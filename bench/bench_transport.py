@@ -3,13 +3,15 @@
     .venv/bin/python bench/bench_transport.py [--samples N]
 
 Prints: get_power round trip, SSH command round trip, SOL console line latency (guest
-print -> line visible to wait_for), dead-console detection and recovery after a BMC kill.
+print -> line visible to wait_for), dead-console detection and recovery after a BMC kill,
+and the controller's CPU while a BMC is frozen (SIGSTOP) under an open console and power session.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import signal
 import shutil
 import sys
 import tempfile
@@ -73,6 +75,24 @@ def bench_dead_console(bmc: LoopbackBmc, console: SolConsole, down_seconds: floa
           f"(BMC down {down_seconds:g} s; recovered={back}; cause: {console.last_failure})")
 
 
+def bench_frozen_bmc(bmc: LoopbackBmc, console: SolConsole, frozen_seconds: float) -> None:
+    """CPU this process burns while one BMC answers nothing (a rack's dead BMC)."""
+    power = IpmiPower(bmc.bmc_config())
+    power.status()
+    assert console.wait_until_healthy(60), console.last_failure
+    bmc.process.send_signal(signal.SIGSTOP)
+    cpu, wall = time.process_time(), time.monotonic()
+    time.sleep(frozen_seconds)   # the measurement window: CPU used while the BMC is frozen
+    cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    bmc.process.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    back = console.wait_until_healthy(60)
+    print(f"{'CPU while a BMC is frozen':<28} {100 * cpu / wall:6.1f} % of a core over {wall:.0f} s "
+          f"(console + power session open)")
+    print(f"{'console back after resume':<28} {time.monotonic() - resumed:6.2f} s   (recovered={back})")
+    power.close()
+
+
 def bench_ssh(samples: int, root: Path) -> None:
     if not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists():
         print("SSH round trip               skipped: openssh-server not installed")
@@ -94,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--down", type=float, default=2.0, help="seconds the BMC stays dead")
+    parser.add_argument("--frozen", type=float, default=20.0, help="seconds the BMC stays frozen")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-transport-"))
     bmc = LoopbackBmc(root / "m1")
@@ -103,6 +124,7 @@ def main() -> None:
         assert console.wait_until_healthy(20), console.last_failure
         bench_console_lines(bmc, console, args.samples)
         bench_dead_console(bmc, console, args.down)
+        bench_frozen_bmc(bmc, console, args.frozen)
         console.close()
     finally:
         bmc.stop()
