@@ -12,13 +12,15 @@ import threading
 import time
 from pathlib import Path
 
+from orchestrator.vlab.sol_bridge import connect_unix
+
 
 class SerialTap:
     RECONNECT_SECONDS = 0.02   # a cold reboot replaces QEMU and its socket: follow it
 
     def __init__(self, path: Path):
         self.path = path
-        self.sock = self._connect()
+        self.sock = connect_unix(path)
         if self.sock is None:
             raise ConnectionError(f"no serial console at {path}")
         self._text = ""
@@ -26,21 +28,12 @@ class SerialTap:
         self._closed = threading.Event()
         threading.Thread(target=self._pump, name=f"serial-tap {path}", daemon=True).start()
 
-    def _connect(self) -> socket.socket | None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(self.path))
-        except OSError:
-            sock.close()
-            return None
-        return sock
-
     def _pump(self) -> None:
         sock: socket.socket | None = self.sock
         while not self._closed.is_set():
             if sock is None:
                 self._closed.wait(self.RECONNECT_SECONDS)
-                sock = self.sock = self._connect()
+                sock = self.sock = connect_unix(self.path)
                 continue
             try:
                 data = sock.recv(65536)

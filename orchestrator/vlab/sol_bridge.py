@@ -86,14 +86,10 @@ class SerialConsoleReader:
                 self._pump(sock, console_log)
 
     def _connect(self) -> socket.socket | None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(self.socket_path))
-        except OSError:
-            sock.close()
-            return None
-        self._sock = sock
-        log.info('serial console connected: %s', self.socket_path)
+        sock = connect_unix(self.socket_path)
+        if sock is not None:
+            self._sock = sock
+            log.info('serial console connected: %s', self.socket_path)
         return sock
 
     def _pump(self, sock: socket.socket, console_log: BinaryIO) -> None:
@@ -118,6 +114,17 @@ class SerialConsoleReader:
     def _drop_connection(self) -> None:
         sock, self._sock = self._sock, None
         shutdown_and_close(sock)
+
+
+def connect_unix(path: Path) -> socket.socket | None:
+    """A stream connection to QEMU's unix socket at ``path``, or None while it is not there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def shutdown_and_close(sock: socket.socket | None) -> None:
