@@ -31,7 +31,7 @@ from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
 from orchestrator.cycle_after import INJECT_OUTPUT, AfterInjection
 from orchestrator.case_result import build_case_result
 from orchestrator.results.model import ERROR, FAIL, PASS, SKIP, CaseResult, Evidence, PhaseTiming
-from orchestrator.transport.base import ConsoleProtocol, PowerProtocol, ShellProtocol
+from orchestrator.transport.base import ConsoleProtocol, PowerProtocol, ShellProtocol, detached_files
 from orchestrator.waitmeter import WaitMeter
 
 
@@ -219,7 +219,7 @@ class CaseCycle(AfterInjection):
         inj.prepare(self.h.shell)
         # A previous case's exit status must not pass for this injection's, even if the
         # launch below drops before its own clean-up ran.
-        stale = " ".join(f"{INJECT_OUTPUT}.{suffix}" for suffix in ("rc", "out", "err"))
+        stale = " ".join(detached_files(INJECT_OUTPUT).values())
         epoch = self.h.shell.run(f"rm -f {stale}; date +%s", timeout=15).stdout.strip()
         if not epoch.isdigit():
             raise RetryableInfraError(f"the host's clock answered {epoch!r}, not seconds since the epoch")

@@ -21,7 +21,6 @@ from orchestrator.verify import CLOCK_SLACK_S, Observation, judge_panic, judge_s
 
 #: where the detached injection's .rc/.out/.err land (ShellProtocol.fire_detached)
 INJECT_OUTPUT = "/tmp/orch-inject"
-INJECT_RC = INJECT_OUTPUT + ".rc"
 #: Consecutive failed SSH probes after which the host counts as gone (panicked or hung).
 LOST_AFTER_FAILURES = 2
 #: After a survive case's injection returned, how long a late panic still gets to show.
@@ -76,9 +75,9 @@ class AfterInjection:
             if self._watch_for_panic(0):
                 return "panicked"
             try:
-                probe = self.h.poll_shell.run(f"cat {INJECT_RC} 2>/dev/null", timeout=5, check=False)
+                finished = self.h.poll_shell.detached_finished(output=INJECT_OUTPUT, timeout=5)
                 failures = 0
-                if probe.stdout.strip().isdigit():
+                if finished:
                     return "returned"
             except RetryableInfraError:
                 failures += 1

@@ -32,6 +32,12 @@ class CommandResult:
         return self.exit_code == 0
 
 
+def detached_files(output: str) -> dict[str, str]:
+    """The host files a ``fire_detached`` command writing to ``output`` leaves, shell-quoted:
+    its stdout ('out'), stderr ('err') and exit status ('rc', written last)."""
+    return {suffix: shlex.quote(f"{output}.{suffix}") for suffix in ("out", "err", "rc")}
+
+
 class CommandFailed(FatalInfraError):
     """A command run with ``check=True`` exited non-zero; ``result`` says how."""
 
@@ -66,12 +72,21 @@ class ShellProtocol(abc.ABC):
     def detached_result(self, *, output: str, timeout: float) -> CommandResult | None:
         """What the ``fire_detached`` command writing to ``output`` did; None while it has
         not finished (or never started)."""
-        rc = self.run(f"cat {shlex.quote(output + '.rc')} 2>/dev/null", timeout=timeout, check=False)
-        if not rc.ok or not rc.stdout.strip().isdigit():
+        exit_code = self._detached_exit_code(output, timeout)
+        if exit_code is None:
             return None
-        out = self.run(f"cat {shlex.quote(output + '.out')}", timeout=timeout, check=False).stdout
-        err = self.run(f"cat {shlex.quote(output + '.err')}", timeout=timeout, check=False).stdout
-        return CommandResult(f"(detached) {output}", int(rc.stdout.strip()), out, err, 0.0)
+        files = detached_files(output)
+        out, err = (self.run(f"cat {files[suffix]}", timeout=timeout, check=False).stdout for suffix in ("out", "err"))
+        return CommandResult(f"(detached) {output}", exit_code, out, err, 0.0)
+
+    def detached_finished(self, *, output: str, timeout: float) -> bool:
+        """The ``fire_detached`` command writing to ``output`` has returned. One short
+        command: cheap enough to poll."""
+        return self._detached_exit_code(output, timeout) is not None
+
+    def _detached_exit_code(self, output: str, timeout: float) -> int | None:
+        rc = self.run(f"cat {detached_files(output)['rc']} 2>/dev/null", timeout=timeout, check=False)
+        return int(rc.stdout.strip()) if rc.ok and rc.stdout.strip().isdigit() else None
 
     @abc.abstractmethod
     def close(self) -> None:

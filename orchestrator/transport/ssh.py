@@ -24,6 +24,7 @@ from paramiko.ssh_exception import AuthenticationException, BadHostKeyException,
 from orchestrator.config.model import SshConfig
 from orchestrator.errors import FatalInfraError, InfraError, RetryableInfraError
 from orchestrator.transport.base import CommandFailed, CommandResult, ShellProtocol  # noqa: F401 (re-exported)
+from orchestrator.transport.base import detached_files
 
 DEFAULT_DETACH_DELAY = 0.3     # the SSH call has returned and closed well before this
 NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
@@ -106,7 +107,7 @@ class FabricShell(ShellProtocol):
         """Start ``command`` after ``delay`` seconds in a new session on the host and return
         at once (ShellProtocol says where its outcome lands)."""
         delay = self.detach_delay if delay is None else delay
-        files = {suffix: shlex.quote(f"{output}.{suffix}") for suffix in ("out", "err", "rc")}
+        files = detached_files(output)
         job = (f"sleep {delay:.3f}; ( {command} ) >{files['out']} 2>{files['err']}; "
                f"echo $? >{files['rc']}.tmp && mv {files['rc']}.tmp {files['rc']}")
         # setsid: out of the SSH session's process group, so nothing the session's end
