@@ -26,14 +26,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.cli import main as cli_main  # noqa: E402
+from orchestrator.faces.cli.main import main as cli_main  # noqa: E402
 from orchestrator.config.inventory import load_inventory  # noqa: E402
 from orchestrator.config.playbook import load_playbook  # noqa: E402
-from orchestrator.cycle import CaseCycle  # noqa: E402
-from orchestrator.expectations import ExpectationResolver  # noqa: E402
-from orchestrator.runner import CommandLog, close_handles  # noqa: E402
-from orchestrator.vlab import lab  # noqa: E402
-from orchestrator.wiring import build_handles  # noqa: E402
+from orchestrator.cycle.machine import CaseCycle  # noqa: E402
+from orchestrator.cycle.expectations import ExpectationResolver  # noqa: E402
+from orchestrator.fleet.runner import CommandLog, close_handles  # noqa: E402
+from orchestrator.vlab.lab import lifecycle as lab  # noqa: E402
+from orchestrator.fleet.host_handles import build_handles  # noqa: E402
 
 SSHD_STARTED = re.compile(r"VLAB: sshd started")
 

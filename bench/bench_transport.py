@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from orchestrator.transport.ipmi import IpmiPower  # noqa: E402
-from orchestrator.transport.sol import SolConsole  # noqa: E402
-from orchestrator.transport.ssh import FabricShell  # noqa: E402
+from orchestrator.transports.ipmi import IpmiPower  # noqa: E402
+from orchestrator.transports.sol import SolConsole  # noqa: E402
+from orchestrator.transports.ssh import FabricShell  # noqa: E402
 from test_transport_peers import LoopbackBmc  # noqa: E402
 
 

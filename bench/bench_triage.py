@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from orchestrator.triage import triage_paths  # noqa: E402
+from orchestrator.triage.pipeline import triage_paths  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "logs"
 TARGET_FILES_PER_S = 2000

@@ -94,7 +94,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix='bench-vlab-') as tmp:
         os.environ.update(ORCH_LAB_DIR=f'{tmp}/lab', ORCH_VIRTUAL_INVENTORY=f'{tmp}/v.yaml',
                           ORCH_VLAB_SOL_TRACE='1')
-        from orchestrator.vlab import lab
+        from orchestrator.vlab.lab import lifecycle as lab
         machine, = lab.lab_up(log=lambda line: print(f'  lab: {line}'))
         try:
             command = lab._ipmi(machine, lab.lab_paths())

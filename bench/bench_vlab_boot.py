@@ -23,9 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.vlab import image, lab  # noqa: E402
-from orchestrator.vlab.machine import MachineSpec, QemuMachine, create_disk, ensure_host_key, known_hosts_line  # noqa: E402
-from orchestrator.vlab.serial_tap import SerialTap  # noqa: E402
+from orchestrator.vlab.image import build as image  # noqa: E402
+from orchestrator.vlab.lab import lifecycle as lab  # noqa: E402
+from orchestrator.vlab.qemu.machine import MachineSpec, QemuMachine, create_disk, ensure_host_key, known_hosts_line  # noqa: E402
+from orchestrator.vlab.qemu.serial_tap import SerialTap  # noqa: E402
 
 SSH_DEADLINE_S = 90.0
 

@@ -10,8 +10,14 @@ Retry or stop is decided by type (MAAS style), never by parsing a message:
     a missing binary, a host that never came back within its whole deadline).
 - ``DeadlineExceeded`` a state of the per-case cycle overran its own deadline (a
   ``FatalInfraError`` because the cycle has already waited as long as it may).
-- ``VerificationFailure`` the kernel did not do what the case expects. Never raised for
-  infrastructure trouble: a verdict of "fail" must always mean the kernel.
+- ``UnsupportedOperation`` a capability the backend or platform does not offer (Ironic's
+  UnsupportedDriverExtension): NMI on a BMC without it, a console that cannot send a break.
+  Callers fall back to the next means (recovery: NMI, then power cycle).
+
+A kernel that did not do what a case expects is no error at all: it is a verdict ("fail")
+with its reasons, decided by ``cycle/verify.py``.
+
+The process's exit statuses are defined here once, for every face.
 """
 
 from __future__ import annotations
@@ -58,5 +64,12 @@ class DeadlineExceeded(FatalInfraError):
         super().__init__(f"{state}: no progress within {seconds:.0f} s" + (f" ({detail})" if detail else ""))
 
 
-class VerificationFailure(OrchestratorError):
-    """The kernel's behaviour did not match the case's expectation."""
+class UnsupportedOperation(OrchestratorError):
+    """A capability the backend or platform does not offer."""
+
+
+#: Exit statuses of every command: all pass, any kernel fail, bad input, infrastructure error.
+#: When a run has both failures and errors, 1 wins: a kernel failure is the news.
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
+#: Ctrl-C: the shell's convention (128 + SIGINT).
+EXIT_INTERRUPTED = 130

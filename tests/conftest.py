@@ -42,7 +42,7 @@ def _fetch_test_busybox() -> str | None:
 
     from orchestrator.errors import OrchestratorError
     from orchestrator.paths import cache_dir
-    from orchestrator.vlab.apt import PrivateApt
+    from orchestrator.vlab.image.apt import PrivateApt
 
     target = cache_dir() / "test-busybox"
     binary = target / "bin" / "busybox"

@@ -11,9 +11,9 @@ import uuid
 from dataclasses import dataclass, field
 
 from orchestrator.config.model import Host, KdumpConfig, SshConfig
-from orchestrator.cycle import HostHandles
-from orchestrator.hostwait import BOOT_FACTS_CMD
-from orchestrator.transport.fake import FakeConsole, FakePower, FakeShell
+from orchestrator.cycle.machine import HostHandles
+from orchestrator.cycle.hostwait import BOOT_FACTS_CMD
+from orchestrator.transports.fake import FakeConsole, FakePower, FakeShell
 
 EPOCH = 1_795_628_000
 

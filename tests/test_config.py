@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.faces.cli.main import main
 from orchestrator.config.inventory import load_inventory
 from orchestrator.config.playbook import DEFAULT_DEADLINES, load_playbook
 from orchestrator.errors import ConfigError

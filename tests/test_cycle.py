@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator import cycle as cycle_mod
+from orchestrator.cycle import machine as cycle_mod
 from orchestrator.config.playbook import DEFAULT_DEADLINES, Case, Expectation, Limits
-from orchestrator.cycle import CaseCycle
+from orchestrator.cycle.machine import CaseCycle
 from tests.fakehost import StubTarget, FakeLabHost
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from orchestrator.faces.cli.main import main
 from orchestrator.results.store import load_run
 
 pytestmark = [pytest.mark.vlab, pytest.mark.x86_64]

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import main
+from orchestrator.faces.cli.main import main
 from orchestrator.config.inventory import load_inventory
 from orchestrator.kernel.semantics import probe_semantics
 from orchestrator.results.store import load_run
-from orchestrator.transport.ssh import FabricShell
+from orchestrator.transports.ssh import FabricShell
 from vlabs import private_lab
 
 pytestmark = [pytest.mark.vlab, pytest.mark.slow, pytest.mark.x86_64]
@@ -43,7 +43,7 @@ def sysctl_limited_cases() -> set[str]:
 
 
 def test_lab_records_each_machines_kernel(mixed_lab):
-    from orchestrator.vlab import lab
+    from orchestrator.vlab.lab import lifecycle as lab
 
     for machine in lab.read_lab():
         kernel, release, _ = MACHINES[machine.name]

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from orchestrator.errors import DeadlineExceeded, FatalInfraError, RetryableInfraError
-from orchestrator.hostwait import BOOT_FACTS_CMD, wait_for_boot
-from orchestrator.transport.base import CommandResult, ShellProtocol
+from orchestrator.cycle.hostwait import BOOT_FACTS_CMD, wait_for_boot
+from orchestrator.protocols.shell import CommandResult, ShellProtocol
 
 
 class ScriptedHost:
@@ -93,5 +93,5 @@ def test_probes_in_flight_are_bounded():
     finally:
         host.released.set()
     # one poll period each, but never more than MAX_PROBES_IN_FLIGHT stalled at once
-    from orchestrator.hostwait import MAX_PROBES_IN_FLIGHT
+    from orchestrator.cycle.hostwait import MAX_PROBES_IN_FLIGHT
     assert host.connections - 1 == MAX_PROBES_IN_FLIGHT

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from orchestrator.errors import FatalInfraError
-from orchestrator.transport.base import CommandResult, ShellProtocol
+from orchestrator.protocols.shell import CommandResult, ShellProtocol
 
 BUSYBOX_APPLETS = ("sh", "awk", "dd", "od", "grep", "sed", "head", "cat", "sleep", "kill",
                    "mkdir", "rm", "chmod", "sync", "ls", "tail", "wc")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError, FatalInfraError
-from orchestrator.transport.base import CommandResult
+from orchestrator.protocols.shell import CommandResult
 from orchestrator.kernel.sysctl import (SysctlRefused, parse_sysctl_lines, read_sysctls,
                                         sysctl_path, write_sysctls)
 from test_kernel_shells import FakeShell, LocalShell

@@ -12,9 +12,9 @@ from pyghmi.exceptions import IpmiException
 
 from orchestrator.config.model import BmcConfig, SecretRef
 from orchestrator.errors import FatalInfraError, RetryableInfraError
-from orchestrator.transport import pyghmi_loop
-from orchestrator.transport.base import UnsupportedOperation
-from orchestrator.transport.ipmi import IpmiPower
+from orchestrator.transports import pyghmi_loop
+from orchestrator.errors import UnsupportedOperation
+from orchestrator.transports.ipmi import IpmiPower
 from test_transport_peers import LoopbackBmc
 
 

@@ -1,6 +1,6 @@
 """Real loopback peers for the transport tests: a BMC process and a fake guest serial port.
 
-``LoopbackBmc`` runs the virtual lab's own BMC (``orchestrator.vlab.bmc.QemuBmc``, with its
+``LoopbackBmc`` runs the virtual lab's own BMC (``orchestrator.vlab.bmc.server.QemuBmc``, with its
 pyghmi server fixes) in a subprocess, one BMC per process as pyghmi's server requires, over
 an in-memory machine instead of QEMU. ``GuestSerial`` plays QEMU's serial chardev socket,
 so a test can print console lines the BMC streams over SOL, and can kill and restart the
@@ -25,7 +25,7 @@ USER, PASSWORD = "admin", "loopback-secret"
 
 
 class MemoryMachine:
-    """The ``Machine`` protocol of ``orchestrator.vlab.bmc`` with power kept in memory."""
+    """The ``Machine`` protocol of ``orchestrator.vlab.bmc.server`` with power kept in memory."""
 
     def __init__(self, nmi: bool = True):
         self.powered, self.nmi, self.resets = True, nmi, 0
@@ -50,7 +50,7 @@ class MemoryMachine:
 
     def inject_nmi(self) -> None:
         if not self.nmi:
-            from orchestrator.transport.base import UnsupportedOperation
+            from orchestrator.errors import UnsupportedOperation
             raise UnsupportedOperation("no NMI on this machine")
 
     def qmp(self, cmd: str, **args):
@@ -59,8 +59,8 @@ class MemoryMachine:
 
 def _serve_bmc(machine_dir: Path, port: int, nmi: bool) -> None:
     import logging
-    from orchestrator.vlab.bmc import BmcConfig
-    from orchestrator.vlab.bmc_main import run_bmc
+    from orchestrator.vlab.bmc.server import BmcConfig
+    from orchestrator.vlab.bmc.process import run_bmc
     logging.basicConfig(filename=machine_dir / "bmc.log", level=logging.INFO)
     run_bmc(BmcConfig(machine_dir=machine_dir, user=USER, password=PASSWORD, port=port),
             MemoryMachine(nmi=nmi))

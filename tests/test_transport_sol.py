@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from orchestrator.transport.ipmi import IpmiPower
-from orchestrator.transport.sol import ConsoleTranscript, LineAssembler, SolConsole, clean_console_text
+from orchestrator.transports.ipmi import IpmiPower
+from orchestrator.transports.sol import ConsoleTranscript, LineAssembler, SolConsole, clean_console_text
 from test_transport_peers import PASSWORD, USER, LoopbackBmc
 
 

@@ -18,8 +18,8 @@ from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsEr
 
 from orchestrator.config.model import SshConfig
 from orchestrator.errors import FatalInfraError, RetryableInfraError
-from orchestrator.transport.base import CommandResult
-from orchestrator.transport.ssh import CommandFailed, FabricShell
+from orchestrator.protocols.shell import CommandResult
+from orchestrator.transports.ssh import CommandFailed, FabricShell
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -174,7 +174,7 @@ def test_dropped_connection_is_retryable_and_reconnects(shell):
 def test_frozen_peer_on_an_open_connection_cannot_hang_a_call(shell, monkeypatch):
     """A panicked guest behind QEMU's user network: TCP stays open, nothing answers. Freezing
     our sshd session process reproduces it: the channel open is never confirmed."""
-    import orchestrator.transport.ssh as ssh_mod
+    import orchestrator.transports.ssh as ssh_mod
 
     monkeypatch.setattr(ssh_mod, "WATCHDOG_GRACE_S", 1.0)
     session = shell.run("echo $PPID").stdout.strip()          # the sshd process serving us

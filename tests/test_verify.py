@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config.playbook import Case, Expectation, Limits
-from orchestrator.expectations import ExpectationResolver
+from orchestrator.cycle.expectations import ExpectationResolver
 from orchestrator.kernel.semantics import KernelSemantics
-from orchestrator.verify import Observation, judge_panic, judge_survive
+from orchestrator.cycle.verify import Observation, judge_panic, judge_survive
 
 KNOB = "vm.panic_on_unrecoverable_memory_failure"
 

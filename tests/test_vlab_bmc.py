@@ -23,9 +23,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.transport.base import UnsupportedOperation  # noqa: E402
-from orchestrator.vlab.sol_bridge import shutdown_and_close
-from orchestrator.vlab.bmc import (CC_NOT_IN_PRESENT_STATE, BmcConfig,  # noqa: E402
+from orchestrator.errors import UnsupportedOperation  # noqa: E402
+from orchestrator.vlab.bmc.sol_bridge import shutdown_and_close
+from orchestrator.vlab.bmc.server import (CC_NOT_IN_PRESENT_STATE, BmcConfig,  # noqa: E402
                                    QemuBmc)
 
 USER, PASSWORD = 'admin', 'lab-secret'
@@ -268,7 +268,7 @@ def test_boot_device_is_kept(unit_bmc):
 
 
 def test_install_is_idempotent():
-    from orchestrator.vlab import pyghmi_server_fixes
+    from orchestrator.vlab.bmc import pyghmi_server_fixes
     import pyghmi.ipmi.private.serversession as serversession
     pyghmi_server_fixes.install()
     patched = serversession.ServerSession.create_open_session_response
@@ -491,7 +491,7 @@ def test_stale_sol_owner_is_taken_over(tmp_path):
 
 if __name__ == '__main__' and sys.argv[1:2] == ['serve']:
     import logging
-    from orchestrator.vlab.bmc_main import run_bmc
+    from orchestrator.vlab.bmc.process import run_bmc
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     machine_dir = Path(sys.argv[2])
     config = BmcConfig(machine_dir=machine_dir, user=USER, password=PASSWORD,

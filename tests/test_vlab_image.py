@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError, FatalInfraError
-from orchestrator.vlab import cpio, image
-from orchestrator.vlab.apt import PrivateApt
-from orchestrator.vlab.rootfs import GUEST_DIR, GUEST_FILES
+from orchestrator.vlab.image import build as image
+from orchestrator.vlab.image import cpio
+from orchestrator.vlab.image.apt import PrivateApt
+from orchestrator.vlab.image.rootfs import GUEST_DIR, GUEST_FILES
 
 
 @pytest.fixture(scope="session")

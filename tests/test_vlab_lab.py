@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_vlab_bmc import PtyProcess, wait_until  # noqa: E402
 
 from orchestrator.errors import ConfigError  # noqa: E402
-from orchestrator.vlab import lab, lab_checks  # noqa: E402
+from orchestrator.vlab.lab import checks as lab_checks  # noqa: E402
+from orchestrator.vlab.lab import lifecycle as lab  # noqa: E402
 
 
 @pytest.fixture

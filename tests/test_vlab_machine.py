@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError, FatalInfraError, RetryableInfraError
-from orchestrator.transport.base import UnsupportedOperation
-from orchestrator.vlab import accel, image
-from orchestrator.vlab.machine import MachineSpec, QemuMachine, create_disk, ensure_host_key, known_hosts_line
-from orchestrator.vlab.serial_tap import SerialTap
+from orchestrator.errors import UnsupportedOperation
+from orchestrator.vlab.image import build as image
+from orchestrator.vlab.qemu import accel
+from orchestrator.vlab.qemu.machine import MachineSpec, QemuMachine, create_disk, ensure_host_key, known_hosts_line
+from orchestrator.vlab.qemu.serial_tap import SerialTap
 
 
 class Guest:

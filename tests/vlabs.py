@@ -8,7 +8,7 @@ import os
 def private_lab(tmp_path_factory, **lab_up_args):
     """Bring up a lab in a private folder (``lab_up`` arguments as given), yield its inventory,
     always take it down and put the environment back."""
-    from orchestrator.vlab import lab
+    from orchestrator.vlab.lab import lifecycle as lab
 
     base = tmp_path_factory.mktemp("e2e-lab")
     saved = {k: os.environ.get(k) for k in ("ORCH_LAB_DIR", "ORCH_VIRTUAL_INVENTORY")}

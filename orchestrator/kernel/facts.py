@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.errors import FatalInfraError
-from orchestrator.transport.base import ShellProtocol
+from orchestrator.protocols.shell import ShellProtocol
 
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 

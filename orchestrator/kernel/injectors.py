@@ -13,7 +13,7 @@ import abc
 
 from orchestrator.errors import ConfigError
 from orchestrator.kernel.pages import Target
-from orchestrator.transport.base import ShellProtocol
+from orchestrator.protocols.shell import ShellProtocol
 
 DEBUGFS = "/sys/kernel/debug"
 _MOUNT_DEBUGFS = (f"grep -q ' {DEBUGFS} debugfs ' /proc/mounts || "

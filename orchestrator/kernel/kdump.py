@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
 from orchestrator.kernel import vmcoreinfo as vmci
-from orchestrator.transport.base import ShellProtocol
+from orchestrator.protocols.shell import ShellProtocol
 
 TIMEOUT = 60.0
 _HEAD_BYTES = 8192             # kdump header block + sub-header, or ELF header + phdrs

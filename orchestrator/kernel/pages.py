@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from orchestrator.errors import ConfigError, FatalInfraError
-from orchestrator.transport.base import ShellProtocol
+from orchestrator.protocols.shell import ShellProtocol
 
 PAGE_CLASSES = ("kernel-rodata", "kernel-text", "kernel-data", "reserved-low", "slab", "pgtable",
                 "free-buddy", "user-anon", "user-file")

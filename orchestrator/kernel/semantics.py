@@ -17,7 +17,7 @@ import yaml
 
 from orchestrator.errors import ConfigError, FatalInfraError
 from orchestrator.kernel.sysctl import sysctl_path
-from orchestrator.transport.base import ShellProtocol
+from orchestrator.protocols.shell import ShellProtocol
 
 SEMANTICS = ("v10-like", "v4-like", "legacy")
 #: Expectation.signature -> the panic kind orchestrator.kernel.signatures reports for it.

@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Iterable, Mapping
 
 from orchestrator.errors import ConfigError, FatalInfraError
-from orchestrator.transport.base import ShellProtocol
+from orchestrator.protocols.shell import ShellProtocol
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+([./][A-Za-z0-9_-]+)+$")
 

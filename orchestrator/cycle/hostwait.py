@@ -1,0 +1,102 @@
+"""Waiting on a host: SSH back, a new boot, kdump armed, each against a deadline.
+
+Liveness is always a real SSH command, never a TCP connect: QEMU's user network (and some
+BMC-side NAT) accepts TCP for a dead guest.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+
+from orchestrator.errors import DeadlineExceeded, RetryableInfraError
+from orchestrator.protocols.shell import ShellProtocol
+
+#: Period of new SSH probes while waiting: "reboot noticed after sshd accepts" is at most
+#: this plus one login (0.2 s on an idle lab guest, up to ~0.8 s while it loads its crash
+#: kernel right after sshd starts; target <= 1 s).
+SSH_POLL_S = 0.1
+#: The probe is three cats and a date: a host that needs longer is not up yet.
+PROBE_TIMEOUT_S = 5.0
+#: Hedged probes at once (each may stall up to its connect + banner timeouts). Below
+#: OpenSSH's default MaxStartups (10 unauthenticated connections) so that a real server's
+#: sshd never starts dropping them; while probes stall the period stretches (8 per banner timeout).
+MAX_PROBES_IN_FLIGHT = 8
+#: How often finished probes are looked at: adds at most this to "reboot noticed".
+HEDGE_TICK_S = 0.02
+
+BOOT_FACTS_CMD = (
+    "cat /proc/sys/kernel/random/boot_id; uname -r; "
+    "cat /sys/kernel/kexec_crash_loaded 2>/dev/null || echo -; date +%s"
+)
+
+
+@dataclass(frozen=True)
+class BootFacts:
+    boot_id: str
+    kernel_release: str
+    kdump_loaded: bool | None       # None: the kernel has no kexec_crash_loaded file
+    epoch: int                      # host clock, seconds
+    seen_at: float                  # controller monotonic time of the answer
+
+
+def read_boot_facts(shell: ShellProtocol, timeout: float = 15.0) -> BootFacts:
+    out = shell.run(BOOT_FACTS_CMD, timeout=timeout).stdout.split()
+    if len(out) < 4:
+        raise RetryableInfraError(f"unexpected answer to the boot facts probe: {out!r}")
+    loaded = None if out[2] == "-" else out[2] == "1"
+    return BootFacts(boot_id=out[0], kernel_release=out[1], kdump_loaded=loaded, epoch=int(out[3]),
+                     seen_at=time.monotonic())
+
+
+def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
+                  not_boot_id: str | None = None, kdump_loaded: bool = False,
+                  sleep: Callable[[float], None] = time.sleep) -> BootFacts:
+    """Poll until the host answers SSH (with a boot_id different from ``not_boot_id`` and, if
+    asked, the crash kernel loaded). Raises ``DeadlineExceeded`` naming ``state``.
+
+    Probes are hedged: a new one starts on a fresh connection every ``SSH_POLL_S`` without
+    waiting for earlier ones, because an attempt made just before the host's network came
+    up stalls until its banner timeout (slirp and NAT accept TCP for a dead guest and retry
+    it seconds later), and waiting that out put "reboot noticed" 1.4 s after sshd started.
+    ``sleep`` paces the polling, so the caller's meter counts it as waiting on the host."""
+    if not_boot_id is not None:
+        shell.close()   # a connection from the old boot would hang until its timeout
+
+    def probe(attempt_shell: ShellProtocol, left: float) -> BootFacts:
+        try:
+            facts = read_boot_facts(attempt_shell, timeout=max(0.5, min(PROBE_TIMEOUT_S, left)))
+        finally:
+            attempt_shell.close()
+        if not_boot_id is not None and facts.boot_id == not_boot_id:
+            raise RetryableInfraError("still the same boot")
+        if kdump_loaded and not facts.kdump_loaded:
+            raise RetryableInfraError("up, but the crash kernel is not loaded yet")
+        return facts
+
+    end = time.monotonic() + deadline_s
+    why = "no answer yet"
+    pending: list[Future] = []
+    pool = ThreadPoolExecutor(max_workers=MAX_PROBES_IN_FLIGHT, thread_name_prefix=f"boot-probe {state}")
+    try:
+        next_start = time.monotonic()
+        while (now := time.monotonic()) < end:
+            if now >= next_start and len(pending) < MAX_PROBES_IN_FLIGHT:
+                pending.append(pool.submit(probe, shell.fresh(), end - now))
+                next_start = now + SSH_POLL_S
+            for finished in [f for f in pending if f.done()]:
+                pending.remove(finished)
+                try:
+                    return finished.result()
+                except RetryableInfraError as exc:   # anything else (a wrong host key) is final
+                    why = str(exc) or why
+            room = len(pending) < MAX_PROBES_IN_FLIGHT
+            pause = min(HEDGE_TICK_S, max(0.0, next_start - time.monotonic())) if room else HEDGE_TICK_S
+            sleep(min(pause, max(0.0, end - time.monotonic())))
+    finally:
+        # stalled probes end by their own timeouts and close their connections
+        pool.shutdown(wait=False, cancel_futures=True)
+    raise DeadlineExceeded(state, deadline_s, why)

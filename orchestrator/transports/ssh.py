@@ -1,0 +1,212 @@
+"""POSIX shell on a lab host over SSH, via Fabric (``ShellProtocol``).
+
+Hosts panic and reboot under us, so: the host key is pinned (never learned on the fly), a
+dead peer must become an error rather than a hang (paramiko keepalives plus a TCP user
+timeout, and a ``timeout`` on every call), the connection is re-opened lazily after it
+drops, and the injection is fired detached so no SSH call waits on a dying kernel.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shlex
+import socket
+import threading
+import time
+from typing import Callable
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+from paramiko.ssh_exception import AuthenticationException, BadHostKeyException, SSHException
+
+from orchestrator.config.model import SshConfig
+from orchestrator.errors import FatalInfraError, InfraError, RetryableInfraError
+from orchestrator.protocols.shell import CommandFailed, CommandResult, ShellProtocol  # noqa: F401 (re-exported)
+from orchestrator.protocols.shell import detached_files
+
+DEFAULT_DETACH_DELAY = 0.3     # the SSH call has returned and closed well before this
+NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
+WATCHDOG_GRACE_S = 5.0         # past a call's own timeout, before its transport is torn down
+
+# paramiko's transport thread logs every refused banner of a rebooting host as an ERROR
+# with a traceback (printed by Python's last-resort handler when nobody configured logging:
+# the bench, a library user). This module turns those failures into RetryableInfraError
+# with the reason, so paramiko's own account of them is noise.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Only the pinned key is known; any other host key is refused, never added."""
+
+    def missing_host_key(self, client, hostname, key):
+        raise FatalInfraError(f"{hostname}: host key {key.get_name()} is not the pinned one")
+
+
+class FabricShell(ShellProtocol):
+    """Commands on one host; reconnects lazily after ``close()`` or a dropped connection."""
+
+    def __init__(self, cfg: SshConfig, *, log: Callable[[str], None] | None = None,
+                 detach_delay: float = DEFAULT_DETACH_DELAY):
+        self.cfg = cfg
+        self.detach_delay = detach_delay
+        self._log = log or (lambda line: None)
+        self._connection: Connection | None = None
+
+    # -- ShellProtocol ------------------------------------------------------------------
+
+    def run(self, command: str, *, timeout: float | None = None, check: bool = True) -> CommandResult:
+        """Run ``command`` (default timeout ``cfg.command_timeout``). ``CommandFailed`` on a
+        non-zero exit with ``check``; ``RetryableInfraError`` on a timeout or a lost link."""
+        timeout = self.cfg.command_timeout if timeout is None else timeout
+        self._log(f"$ {command}")
+        started = time.monotonic()
+        # invoke's timeout only covers a running command: opening the channel on a link whose
+        # far end died behind a NAT (QEMU's user network keeps it open) waits for ever. The
+        # watchdog closes the transport, which wakes whatever paramiko call is stuck.
+        watchdog = threading.Timer(timeout + WATCHDOG_GRACE_S, self._abort_stuck_call)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            connection = self._open()
+            reply = connection.run(command, hide=True, warn=True, timeout=timeout,
+                                   in_stream=False, pty=False)
+        except CommandTimedOut as exc:
+            raise self._lost(command, f"timed out after {timeout:g} s") from exc
+        except (InfraError, SSHException, EOFError, OSError) as exc:
+            self.close()
+            if time.monotonic() - started >= timeout:
+                raise self._lost(command, f"no answer within {timeout:g} s") from exc
+            error = self._map_error(exc)
+            self._log(f"-> {error}")
+            raise error from exc
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            watchdog.cancel()
+        result = CommandResult(command, reply.exited, reply.stdout, reply.stderr,
+                               time.monotonic() - started)
+        if result.exit_code == NO_EXIT_STATUS:
+            # invoke's timeout closes the channel from a timer thread and may return
+            # before it notices its own timeout: tell the two causes apart by the clock.
+            timed_out = result.seconds >= timeout
+            raise self._lost(command, f"timed out after {timeout:g} s" if timed_out
+                             else "connection lost")
+        self._log_result(result)
+        if check and not result.ok:
+            raise CommandFailed(result, self._where())
+        return result
+
+    def fresh(self) -> "FabricShell":
+        return FabricShell(self.cfg, log=self._log, detach_delay=self.detach_delay)
+
+    def fire_detached(self, command: str, *, timeout: float, output: str,
+                      delay: float | None = None) -> None:
+        """Start ``command`` after ``delay`` seconds in a new session on the host and return
+        at once (ShellProtocol says where its outcome lands)."""
+        delay = self.detach_delay if delay is None else delay
+        files = detached_files(output)
+        job = (f"sleep {delay:.3f}; ( {command} ) >{files['out']} 2>{files['err']}; "
+               f"echo $? >{files['rc']}.tmp && mv {files['rc']}.tmp {files['rc']}")
+        # setsid: out of the SSH session's process group, so nothing the session's end
+        # sends reaches it; all three streams redirected, so sshd need not wait for it.
+        launcher = (f"rm -f {files['out']} {files['err']} {files['rc']}; "
+                    f"S=$(command -v setsid); nohup $S sh -c {shlex.quote(job)} "
+                    f"</dev/null >/dev/null 2>&1 &")
+        self.run(launcher, timeout=timeout)
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # closing a dead transport may raise; it is gone either way
+                pass
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _open(self) -> Connection:
+        if self._connection is not None and self._connection.is_connected:
+            return self._connection
+        self.close()
+        connect_kwargs = {"look_for_keys": False, "allow_agent": False,   # only the lab key
+                          "banner_timeout": self.cfg.banner_timeout or self.cfg.connect_timeout,
+                          "auth_timeout": self.cfg.connect_timeout}
+        if self.cfg.key_file:
+            connect_kwargs["key_filename"] = [str(self.cfg.key_file)]
+        connection = Connection(
+            self.cfg.address, user=self.cfg.user, port=self.cfg.port,
+            config=Config(ssh_config=paramiko.SSHConfig()),   # no ~/.ssh/config surprises
+            connect_timeout=max(1, round(self.cfg.connect_timeout)),
+            connect_kwargs=connect_kwargs)
+        self._pin_host_key(connection.client)
+        try:
+            connection.open()
+        except BaseException:
+            connection.close()
+            raise
+        self._detect_dead_peers(connection.transport)
+        self._connection = connection
+        return connection
+
+    def _pin_host_key(self, client: paramiko.SSHClient) -> None:
+        name = self.cfg.address if self.cfg.port == 22 else f"[{self.cfg.address}]:{self.cfg.port}"
+        if self.cfg.host_key:
+            key_type, key_data = self.cfg.host_key.split()[:2]
+            key = paramiko.PKey.from_type_string(key_type, base64.b64decode(key_data))
+            client.get_host_keys().add(name, key.get_name(), key)
+        elif self.cfg.known_hosts:
+            pinned = paramiko.HostKeys()
+            try:
+                pinned.load(str(self.cfg.known_hosts))
+            except OSError as exc:
+                raise FatalInfraError(f"{self._where()}: cannot read known_hosts: {exc}") from exc
+            for key_type, key in (pinned.lookup(name) or {}).items():
+                client.get_host_keys().add(name, key_type, key)
+        if not client.get_host_keys().lookup(name):
+            raise FatalInfraError(f"{self._where()}: no pinned host key for {name}")
+        client.set_missing_host_key_policy(_PinnedHostKeyPolicy())
+
+    def _abort_stuck_call(self) -> None:
+        connection = self._connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
+
+    def _detect_dead_peers(self, transport: paramiko.Transport) -> None:
+        # Keepalives alone never fail: paramiko wants no reply. TCP_USER_TIMEOUT turns the
+        # keepalive that a dead (panicked) host never acknowledges into a socket error.
+        transport.set_keepalive(self.cfg.keepalive)
+        user_timeout_ms = int(max(10, 3 * self.cfg.keepalive) * 1000)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, user_timeout_ms)
+
+    # -- errors and logging ---------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"ssh {self.cfg.user}@{self.cfg.address}:{self.cfg.port}"
+
+    def _lost(self, command: str, what: str) -> RetryableInfraError:
+        self.close()    # the channel is in an unknown state; the host may be dying
+        self._log(f"-> {what}")
+        return RetryableInfraError(f"{self._where()}: `{command}`: {what}")
+
+    def _map_error(self, exc: BaseException) -> InfraError:
+        if isinstance(exc, InfraError):
+            return exc
+        if isinstance(exc, BadHostKeyException):
+            return FatalInfraError(f"{self._where()}: host key mismatch (got {exc.key.get_name()} "
+                                   f"{exc.key.get_base64()[:24]}..., pinned differs)")
+        if isinstance(exc, AuthenticationException):
+            return FatalInfraError(f"{self._where()}: authentication refused: {exc}")
+        if isinstance(exc, FileNotFoundError) and getattr(exc, "filename", None):
+            return FatalInfraError(f"{self._where()}: {exc.filename}: no such file (key_file?)")
+        # refused (NoValidConnectionsError), timeout, reset, EOF, protocol trouble
+        return RetryableInfraError(f"{self._where()}: {type(exc).__name__}: {exc}")
+
+    def _log_result(self, result: CommandResult) -> None:
+        lines = [f"-> exit {result.exit_code} in {result.seconds:.2f} s"]
+        lines += [f"   | {line}" for line in result.stdout.splitlines()]
+        lines += [f"   ! {line}" for line in result.stderr.splitlines()]
+        self._log("\n".join(lines))

@@ -1,0 +1,90 @@
+"""What a lab keeps on disk (docs/DESIGN.md "Lab runtime layout"): the layout, lab.json,
+the pinned known_hosts and the inventory file ("Inventory format", version 1)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from orchestrator.vlab.image.apt import DEFAULT_FLAVOUR
+
+BMC_USER = 'admin'
+
+
+@dataclass(frozen=True)
+class LabPaths:
+    """The lab runtime layout of docs/DESIGN.md."""
+    root: Path
+
+    keys = property(lambda self: self.root / 'keys')
+    client_key = property(lambda self: self.keys / 'id_ed25519')
+    known_hosts = property(lambda self: self.keys / 'known_hosts')
+    bmc_password = property(lambda self: self.keys / 'bmc-password')
+    lab_json = property(lambda self: self.root / 'lab.json')
+
+    def machine_dir(self, name: str) -> Path:
+        return self.root / 'machines' / name
+
+
+@dataclass(frozen=True)
+class LabMachine:
+    name: str
+    arch: str
+    machine_dir: str
+    ssh_port: int
+    bmc_port: int
+    bmc_pid: int
+    accel: str
+    accel_reason: str
+    kernel: str = DEFAULT_FLAVOUR     # apt.KERNEL_FLAVOURS; lab.json files from before it: backports
+    kernel_release: str = ''          # `uname -r` of the image it boots
+
+
+def read_lab(lab: LabPaths) -> list[LabMachine]:
+    try:
+        data = json.loads(lab.lab_json.read_text())
+    except (OSError, ValueError):
+        return []
+    return [LabMachine(**machine) for machine in data['machines']]
+
+
+def write_known_hosts(machines: list[LabMachine], lab: LabPaths) -> None:
+    from orchestrator.vlab.qemu.machine import known_hosts_line
+    lines = [known_hosts_line(Path(m.machine_dir) / 'ssh_host_ed25519_key', '127.0.0.1',
+                              m.ssh_port) for m in machines]
+    lab.known_hosts.write_text('\n'.join(lines) + '\n')
+
+
+def write_lab_json(machines: list[LabMachine], lab: LabPaths) -> None:
+    data = {'arch': machines[0].arch, 'hosts': len(machines),
+            'machines': [asdict(m) for m in machines]}
+    temporary = lab.lab_json.with_suffix('.tmp')
+    temporary.write_text(json.dumps(data, indent=2) + '\n')
+    temporary.replace(lab.lab_json)
+
+
+def host_features(arch: str) -> list[str]:
+    features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol']
+    if arch == 'x86_64':
+        # no mce_inject: its in-guest hw mode writes MCA bank MSRs, which QEMU does not take
+        # (the injector refuses hosts under a hypervisor); QEMU 7.2 arm virt has no NMI source
+        features += ['nmi']
+    return features
+
+
+def write_inventory(machines: list[LabMachine], lab: LabPaths, path: Path) -> None:
+    """The inventory of docs/DESIGN.md ("Inventory format", version 1), absolute paths."""
+    import yaml
+    hosts = [{
+        'name': m.name, 'arch': m.arch, 'platform': f'qemu-{m.arch}',
+        'features': host_features(m.arch), 'destructive': True,
+        'ssh': {'address': '127.0.0.1', 'port': m.ssh_port, 'user': 'root',
+                'key_file': str(lab.client_key), 'known_hosts': str(lab.known_hosts)},
+        'bmc': {'address': '127.0.0.1', 'port': m.bmc_port, 'user': BMC_USER,
+                'password': {'file': str(lab.bmc_password)}},
+        'kdump': {'layout': 'debian', 'path': '/var/crash'},
+    } for m in machines]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = '# written by `orchestrator lab up`; rewritten on every up\n'
+    path.write_text(text + yaml.safe_dump({'version': 1, 'hosts': hosts}, sort_keys=False))
