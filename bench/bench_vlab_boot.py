@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from orchestrator import tunables  # noqa: E402
 from orchestrator.vlab.image import build as image  # noqa: E402
-from orchestrator.vlab.lab import lifecycle as lab  # noqa: E402
 from orchestrator.vlab.qemu.machine import MachineSpec, QemuMachine, create_disk, ensure_host_key, known_hosts_line  # noqa: E402
 from orchestrator.vlab.qemu.serial_tap import SerialTap  # noqa: E402
 
@@ -177,9 +177,9 @@ def main() -> int:
     parser.add_argument("--kdumps", type=int, default=5, help="panic -> dump -> reboot cycles (RSS growth)")
     parser.add_argument("--kernel", default="backports", choices=["backports", "bookworm"])
     # defaults: what `orchestrator lab up` gives its machines
-    parser.add_argument("--memory-mb", type=int, default=lab.MEMORY_MB, help="guest RAM")
-    parser.add_argument("--tcg-cache-mb", type=int, default=lab.TCG_CACHE_MB, help="TCG translation cache cap (MiB)")
-    parser.add_argument("--tcg-thread", default=lab.TCG_THREAD, choices=["single", "multi"])
+    parser.add_argument("--memory-mb", type=int, default=tunables.LAB_MEMORY_MB, help="guest RAM")
+    parser.add_argument("--tcg-cache-mb", type=int, default=tunables.LAB_TCG_CACHE_MB, help="TCG translation cache cap (MiB)")
+    parser.add_argument("--tcg-thread", default=tunables.LAB_TCG_THREAD, choices=["single", "multi"])
     parser.add_argument("--no-cold", action="store_true", help="skip the cold build (no downloads)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vlab-bench-"))

@@ -176,7 +176,7 @@ def test_frozen_peer_on_an_open_connection_cannot_hang_a_call(shell, monkeypatch
     our sshd session process reproduces it: the channel open is never confirmed."""
     import orchestrator.transports.ssh as ssh_mod
 
-    monkeypatch.setattr(ssh_mod, "WATCHDOG_GRACE_S", 1.0)
+    monkeypatch.setattr(ssh_mod, "SSH_WATCHDOG_GRACE_S", 1.0)
     session = shell.run("echo $PPID").stdout.strip()          # the sshd process serving us
     os.kill(int(session), signal.SIGSTOP)
     try:

@@ -14,19 +14,8 @@ from typing import Callable
 
 from orchestrator.errors import DeadlineExceeded, RetryableInfraError
 from orchestrator.protocols.shell import ShellProtocol
+from orchestrator.tunables import HEDGE_TICK_S, MAX_PROBES_IN_FLIGHT, PROBE_TIMEOUT_S, SSH_POLL_S
 
-#: Period of new SSH probes while waiting: "reboot noticed after sshd accepts" is at most
-#: this plus one login (0.2 s on an idle lab guest, up to ~0.8 s while it loads its crash
-#: kernel right after sshd starts; target <= 1 s).
-SSH_POLL_S = 0.1
-#: The probe is three cats and a date: a host that needs longer is not up yet.
-PROBE_TIMEOUT_S = 5.0
-#: Hedged probes at once (each may stall up to its connect + banner timeouts). Below
-#: OpenSSH's default MaxStartups (10 unauthenticated connections) so that a real server's
-#: sshd never starts dropping them; while probes stall the period stretches (8 per banner timeout).
-MAX_PROBES_IN_FLIGHT = 8
-#: How often finished probes are looked at: adds at most this to "reboot noticed".
-HEDGE_TICK_S = 0.02
 
 BOOT_FACTS_CMD = (
     "cat /proc/sys/kernel/random/boot_id; uname -r; "

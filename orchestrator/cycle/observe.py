@@ -17,14 +17,11 @@ from orchestrator.errors import FatalInfraError, InfraError, RetryableInfraError
 from orchestrator.cycle.hostwait import read_boot_facts, wait_for_boot
 from orchestrator.kernel import signatures as sig
 from orchestrator.cycle.recovery import recover_wedged_host
-from orchestrator.cycle.verify import CLOCK_SLACK_S, Observation, judge_panic, judge_survive
+from orchestrator.cycle.verify import Observation, judge_panic, judge_survive
+from orchestrator.tunables import CLOCK_SLACK_S, INJECTION_POLL_S, LOST_AFTER_FAILURES, SETTLE_S
 
 #: where the detached injection's .rc/.out/.err land (ShellProtocol.fire_detached)
 INJECT_OUTPUT = "/tmp/orch-inject"
-#: Consecutive failed SSH probes after which the host counts as gone (panicked or hung).
-LOST_AFTER_FAILURES = 2
-#: After a survive case's injection returned, how long a late panic still gets to show.
-SETTLE_S = 2.0
 
 
 class AfterInjection:
@@ -84,7 +81,7 @@ class AfterInjection:
                 self.h.poll_shell.close()
                 if failures >= LOST_AFTER_FAILURES:
                     return "lost"
-            self.h.pause(0.25)
+            self.h.pause(INJECTION_POLL_S)
         return "returned"   # still answering, the injection still running: judge what it did so far
 
     # -- a kernel that kept running ----------------------------------------------------------

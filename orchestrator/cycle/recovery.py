@@ -8,8 +8,8 @@ import time
 from orchestrator.errors import DeadlineExceeded, FatalInfraError, InfraError
 from orchestrator.cycle.hostwait import BootFacts, wait_for_boot
 from orchestrator.errors import UnsupportedOperation
+from orchestrator.tunables import MAX_POWER_CYCLES
 
-MAX_POWER_CYCLES = 2
 
 
 def recover_wedged_host(handles, old_boot_id: str, deadline_s: float, log: list[str], *,

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 from orchestrator.config.playbook import Expectation
 from orchestrator.kernel import signatures as sig
+from orchestrator.tunables import CLOCK_SLACK_S
 
-#: The controller and host clocks may disagree a little; CRASHTIME has 1 s resolution.
-CLOCK_SLACK_S = 2.0
 
 
 @dataclass(frozen=True)

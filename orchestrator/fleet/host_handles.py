@@ -15,14 +15,8 @@ from orchestrator.kernel.kdump import layout_for
 from orchestrator.transports.ipmi import IpmiPower
 from orchestrator.transports.sol import SolConsole
 from orchestrator.transports.ssh import FabricShell
+from orchestrator.tunables import POLL_BANNER_TIMEOUT_S, POLL_COMMAND_TIMEOUT_S, POLL_CONNECT_TIMEOUT_S
 
-#: While a host reboots, SSH attempts are hedged (hostwait.py: a new one every 0.1 s), so a
-#: stalled attempt costs nothing but a thread; it must still end: slirp and NAT accept TCP
-#: for a dead guest, and a connection made before the guest listens stalls (slirp retries
-#: the guest after 3 s), so only the banner tells. 2 s leaves a slow sshd room to answer.
-POLL_CONNECT_TIMEOUT_S = 3.0
-POLL_BANNER_TIMEOUT_S = 2.0
-POLL_COMMAND_TIMEOUT_S = 15.0
 
 
 def build_handles(host: Host, command_log, host_dir: Path) -> HostHandles:

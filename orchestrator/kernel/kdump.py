@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from orchestrator.errors import ConfigError
 from orchestrator.kernel import vmcoreinfo as vmci
 from orchestrator.protocols.shell import ShellProtocol
+from orchestrator.tunables import KDUMP_COMMAND_TIMEOUT_S
 
-TIMEOUT = 60.0
 _HEAD_BYTES = 8192             # kdump header block + sub-header, or ELF header + phdrs
 
 
@@ -49,7 +49,7 @@ class KdumpLayout(abc.ABC):
 
     def list_dumps(self, shell: ShellProtocol) -> list[str]:
         """Dump directory names, oldest first."""
-        out = shell.run(f"ls -1 {shlex.quote(self.path)} 2>/dev/null", timeout=TIMEOUT,
+        out = shell.run(f"ls -1 {shlex.quote(self.path)} 2>/dev/null", timeout=KDUMP_COMMAND_TIMEOUT_S,
                         check=False).stdout
         return sorted((n for n in out.split() if self.id_pattern.match(n)), key=self.sort_key)
 
@@ -62,7 +62,7 @@ class KdumpLayout(abc.ABC):
         Names alone cannot tell a new dump: kdump-tools names a dump by the minute and a
         second crash in the same minute rewrites that directory."""
         quoted = shlex.quote(self.path)
-        out = shell.run(f"stat -c '%Y %n' {quoted}/*/* 2>/dev/null", timeout=TIMEOUT, check=False).stdout
+        out = shell.run(f"stat -c '%Y %n' {quoted}/*/* 2>/dev/null", timeout=KDUMP_COMMAND_TIMEOUT_S, check=False).stdout
         found = set()
         for line in out.splitlines():
             mtime, _, name = line.partition(" ")
@@ -195,7 +195,7 @@ def layout_for(name: str, path: str = "/var/crash") -> KdumpLayout:
 
 def _list_files(shell, directory) -> dict[str, int]:
     """Regular files and sizes from `ls -ln` (stat(1) is not on every busybox)."""
-    out = shell.run(f"ls -ln {shlex.quote(directory)}", timeout=TIMEOUT).stdout
+    out = shell.run(f"ls -ln {shlex.quote(directory)}", timeout=KDUMP_COMMAND_TIMEOUT_S).stdout
     files = {}
     for line in out.splitlines():
         fields = line.split(None, 8)
@@ -205,7 +205,7 @@ def _list_files(shell, directory) -> dict[str, int]:
 
 
 def _cat(shell, path) -> str | None:
-    result = shell.run(f"cat {shlex.quote(path)}", timeout=TIMEOUT, check=False)
+    result = shell.run(f"cat {shlex.quote(path)}", timeout=KDUMP_COMMAND_TIMEOUT_S, check=False)
     return result.stdout if result.ok else None
 
 
@@ -214,7 +214,7 @@ def read_bytes(shell: ShellProtocol, path: str, offset: int, size: int) -> bytes
     every host has (base64 is not guaranteed)."""
     first, last = offset // 512, -(-(offset + size) // 512)
     out = shell.run(f"dd if={shlex.quote(path)} bs=512 skip={first} count={last - first} "
-                    f"2>/dev/null | od -An -v -tx1", timeout=TIMEOUT).stdout
+                    f"2>/dev/null | od -An -v -tx1", timeout=KDUMP_COMMAND_TIMEOUT_S).stdout
     data = bytes.fromhex("".join(out.split()))
     return data[offset - first * 512:offset - first * 512 + size]
 

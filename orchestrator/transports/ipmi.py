@@ -19,6 +19,7 @@ from orchestrator.errors import InfraError
 from orchestrator.transports import pyghmi_loop
 from orchestrator.protocols.power import PowerProtocol
 from orchestrator.errors import UnsupportedOperation
+from orchestrator.tunables import CYCLE_FALLBACK_OFF_POLLS
 
 T = TypeVar("T")
 
@@ -26,7 +27,6 @@ T = TypeVar("T")
 CHASSIS_POWER_CYCLE = 2
 CHASSIS_HARD_RESET = 3
 CHASSIS_PULSE_DIAG = 4
-CYCLE_FALLBACK_OFF_POLLS = 30   # pyghmi polls about once a second while waiting for "off"
 
 
 class IpmiPower(PowerProtocol):

@@ -31,6 +31,7 @@ from pyghmi.ipmi.console import Console
 from orchestrator.config.model import BmcConfig
 from orchestrator.transports import pyghmi_loop
 from orchestrator.protocols.console import ConsoleLine, ConsoleProtocol
+from orchestrator.tunables import SOL_RECONNECT_BACKOFF
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ MAX_LINE_CHARS = 4096           # an unterminated line (flood, binary noise) is 
 # CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), and two-character ESC sequences.
 _ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")   # keeps TAB; \r goes too
-RECONNECT_BACKOFF = (0.2, 1.0, 2.0, 5.0)   # seconds before attempts 1, 2, 3, 4+ in a row
 GET_PAYLOAD_INSTANCE_INFO = {"netfn": 6, "command": 0x4B, "data": (1, 1)}  # SOL, instance 1
 
 
@@ -208,7 +208,7 @@ class SolConsole(ConsoleProtocol):
             self.last_failure = failure
             log.info("SOL %s:%d dead: %s", self.cfg.address, self.cfg.port, failure)
             self._drop_console()
-            delay = RECONNECT_BACKOFF[min(failures_in_a_row, len(RECONNECT_BACKOFF) - 1)]
+            delay = SOL_RECONNECT_BACKOFF[min(failures_in_a_row, len(SOL_RECONNECT_BACKOFF) - 1)]
             self._stop.wait(delay)
 
     def _activate(self) -> str | None:

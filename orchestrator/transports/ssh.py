@@ -25,10 +25,9 @@ from orchestrator.config.model import SshConfig
 from orchestrator.errors import FatalInfraError, InfraError, RetryableInfraError
 from orchestrator.protocols.shell import CommandFailed, CommandResult, ShellProtocol  # noqa: F401 (re-exported)
 from orchestrator.protocols.shell import detached_files
+from orchestrator.tunables import DETACH_DELAY_S, SSH_WATCHDOG_GRACE_S
 
-DEFAULT_DETACH_DELAY = 0.3     # the SSH call has returned and closed well before this
 NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
-WATCHDOG_GRACE_S = 5.0         # past a call's own timeout, before its transport is torn down
 
 # paramiko's transport thread logs every refused banner of a rebooting host as an ERROR
 # with a traceback (printed by Python's last-resort handler when nobody configured logging:
@@ -48,7 +47,7 @@ class FabricShell(ShellProtocol):
     """Commands on one host; reconnects lazily after ``close()`` or a dropped connection."""
 
     def __init__(self, cfg: SshConfig, *, log: Callable[[str], None] | None = None,
-                 detach_delay: float = DEFAULT_DETACH_DELAY):
+                 detach_delay: float = DETACH_DELAY_S):
         self.cfg = cfg
         self.detach_delay = detach_delay
         self._log = log or (lambda line: None)
@@ -65,7 +64,7 @@ class FabricShell(ShellProtocol):
         # invoke's timeout only covers a running command: opening the channel on a link whose
         # far end died behind a NAT (QEMU's user network keeps it open) waits for ever. The
         # watchdog closes the transport, which wakes whatever paramiko call is stuck.
-        watchdog = threading.Timer(timeout + WATCHDOG_GRACE_S, self._abort_stuck_call)
+        watchdog = threading.Timer(timeout + SSH_WATCHDOG_GRACE_S, self._abort_stuck_call)
         watchdog.daemon = True
         watchdog.start()
         try:

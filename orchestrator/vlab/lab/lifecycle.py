@@ -30,23 +30,13 @@ from orchestrator.vlab.lab.layout import (BMC_USER, LabMachine, LabPaths, host_f
 from orchestrator.vlab.lab.layout import read_lab as read_lab_json
 from orchestrator.vlab.bmc.process import (process_alive, start_bmc_process, stop_bmc_process,
                                         write_machine_spec)
+from orchestrator.tunables import LAB_MEMORY_MB, LAB_READY_TIMEOUT_S, LAB_TCG_CACHE_MB, LAB_TCG_THREAD
 
 __all__ = ['BMC_USER', 'LabMachine', 'LabPaths', 'add_lab_commands', 'console_command', 'ensure_up',
            'host_features', 'is_ready', 'lab_console', 'lab_down', 'lab_paths', 'lab_status',
            'lab_up', 'read_lab', 'write_inventory']
 Log = Callable[[str], None]
 NAME_PREFIXES = {'x86_64': 'vlab-x86', 'aarch64': 'vlab-arm'}
-#: Guest RAM and TCG settings, measured with bench/bench_vlab_boot.py (7.3 guest, 2-core host):
-#: 1024 MB guests used 740-800 MB of host RSS after one kdump cycle, 768 MB guests with QEMU's
-#: defaults 766 MB, of which only ~420 MB was guest RAM: the rest is mostly TCG's translation
-#: cache, which a 128 MiB cap bounds (669 MB, boot->SSH 6.0 s, panic->SSH 14 s). 768 MB still
-#: holds crashkernel=256M with 440 MB usable for the page-class targets.
-MEMORY_MB = 768
-TCG_CACHE_MB = 128
-#: One host thread for all vCPUs (MachineSpec says why; the lab states it, not inherits it).
-TCG_THREAD = 'single'
-READY_TIMEOUT_SECONDS = 300.0    # TCG boot is 7-8 s alone, 15 s with 3 guests on 2 cores;
-                                 # arm64 kdump load adds seconds: leave room for a busy host
 READY_PROBE = 'test -e /run/vlab-ready || grep -qx 1 /sys/kernel/kexec_crash_loaded'
 
 
@@ -86,8 +76,8 @@ def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifes
     from orchestrator.vlab.qemu.machine import create_disk, ensure_host_key
     machine_dir = lab.machine_dir(name)
     create_disk(machine_dir, ensure_host_key(machine_dir), Path(f'{lab.client_key}.pub'))
-    write_machine_spec(machine_dir, name=name, arch=arch, ssh_port=ssh_port, memory_mb=MEMORY_MB,
-                       tcg_thread=TCG_THREAD, tcg_cache_mb=TCG_CACHE_MB,
+    write_machine_spec(machine_dir, name=name, arch=arch, ssh_port=ssh_port, memory_mb=LAB_MEMORY_MB,
+                       tcg_thread=LAB_TCG_THREAD, tcg_cache_mb=LAB_TCG_CACHE_MB,
                        accel=accel, image_manifest=str(manifest.directory / 'manifest.json'))
     return machine_dir
 
@@ -140,7 +130,7 @@ def _wait_ready(machine: LabMachine, lab: LabPaths, timeout: float, console_from
 # --- the commands -------------------------------------------------------------------------
 def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
            kernels: tuple[str, ...] | None = None, ssh_port: int | None = None,
-           bmc_port: int | None = None, ready_timeout: float = READY_TIMEOUT_SECONDS,
+           bmc_port: int | None = None, ready_timeout: float = LAB_READY_TIMEOUT_S,
            log: Log = print) -> list[LabMachine]:
     """Bring the lab up (idempotent: an already running lab of this shape is reported).
     ``kernels``: one flavour per machine (default: ``hosts`` machines, all backports)."""

@@ -19,9 +19,8 @@ from pathlib import Path
 
 from orchestrator.paths import cache_dir
 from orchestrator.vlab.image.build import ImageManifest
+from orchestrator.tunables import KVM_PROBE_TIMEOUT_S
 
-#: A TCG boot to poweroff takes ~4.5 s here; a working KVM needs far less than this.
-PROBE_TIMEOUT_S = 20.0
 _HOST_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 _QEMU = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 
@@ -54,7 +53,7 @@ def probe_command(image: ImageManifest) -> list[str]:
             "-append", f"console={image.console} panic=-1 rdinit=/bin/busybox -- poweroff -f"]
 
 
-def probe_kvm(image: ImageManifest, timeout: float = PROBE_TIMEOUT_S) -> AccelVerdict:
+def probe_kvm(image: ImageManifest, timeout: float = KVM_PROBE_TIMEOUT_S) -> AccelVerdict:
     key = _probe_key(image)
     if _HOST_ARCH.get(platform.machine()) != image.arch:
         return AccelVerdict("tcg", f"{image.arch} guest on a {platform.machine()} host", 0.0, key)

@@ -1,0 +1,79 @@
+"""Every timing and sizing knob of the orchestrator and its virtual lab, with the measurement
+or reason behind its value. Change one here, never at its point of use.
+
+A playbook's per-case deadlines (preflight, arm, target, inject, panic, survive, dump,
+wedge, nmi, collect, restore) are not here: they belong to the case (config/playbook.py
+holds their defaults). Protocol constants that are not choices (IPMI command numbers, the
+SOL packet size) stay beside the code that speaks the protocol.
+"""
+
+from __future__ import annotations
+
+# -- waiting for a host (cycle/hostwait.py) --------------------------------------------------
+#: Period of new SSH probes while waiting: "reboot noticed after sshd accepts" is at most
+#: this plus one login (0.2 s on an idle lab guest, up to ~0.8 s while it loads its crash
+#: kernel right after sshd starts; target <= 1 s).
+SSH_POLL_S = 0.1
+#: The probe is three cats and a date: a host that needs longer is not up yet.
+PROBE_TIMEOUT_S = 5.0
+#: Hedged probes at once (each may stall up to its connect + banner timeouts). Below
+#: OpenSSH's default MaxStartups (10 unauthenticated connections) so that a real server's
+#: sshd never starts dropping them; while probes stall the period stretches (8 per banner timeout).
+MAX_PROBES_IN_FLIGHT = 8
+#: How often finished probes are looked at: adds at most this to "reboot noticed".
+HEDGE_TICK_S = 0.02
+
+# -- the shell used while a host reboots (fleet/host_handles.py) -----------------------------
+#: While a host reboots, SSH attempts are hedged (a new one every SSH_POLL_S), so a stalled
+#: attempt costs nothing but a thread; it must still end: slirp and NAT accept TCP for a dead
+#: guest, and a connection made before the guest listens stalls (slirp retries the guest
+#: after 3 s), so only the banner tells. 2 s leaves a slow sshd room to answer.
+POLL_CONNECT_TIMEOUT_S = 3.0
+POLL_BANNER_TIMEOUT_S = 2.0
+POLL_COMMAND_TIMEOUT_S = 15.0
+
+# -- observing an injection (cycle/observe.py) -----------------------------------------------
+#: Consecutive failed SSH probes after which the host counts as gone (panicked or hung).
+LOST_AFTER_FAILURES = 2
+#: After a survive case's injection returned, how long a late panic still gets to show.
+SETTLE_S = 2.0
+#: Between two looks at whether the detached injection returned: one short SSH command each.
+INJECTION_POLL_S = 0.25
+#: The controller and host clocks may disagree a little; CRASHTIME has 1 s resolution.
+CLOCK_SLACK_S = 2.0
+
+# -- bringing a wedged host back (cycle/recovery.py) -----------------------------------------
+#: Power cycles after the NMI, each given its share of the wedge deadline; a host that two
+#: cold starts do not bring back needs a person, not a third cycle.
+MAX_POWER_CYCLES = 2
+
+# -- kdump (kernel/kdump.py) -----------------------------------------------------------------
+#: One listing or read of the dump folder; a VMCOREINFO read is a few KiB over SSH.
+KDUMP_COMMAND_TIMEOUT_S = 60.0
+
+# -- transports ------------------------------------------------------------------------------
+#: fire_detached: the SSH call has returned and closed well before the command starts.
+DETACH_DELAY_S = 0.3
+#: Past a call's own timeout, before its transport is torn down (a frozen peer).
+SSH_WATCHDOG_GRACE_S = 5.0
+#: Seconds before SOL reconnect attempts 1, 2, 3, 4+ in a row.
+SOL_RECONNECT_BACKOFF = (0.2, 1.0, 2.0, 5.0)
+#: A BMC without a "power cycle" directive: pyghmi polls about once a second for "off".
+CYCLE_FALLBACK_OFF_POLLS = 30
+
+# -- the virtual lab (vlab/) -----------------------------------------------------------------
+#: Guest RAM and TCG settings, measured with bench/bench_vlab_boot.py (7.3 guest, 2-core host):
+#: 1024 MB guests used 740-800 MB of host RSS after one kdump cycle, 768 MB guests with QEMU's
+#: defaults 766 MB, of which only ~420 MB was guest RAM: the rest is mostly TCG's translation
+#: cache, which a 128 MiB cap bounds (669 MB, boot->SSH 6.0 s, panic->SSH 14 s). 768 MB still
+#: holds crashkernel=256M with 440 MB usable for the page-class targets.
+LAB_MEMORY_MB = 768
+LAB_TCG_CACHE_MB = 128
+#: One host thread for all vCPUs: multi-threaded TCG crashed 7.3 guests at boot after a
+#: reset (`Oops: int3` in sched_clock_cpu, the kernel's live code patching), in CI too.
+LAB_TCG_THREAD = "single"
+#: TCG boot is 7-8 s alone, 15 s with 3 guests on 2 cores; arm64 kdump load adds seconds:
+#: leave room for a busy host.
+LAB_READY_TIMEOUT_S = 300.0
+#: A TCG boot to poweroff takes ~4.5 s here; a working KVM needs far less than this.
+KVM_PROBE_TIMEOUT_S = 20.0
