@@ -13,6 +13,7 @@ from html import escape
 import pytest
 
 from orchestrator.errors import ConfigError
+from orchestrator.faces.cli.report import add_report_command
 from orchestrator.results import store
 from orchestrator.results.html import report_html
 from orchestrator.results.junit import junit_xml
@@ -217,7 +218,7 @@ def test_load_run_bad_file_is_a_config_error_naming_the_file(tmp_path, content, 
 
 def _report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="orchestrator")
-    store.add_report_command(parser.add_subparsers(dest="command", required=True))
+    add_report_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.triage.pipeline import add_triage_command, classify, triage_file, triage_paths, triage_stream
+from orchestrator.faces.cli.triage import add_triage_command
+from orchestrator.triage.pipeline import classify, triage_file, triage_paths, triage_stream
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 RHEL = LOGS / "kdump-rhel" / "127.0.0.1-2026-11-25-17:37:22" / "vmcore-dmesg.txt"

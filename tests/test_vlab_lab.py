@@ -77,7 +77,8 @@ def test_lab_json_without_kernel_fields_reads_as_backports(empty_lab):
 def test_lab_subcommands_raise_config_error_for_the_cli(empty_lab):
     import argparse
     parser = argparse.ArgumentParser(prog='orchestrator')
-    lab.add_lab_commands(parser.add_subparsers(dest='command', required=True))
+    from orchestrator.faces.cli.lab import add_lab_commands
+    add_lab_commands(parser.add_subparsers(dest='command', required=True))
     for argv in (['lab', 'up', '--arch', 'sparc'], ['lab', 'build', '--arch', 'sparc'],
                  ['lab', 'up', '--kernels', 'backports,,bookworm'], ['lab', 'build', '--kernel', 'sid'],
                  ['lab', 'console', 'nope']):

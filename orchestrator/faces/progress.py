@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-_VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "bold magenta", "skip": "dim"}
+from orchestrator.faces.cli.summary import VERDICT_STYLE as _VERDICT_STYLE
 
 
 class Progress:

@@ -1,4 +1,4 @@
-"""The run directory on disk, and the ``report`` command that re-renders it.
+"""The run directory on disk: where every file of a run is written, and how it is read back.
 
     results/<run_id>/                run_id = <UTC YYYYmmddTHHMMSSZ>-<6 hex>
       run.json  junit.xml  report.html
@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .html import report_html
 from .junit import junit_xml
-from .model import VERDICTS, RunResult
+from .model import RunResult
 from .runjson import run_from_dict, run_to_dict
 
 RUN_JSON, JUNIT_XML, REPORT_HTML = "run.json", "junit.xml", "report.html"
@@ -120,51 +119,3 @@ def load_run(run_dir: Path) -> RunResult:
         return run_from_dict(data)
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc), path=str(path)) from None
-
-
-def add_report_command(subparsers) -> None:
-    """Register ``report RUN_DIR``; the handler is ``args.func(args) -> exit status``."""
-    parser = subparsers.add_parser(
-        "report", help="re-render junit.xml and report.html from a run's run.json",
-        description="Re-render junit.xml and report.html of RUN_DIR from its run.json and "
-                    "print a summary. run.json itself is never modified.")
-    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="results/<run_id> folder")
-    parser.set_defaults(func=report_command)
-
-
-def report_command(args) -> int:
-    try:
-        run = load_run(args.run_dir)
-        paths = render_reports(args.run_dir, run)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:          # e.g. a read-only results folder
-        print(f"error: {args.run_dir}: cannot write the reports: {exc}", file=sys.stderr)
-        return 2
-    _print_summary(run, paths[REPORT_HTML])
-    return 0
-
-
-_VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "bold yellow", "skip": "dim"}
-
-
-def _print_summary(run: RunResult, report: Path) -> None:
-    from rich.console import Console     # only the command needs rich, not the writers
-    from rich.table import Table
-    from rich.text import Text           # Text, not markup: names may contain "[...]"
-
-    table = Table(title=f"run {run.run_id}", title_justify="left")
-    for column in ("host", "case", "verdict", "seconds", "why"):
-        # fold, never ellipsis: a truncated case name cannot be copied into a re-run
-        table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
-    for case in run.cases:
-        style = _VERDICT_STYLE.get(case.verdict, "bold magenta")
-        why = case.reasons[0] if case.reasons and case.verdict != "pass" else ""
-        table.add_row(Text(case.host), Text(case.case), Text(case.verdict, style=style),
-                      f"{case.seconds:.1f}", Text(why))
-    console = Console()
-    console.print(table)
-    counts = ", ".join(f"{sum(c.verdict == v for c in run.cases)} {v}" for v in VERDICTS)
-    console.print(f"{len(run.cases)} cases: {counts}", markup=False)
-    console.print(f"report: {report}", markup=False, soft_wrap=True)

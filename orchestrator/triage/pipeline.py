@@ -1,4 +1,4 @@
-"""``orchestrator triage FILE|DIR...``: bucket the crashes found in console logs and kdump dmesg.
+"""Bucketing the crashes found in console logs and kdump dmesg.
 
 Input: raw console captures (prompts, escapes, ``[T<pid>]`` caller ids), Debian kdump
 ``dmesg.<stamp>``, RHEL ``vmcore-dmesg.txt``, journal/syslog kernel lines, each optionally
@@ -13,7 +13,6 @@ triage_buckets.py.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -28,7 +27,7 @@ from orchestrator.triage.boot import BootRecord
 from orchestrator.triage.buckets import Crash, assemble
 from orchestrator.triage.scan import CHUNK_BYTES, candidate_lines, open_log, read_chunks, trace_lines
 
-__all__ = ["Crash", "LogTriage", "classify", "triage_stream", "triage_paths", "add_triage_command"]
+__all__ = ["Crash", "LogTriage", "classify", "triage_stream", "triage_paths"]
 
 # Files picked up when walking a directory (explicit FILE arguments are always read).
 # kdump directories also hold multi-GB dump.* / vmcore files that are not text.
@@ -192,20 +191,3 @@ def write_table(crashes: list[Crash], files: int, out: TextIO) -> None:
                  [[str(n), fp, first[fp].bucket, first[fp].signature] for fp, n in counts.most_common()], out)
         out.write("\n")
     out.write(f"{len(crashes)} crash(es) in {files} file(s)\n")
-
-
-def run_triage_command(args: argparse.Namespace) -> int:
-    return triage_paths(args.paths, jsonl=args.jsonl, out=sys.stdout)
-
-
-def add_triage_command(subparsers) -> argparse.ArgumentParser:
-    """Register ``triage``; the parsed namespace's ``func(args)`` returns the exit status."""
-    parser = subparsers.add_parser(
-        "triage", help="bucket kernel crashes found in console logs and kdump dmesg files",
-        description="Bucket each crash (mf-fail-fast, mf-legacy, hw-error-consumed-later, firmware-fatal, "
-                    "software) with a fingerprint that is stable across hosts and boots. Directories are "
-                    "walked for dmesg*, vmcore-dmesg*, *.log and *.txt files (optionally .gz).")
-    parser.add_argument("paths", nargs="+", metavar="FILE|DIR", help="log files or directories to read")
-    parser.add_argument("--json", dest="jsonl", action="store_true", help="JSON lines, one object per crash")
-    parser.set_defaults(func=run_triage_command)
-    return parser

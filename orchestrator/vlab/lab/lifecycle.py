@@ -32,7 +32,7 @@ from orchestrator.vlab.bmc.process import (process_alive, start_bmc_process, sto
                                         write_machine_spec)
 from orchestrator.tunables import LAB_MEMORY_MB, LAB_READY_TIMEOUT_S, LAB_TCG_CACHE_MB, LAB_TCG_THREAD
 
-__all__ = ['BMC_USER', 'LabMachine', 'LabPaths', 'add_lab_commands', 'console_command', 'ensure_up',
+__all__ = ['BMC_USER', 'LabMachine', 'LabPaths', 'console_command', 'ensure_up',
            'host_features', 'is_ready', 'lab_console', 'lab_down', 'lab_paths', 'lab_status',
            'lab_up', 'read_lab', 'write_inventory']
 Log = Callable[[str], None]
@@ -249,9 +249,3 @@ def lab_console(name: str) -> None:
     argv, env = console_command(name)
     print(f'SOL on {name}; leave with ~.', file=sys.stderr)
     os.execvpe(argv[0], argv, env)
-
-
-def add_lab_commands(subparsers) -> None:
-    """``orchestrator lab up|down|status|console|build`` (parsing lives in lab_cli.py)."""
-    from orchestrator.faces.cli.lab import add_lab_commands as add
-    add(subparsers)

@@ -1,0 +1,40 @@
+"""``orchestrator inventory check INVENTORY``: validate an inventory and probe its hosts' SSH and BMC."""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ThreadPoolExecutor
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config.inventory import load_inventory
+from orchestrator.errors import EXIT_INFRA, EXIT_OK
+from orchestrator.fleet.reachability import probe_host
+
+
+def add_inventory_commands(sub) -> None:
+    inv = sub.add_parser("inventory", help="inventory tools").add_subparsers(dest="inv_command", required=True)
+    check = inv.add_parser("check", help="validate an inventory and probe SSH and BMC reachability")
+    check.add_argument("file")
+    check.add_argument("--no-probe", action="store_true", help="validate only; do not contact the hosts")
+    check.set_defaults(func=cmd_inventory_check)
+
+
+def cmd_inventory_check(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.file)
+    table = Table(title=f"{inventory.path} ({len(inventory.hosts)} hosts, sha256 {inventory.digest[:12]})")
+    for col in ("host", "arch", "platform", "destructive", "features", "ssh", "bmc"):
+        table.add_column(col)
+    if args.no_probe:
+        rows = [(h, "not probed", "not probed") for h in inventory.hosts]
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, len(inventory.hosts))) as pool:
+            rows = list(pool.map(probe_host, inventory.hosts))
+    bad = False
+    for host, ssh, bmc in rows:
+        bad |= ssh.startswith("FAIL") or bmc.startswith("FAIL")
+        table.add_row(host.name, host.arch, host.platform, "yes" if host.destructive else "no",
+                      ",".join(sorted(host.features)), ssh, bmc)
+    Console().print(table)
+    return EXIT_INFRA if bad else EXIT_OK

@@ -1,0 +1,34 @@
+"""``orchestrator report RUN_DIR``: re-render a run's junit.xml and report.html from its run.json."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from orchestrator.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError
+from orchestrator.faces.cli.summary import print_summary
+from orchestrator.results.store import load_run, render_reports
+
+
+def add_report_command(subparsers) -> None:
+    """Register ``report RUN_DIR``; the handler is ``args.func(args) -> exit status``."""
+    parser = subparsers.add_parser(
+        "report", help="re-render junit.xml and report.html from a run's run.json",
+        description="Re-render junit.xml and report.html of RUN_DIR from its run.json and "
+                    "print a summary. run.json itself is never modified.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="results/<run_id> folder")
+    parser.set_defaults(func=report_command)
+
+
+def report_command(args) -> int:
+    try:
+        run = load_run(args.run_dir)
+        render_reports(args.run_dir, run)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:          # e.g. a read-only results folder
+        print(f"error: {args.run_dir}: cannot write the reports: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print_summary(run, args.run_dir)
+    return EXIT_OK
