@@ -77,3 +77,19 @@ LAB_TCG_THREAD = "single"
 LAB_READY_TIMEOUT_S = 300.0
 #: A TCG boot to poweroff takes ~4.5 s here; a working KVM needs far less than this.
 KVM_PROBE_TIMEOUT_S = 20.0
+
+# -- host leases (fleet/lease.py) ------------------------------------------------------------
+#: One lease command: a few file operations on the host, waiting at most 10 s for the lock.
+LEASE_COMMAND_TIMEOUT_S = 20.0
+#: The lease lock is held for one short command (milliseconds); one older than this was left
+#: by a command killed mid-way (a dropped SSH session) and is removed.
+LEASE_LOCK_STALE_S = 30
+#: A lease lives this long unless renewed; the holder renews it every LEASE_RENEW_S. A host
+#: that panics cannot be renewed on until it is back, so before an injection the lease is
+#: stretched over the case's remaining deadlines (fleet/runner.py).
+LEASE_TTL_S = 120.0
+LEASE_RENEW_S = 30.0
+
+# -- restoring a host (cycle/arm_journal.py) -------------------------------------------------
+#: Loading the crash kernel again: kexec -p takes ~10 s under TCG, a few s on a server.
+KDUMP_RELOAD_TIMEOUT_S = 60.0

@@ -1,0 +1,101 @@
+"""The arm journal: before a case arms a host, the host's original sysctls and crash-kernel
+state are written ON THE HOST (its state folder, a disk that survives panics), once.
+
+Restoring reads that record, never the controller's memory, so a host left armed by a
+controller that was killed (or by a run that failed to restore) is put back by whoever comes
+next: the next run's preflight, or an operator's ``orchestrator disarm``. Recording is
+refused while a record exists: the originals must never be overwritten by armed values.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from orchestrator.errors import FatalInfraError, OrchestratorError
+from orchestrator.kernel.kdump import kdump_loaded
+from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
+from orchestrator.protocols.shell import ShellProtocol
+from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S
+
+JOURNAL = "armed"
+#: Distributions reload their crash kernel differently; the lab guests answer to kdump-config.
+RELOAD_KDUMP = "kdump-config load || kdumpctl restart || systemctl restart kdump"
+_EXISTS = 73
+
+
+class LeftArmed(FatalInfraError):
+    """The host could not be put back as its journal records: it is still armed."""
+
+
+@dataclass(frozen=True)
+class ArmRecord:
+    sysctls: tuple[tuple[str, str], ...]     # original values, as read before arming
+    kdump_loaded: bool
+    run_id: str = ""
+    case: str = ""
+
+    def lines(self) -> str:
+        head = [f"run_id={self.run_id}", f"case={self.case}", f"kdump_loaded={int(self.kdump_loaded)}"]
+        return "\n".join(head + [f"sysctl.{name}={value}" for name, value in self.sysctls]) + "\n"
+
+    @classmethod
+    def parse(cls, text: str) -> "ArmRecord":
+        fields = [line.split("=", 1) for line in text.splitlines() if "=" in line]
+        plain = {k: v for k, v in fields if not k.startswith("sysctl.")}
+        return cls(sysctls=tuple((k[len("sysctl."):], v) for k, v in fields if k.startswith("sysctl.")),
+                   kdump_loaded=plain.get("kdump_loaded") == "1", run_id=plain.get("run_id", ""),
+                   case=plain.get("case", ""))
+
+    def describe(self) -> str:
+        return f"run {self.run_id or '?'}, case {self.case or '?'}"
+
+
+def _path(state_dir: str) -> str:
+    return shlex.quote(f"{state_dir.rstrip('/')}/{JOURNAL}")
+
+
+def read_record(shell: ShellProtocol, state_dir: str) -> ArmRecord | None:
+    """The host's pending record: None when the host is not armed by anyone."""
+    result = shell.run(f"cat {_path(state_dir)} 2>/dev/null", timeout=15, check=False)
+    return ArmRecord.parse(result.stdout) if result.ok and result.stdout.strip() else None
+
+
+def record_originals(shell: ShellProtocol, state_dir: str, names, *, run_id: str, case: str) -> ArmRecord:
+    """Read the sysctls about to be changed and the crash kernel's state, and write them to
+    the journal; ``FatalInfraError`` if a record is already there (restore it first)."""
+    values = {k: v for k, v in read_sysctls(shell, names).items() if v is not None}
+    record = ArmRecord(sysctls=tuple(sorted(values.items())), kdump_loaded=kdump_loaded(shell),
+                       run_id=run_id, case=case)
+    path, tmp = _path(state_dir), shlex.quote(f"{state_dir.rstrip('/')}/{JOURNAL}.tmp")
+    script = (f"umask 077; mkdir -p {shlex.quote(state_dir)} || exit 1; [ -e {path} ] && exit {_EXISTS}; "
+              f"printf '%s' {shlex.quote(record.lines())} > {tmp} && sync {tmp} 2>/dev/null; mv {tmp} {path}")
+    result = shell.run(script, timeout=15, check=False)
+    if result.exit_code == _EXISTS:
+        raise FatalInfraError(f"an arm journal is already on the host at {state_dir}/{JOURNAL}: restore it first")
+    if not result.ok:
+        raise FatalInfraError(f"cannot write the arm journal in {state_dir}: {result.stderr.strip()}")
+    return record
+
+
+def restore(shell: ShellProtocol, state_dir: str, record: ArmRecord, *, timeout: float) -> list[str]:
+    """Put the host back as ``record`` says and drop the journal; returns what was done.
+    ``LeftArmed`` when any of it did not take (the journal then stays for the next try)."""
+    done = []
+    try:
+        current = read_sysctls(shell, [name for name, _ in record.sysctls])
+        changed = {k: v for k, v in record.sysctls if current.get(k) != v}
+        if changed:
+            write_sysctls(shell, changed)
+            done.append("restored " + " ".join(f"{k}={v}" for k, v in changed.items()))
+        if record.kdump_loaded and not kdump_loaded(shell):
+            shell.run(RELOAD_KDUMP, timeout=max(timeout, KDUMP_RELOAD_TIMEOUT_S), check=False)
+            if not kdump_loaded(shell):
+                raise LeftArmed("the crash kernel was loaded before the case and cannot be loaded again")
+            done.append("reloaded the crash kernel")
+        shell.run(f"rm -f {_path(state_dir)}", timeout=15)
+    except LeftArmed:
+        raise
+    except OrchestratorError as exc:
+        raise LeftArmed(f"restore of {record.describe()} failed: {exc}") from exc
+    return done

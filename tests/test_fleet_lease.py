@@ -1,0 +1,105 @@
+"""The host lease's scripts, run for real: with this machine's sh (dash + coreutils, like a
+rack server) and with busybox (like the lab guests), including many controllers racing for
+one host at once."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from orchestrator.errors import RetryableInfraError
+from orchestrator.fleet import lease
+from orchestrator.fleet.lease import Holder, LeaseHeld
+from test_kernel_shells import LocalShell, busybox_shell
+
+EXTRA_APPLETS = ("date", "mv", "tr", "true", "printf", "mkdir", "rm", "cat", "sed", "sleep")
+
+
+@pytest.fixture(params=["sh", "busybox"])
+def shell(request, tmp_path):
+    if request.param == "sh":
+        return LocalShell()
+    sh = busybox_shell(str(tmp_path))
+    bindir = os.path.dirname(sh.argv0[0])
+    for applet in EXTRA_APPLETS:
+        link = os.path.join(bindir, applet)
+        if not os.path.exists(link):
+            os.symlink(os.readlink(sh.argv0[0]), link)
+    return sh
+
+
+def holder(run_id: str, token: str) -> Holder:
+    return Holder(run_id=run_id, controller="ctl-a:42", user="night ly", token=token)
+
+
+def test_take_renew_release_and_the_record_names_the_holder(shell, tmp_path):
+    state = str(tmp_path / "state")
+    mine = holder("run-1", "aaaa")
+    taken = lease.take(shell, "srv1", state, mine, ttl_s=60)
+    assert (taken["run_id"], taken["controller"], taken["user"]) == ("run-1", "ctl-a:42", "night_ly")
+    assert int(taken["expires"]) - int(taken["since"]) == 60
+    renewed = lease.take(shell, "srv1", state, mine, ttl_s=300)
+    assert renewed["since"] == taken["since"] and int(renewed["expires"]) >= int(taken["expires"]) + 239
+    seen = lease.read(shell, "srv1", state)
+    assert seen["expired"] == "no" and 0 < int(seen["left_s"]) <= 300
+    assert lease.release(shell, "srv1", state, mine) is True
+    assert lease.read(shell, "srv1", state) == {}
+    assert not os.path.exists(os.path.join(state, "lease.lock"))     # the lock is never left behind
+
+
+def test_someone_elses_live_lease_is_refused_with_its_holder(shell, tmp_path):
+    state = str(tmp_path / "state")
+    lease.take(shell, "srv1", state, holder("run-1", "aaaa"), ttl_s=60)
+    with pytest.raises(LeaseHeld) as refused:
+        lease.take(shell, "srv1", state, holder("run-2", "bbbb"), ttl_s=60)
+    assert refused.value.holder["run_id"] == "run-1"
+    assert "run-1" in str(refused.value) and "ctl-a:42" in str(refused.value)
+    assert lease.release(shell, "srv1", state, holder("run-2", "bbbb")) is False   # not theirs to give back
+    assert lease.read(shell, "srv1", state)["run_id"] == "run-1"
+
+
+def test_an_expired_lease_is_taken_over_and_says_whose_it_was(shell, tmp_path):
+    state = str(tmp_path / "state")
+    lease.take(shell, "srv1", state, holder("dead-run", "aaaa"), ttl_s=-1)     # its holder died
+    taken = lease.take(shell, "srv1", state, holder("run-2", "bbbb"), ttl_s=60)
+    assert taken["run_id"] == "run-2" and "dead-run" in taken["taken_over"]
+
+
+def test_an_operator_can_break_a_lease(shell, tmp_path):
+    state = str(tmp_path / "state")
+    lease.take(shell, "srv1", state, holder("run-1", "aaaa"), ttl_s=600)
+    assert lease.break_lease(shell, "srv1", state)["run_id"] == "run-1"
+    lease.take(shell, "srv1", state, holder("run-2", "bbbb"), ttl_s=60)
+
+
+def test_a_stale_lock_left_by_a_killed_command_is_removed(shell, tmp_path):
+    state = tmp_path / "state"
+    (state / "lease.lock").mkdir(parents=True)
+    (state / "lease.lock" / "at").write_text("1000\n")       # long ago, in the host's clock
+    assert lease.take(shell, "srv1", str(state), holder("run-1", "aaaa"), ttl_s=60)["run_id"] == "run-1"
+
+
+def test_a_busy_lock_is_a_retryable_error_not_a_verdict(tmp_path):
+    state = tmp_path / "state"
+    (state / "lease.lock").mkdir(parents=True)
+    (state / "lease.lock" / "at").write_text("9999999999\n")  # held right now by someone else
+    with pytest.raises(RetryableInfraError, match="lease lock"):
+        lease.take(LocalShell(), "srv1", str(state), holder("run-1", "aaaa"), ttl_s=60)
+
+
+def test_of_many_controllers_racing_for_one_host_exactly_one_wins(shell, tmp_path):
+    state = str(tmp_path / "state")
+
+    def race(i: int):
+        try:
+            return lease.take(shell, "srv1", state, holder(f"run-{i}", f"t{i:04d}"), ttl_s=60)["run_id"]
+        except LeaseHeld as held:
+            return f"refused:{held.holder['run_id']}"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(race, range(16)))
+    winners = [o for o in outcomes if not o.startswith("refused:")]
+    assert len(winners) == 1, outcomes
+    assert all(o == f"refused:{winners[0]}" for o in outcomes if o not in winners)
