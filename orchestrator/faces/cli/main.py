@@ -11,6 +11,7 @@ import sys
 
 from orchestrator.errors import (EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, ConfigError, InfraError,
                                  OrchestratorError)
+from orchestrator.faces.cli.hosts import add_host_commands
 from orchestrator.faces.cli.inventory import add_inventory_commands
 from orchestrator.faces.cli.lab import add_lab_commands
 from orchestrator.faces.cli.report import add_report_command
@@ -26,7 +27,8 @@ DESCRIPTION = ("Qualify vm.panic_on_unrecoverable_memory_failure on lab servers 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_run_command, add_inventory_commands, add_report_command, add_triage_command, add_lab_commands):
+    for add in (add_run_command, add_inventory_commands, add_host_commands, add_report_command, add_triage_command,
+                add_lab_commands):
         add(sub)
     return parser
 
