@@ -3,6 +3,7 @@ read only these objects, so the schema lives in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 SCHEMA_VERSION = 1
@@ -10,6 +11,14 @@ SCHEMA_VERSION = 1
 #: Verdicts, never mixed up: "fail" always means the kernel, "error" always the lab.
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
 VERDICTS = (PASS, FAIL, ERROR, SKIP)
+#: Worst first. A kernel failure is the news, then a lab error; a verdict no one knows
+#: counts as the worst, so it is never hidden behind a pass.
+SEVERITY = (FAIL, ERROR, SKIP, PASS)
+
+
+def worst(verdicts: Iterable[str]) -> str:
+    """The verdict that speaks for several results shown as one (reruns of one host x case)."""
+    return min(verdicts, key=lambda v: SEVERITY.index(v) if v in SEVERITY else 0)
 
 
 @dataclass(frozen=True)
