@@ -30,7 +30,7 @@ from .model import ERROR, FAIL, PASS, SKIP, VERDICTS, CaseResult, PhaseTiming, R
 
 
 def report_html(run: RunResult) -> str:
-    counts = {v: sum(c.verdict == v for c in run.cases) for v in VERDICTS}
+    counts = run.verdict_counts()
     verdict, words = _overall(run.exit_code(), counts)
     order = {host: i for i, host in enumerate(hosts_in_order(run))}
     # Sections grouped by host (inventory order), run order within a host; ids stay

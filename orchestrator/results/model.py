@@ -91,6 +91,10 @@ class RunResult:
     controller: dict = field(default_factory=dict)   # version, python, peak RSS, CLI args
     schema_version: int = SCHEMA_VERSION
 
+    def verdict_counts(self) -> dict[str, int]:
+        """Cases per verdict, every verdict present (zero included), in VERDICTS order."""
+        return {v: sum(c.verdict == v for c in self.cases) for v in VERDICTS}
+
     def exit_code(self) -> int:
         """0 all pass, 1 any fail, 3 any infrastructure error (fail wins: it is the news)."""
         verdicts = {c.verdict for c in self.cases}
