@@ -7,6 +7,8 @@ import gzip
 import io
 import json
 import re
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from orchestrator.faces.cli.triage import add_triage_command
 from orchestrator.triage.pipeline import classify, triage_file, triage_paths, triage_stream
 
+ROOT = Path(__file__).resolve().parents[1]
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 RHEL = LOGS / "kdump-rhel" / "127.0.0.1-2026-11-25-17:37:22" / "vmcore-dmesg.txt"
 
@@ -220,3 +223,18 @@ def test_100mb_log_streams_in_bounded_memory(tmp_path):
     assert [c.bucket for c in crashes] == ["software"] * 4
     assert len({c.fingerprint for c in crashes}) == 1
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB"  # a 1 MiB chunk plus windows, not the file
+
+
+def test_json_output_into_head_stops_quietly():
+    # The fixture folder given 20 times writes ~240 KB: more than a pipe holds, so the
+    # writes after ``head`` exits really do fail with EPIPE.
+    triage = subprocess.Popen([sys.executable, "-m", "orchestrator", "triage", "--json", *[str(LOGS)] * 20],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-1"], stdin=triage.stdout, stdout=subprocess.PIPE)
+    triage.stdout.close()           # only head holds the read end: its exit breaks the pipe
+    first, _ = head.communicate(timeout=60)
+    stderr = triage.stderr.read()
+    triage.stderr.close()
+    assert triage.wait(timeout=60) == 0
+    assert stderr == b""
+    assert len(first.splitlines()) == 1 and json.loads(first)["bucket"]

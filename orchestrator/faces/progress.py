@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrator.faces.cli.summary import VERDICT_STYLE as _VERDICT_STYLE
+from orchestrator.faces.cli.summary import VERDICT_STYLE
+from orchestrator.results.model import VERDICTS
 
 
 class Progress:
@@ -59,7 +60,13 @@ class Progress:
             table.add_column(col)
         now = time.monotonic()
         for host, row in self._rows.items():
-            tally = " ".join(f"[{_VERDICT_STYLE.get(v, '')}]{v} {n}[/]" for v, n in sorted(row["tally"].items()))
+            tally = " ".join(f"[{VERDICT_STYLE.get(v, '')}]{v} {n}[/]" for v, n in _in_verdict_order(row["tally"]))
             table.add_row(host, row["case"], row["state"], f"{now - row['since']:.1f}s",
                           f"{row['done']}", tally)
         return table
+
+
+def _in_verdict_order(tally: dict[str, int]) -> list[tuple[str, int]]:
+    """The tally in the order the run summary counts verdicts; an unknown one last."""
+    known = [(v, tally[v]) for v in VERDICTS if v in tally]
+    return known + sorted((v, n) for v, n in tally.items() if v not in VERDICTS)

@@ -3,6 +3,7 @@ read only these objects, so the schema lives in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 SCHEMA_VERSION = 1
@@ -10,6 +11,14 @@ SCHEMA_VERSION = 1
 #: Verdicts, never mixed up: "fail" always means the kernel, "error" always the lab.
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
 VERDICTS = (PASS, FAIL, ERROR, SKIP)
+#: Worst first. A kernel failure is the news, then a lab error; a verdict no one knows
+#: counts as the worst, so it is never hidden behind a pass.
+SEVERITY = (FAIL, ERROR, SKIP, PASS)
+
+
+def worst(verdicts: Iterable[str]) -> str:
+    """The verdict that speaks for several results shown as one (reruns of one host x case)."""
+    return min(verdicts, key=lambda v: SEVERITY.index(v) if v in SEVERITY else 0)
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,10 @@ class RunResult:
     cases: tuple[CaseResult, ...]
     controller: dict = field(default_factory=dict)   # version, python, peak RSS, CLI args
     schema_version: int = SCHEMA_VERSION
+
+    def verdict_counts(self) -> dict[str, int]:
+        """Cases per verdict, every verdict present (zero included), in VERDICTS order."""
+        return {v: sum(c.verdict == v for c in self.cases) for v in VERDICTS}
 
     def exit_code(self) -> int:
         """0 all pass, 1 any fail, 3 any infrastructure error (fail wins: it is the news)."""

@@ -1,7 +1,7 @@
 """What one boot's log said, gathered event by event in bounded memory.
 
 ``BootRecord.feed`` takes the events of one boot in log order. It keeps what triage needs
-to decide a bucket later (``triage_buckets.assemble``): the memory-failure incidents per
+to decide a bucket later (``triage.buckets.assemble``): the memory-failure incidents per
 pfn, the recent hardware-error reports, and the first crash of the boot with its title,
 crash site, frames and panic. One crash per boot: once a kernel has oopsed or panicked,
 later reports in that boot are fallout of the first one.

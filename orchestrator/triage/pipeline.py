@@ -5,10 +5,10 @@ Input: raw console captures (prompts, escapes, ``[T<pid>]`` caller ids), Debian 
 ``.gz``. A file may hold several boots; each boot contributes at most one crash.
 
 Pipeline (each stage streams, so a 100 MB log runs in bounded memory):
-``triage_scan.candidate_lines`` (literal pre-filter) -> ``signatures.parse_line`` ->
-``LogTriage`` (boot segmentation) -> ``triage_boot.BootRecord`` (per-boot evidence) ->
-``triage_buckets.assemble`` (bucket + fingerprint). Bucket and fingerprint rules are in
-triage_buckets.py.
+``triage.scan.candidate_lines`` (literal pre-filter) -> ``kernel.signatures.parse_line`` ->
+``LogTriage`` (boot segmentation, here) -> ``triage.boot.BootRecord`` (per-boot evidence) ->
+``triage.buckets.assemble`` (bucket + fingerprint). Bucket and fingerprint rules are in
+triage/buckets.py; this module also walks directories and writes the JSON lines or table.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import zlib
 from collections import Counter
 from typing import Iterable, Iterator, TextIO
 
+from orchestrator.errors import EXIT_BAD_INPUT, EXIT_OK
 from orchestrator.kernel.signatures import KernelEvent, frame_function, parse_line
 from orchestrator.triage.boot import BootRecord
 from orchestrator.triage.buckets import Crash, assemble
@@ -148,8 +149,8 @@ def triage_paths(paths: Iterable[str], *, jsonl: bool, out: TextIO) -> int:
     if missing or not paths:
         print(f"orchestrator triage: error: no such file or directory: {missing[0] if missing else '(none given)'}",
               file=sys.stderr)
-        return 2
-    status, crashes, files = 0, [], 0
+        return EXIT_BAD_INPUT
+    status, crashes, files = EXIT_OK, [], 0
     for path in (f for p in paths for f in _log_files(p)):
         files += 1
         try:
@@ -158,9 +159,11 @@ def triage_paths(paths: Iterable[str], *, jsonl: bool, out: TextIO) -> int:
                     out.write(json.dumps(crash.as_json()) + "\n")
                 else:
                     crashes.append(crash)
+        except BrokenPipeError:
+            raise           # our reader went away (``| head``): not a bad log; the face stops
         except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as error:
             print(f"orchestrator triage: error: {path}: {error}", file=sys.stderr)
-            status = 2
+            status = EXIT_BAD_INPUT
     if not jsonl:
         write_table(crashes, files, out)
     return status

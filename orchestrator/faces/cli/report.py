@@ -21,14 +21,20 @@ def add_report_command(subparsers) -> None:
 
 
 def report_command(args) -> int:
+    """Exit EXIT_OK, or EXIT_BAD_INPUT with one line on stderr: no readable run.json, or a
+    folder the reports cannot be written to (the run's record is the input either way)."""
     try:
         run = load_run(args.run_dir)
         render_reports(args.run_dir, run)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _error(str(exc))
     except OSError as exc:          # e.g. a read-only results folder
-        print(f"error: {args.run_dir}: cannot write the reports: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _error(f"{args.run_dir}: cannot write the reports: {exc}")
     print_summary(run, args.run_dir)
     return EXIT_OK
+
+
+def _error(message: str) -> int:
+    # Prefixed like every other command's errors, so a log or cron mail names the command.
+    print(f"orchestrator report: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT

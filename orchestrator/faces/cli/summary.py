@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text           # Text, not markup: names may contain "[...]"
 
-from orchestrator.results.model import VERDICTS, RunResult
+from orchestrator.results.model import ERROR, FAIL, PASS, SKIP, RunResult
 
-VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "bold magenta", "skip": "dim"}
+VERDICT_STYLE = {PASS: "green", FAIL: "bold red", ERROR: "bold magenta", SKIP: "dim"}
 
 
 def _table(run: RunResult) -> Table:
@@ -20,7 +20,7 @@ def _table(run: RunResult) -> Table:
         # fold, never ellipsis: a truncated case name cannot be copied into a re-run
         table.add_column(column, justify="right" if column == "seconds" else "left", overflow="fold")
     for case in run.cases:
-        why = case.reasons[0] if case.reasons and case.verdict != "pass" else ""
+        why = case.reasons[0] if case.reasons and case.verdict != PASS else ""
         table.add_row(Text(case.host), Text(case.case), Text(case.verdict, style=VERDICT_STYLE.get(case.verdict, "")),
                       f"{case.pfn:#x}" if case.pfn is not None else "-", f"{case.seconds:.1f}", Text(why))
     return table
@@ -30,7 +30,7 @@ def print_summary(run: RunResult, run_dir: Path, console: Console | None = None)
     """The verdict table, the counts, and where the reports are."""
     console = console or Console()
     console.print(_table(run))
-    counts = ", ".join(f"{sum(c.verdict == v for c in run.cases)} {v}" for v in VERDICTS)
+    counts = ", ".join(f"{n} {v}" for v, n in run.verdict_counts().items())
     console.print(f"{len(run.cases)} cases: {counts}", markup=False)
     console.print(f"report: {run_dir / 'report.html'}", markup=False, soft_wrap=True)
     console.print(f"run.json: {run_dir / 'run.json'}  junit: {run_dir / 'junit.xml'}", markup=False, soft_wrap=True)

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from orchestrator.errors import EXIT_OK
 from orchestrator.triage.pipeline import triage_paths
 
 
 def run_triage_command(args: argparse.Namespace) -> int:
-    return triage_paths(args.paths, jsonl=args.jsonl, out=sys.stdout)
+    try:
+        status = triage_paths(args.paths, jsonl=args.jsonl, out=sys.stdout)
+        sys.stdout.flush()      # inside the try: a reader gone by now is the same quiet stop
+    except BrokenPipeError:
+        # The reader has all it wanted (``triage --json ... | head``): stop quietly. Python's
+        # docs (signal module, "Note on SIGPIPE") point stdout at devnull so the interpreter's
+        # own flush at exit does not raise a second BrokenPipeError.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+    return status
 
 
 def add_triage_command(subparsers) -> argparse.ArgumentParser:
