@@ -163,3 +163,30 @@ def test_command_gate_spaces_slots_and_zero_interval_does_not_serialize():
 def test_credentials_are_bytes(monkeypatch):
     monkeypatch.setenv("UNUSED", "secret")
     assert pyghmi_loop.bmc_credentials(CFG) == (b"admin", b"secret")
+
+
+def test_pyghmi_registry_locks_taken_in_either_order_never_deadlock():
+    """pyghmi takes KEEPALIVE_SESSIONS then WAITING_SESSIONS when sending, and the reverse when
+    its pump marks a timed-out session broken; once patched, both orders finish."""
+    from pyghmi.ipmi.private import session as ipmi_session
+    from pyghmi.ipmi.private import util
+
+    pyghmi_loop.ensure_pump()
+    done, first_held = [], threading.Event()
+
+    def nested(outer_name: str, inner_name: str, hold_first: bool) -> None:
+        with util.protect(getattr(ipmi_session, outer_name)):     # looked up at call time, as pyghmi does
+            if hold_first:
+                first_held.set()
+                time.sleep(0.2)      # the stimulus: the other thread tries its outer lock meanwhile
+            with util.protect(getattr(ipmi_session, inner_name)):
+                done.append(outer_name)
+
+    sender = threading.Thread(target=nested, args=("KEEPALIVE_SESSIONS", "WAITING_SESSIONS", True), daemon=True)
+    pump = threading.Thread(target=nested, args=("WAITING_SESSIONS", "KEEPALIVE_SESSIONS", False), daemon=True)
+    sender.start()
+    first_held.wait(2)
+    pump.start()
+    sender.join(3)
+    pump.join(3)
+    assert sorted(done) == ["KEEPALIVE_SESSIONS", "WAITING_SESSIONS"]

@@ -90,13 +90,23 @@ def _pump_forever() -> None:
 
 
 def _install_patches() -> None:
-    """Cap a command's wait for its own reply (idempotent).
+    """Make pyghmi's two session registries share one lock, and cap a command's wait for its
+    own reply (idempotent).
+
+    One lock: pyghmi takes its registry locks in opposite orders on two paths. The pump's
+    ``wait_for_rsp`` holds WAITING_SESSIONS while a timed-out session marks itself broken,
+    which takes KEEPALIVE_SESSIONS; a command's ``send_payload`` holds KEEPALIVE_SESSIONS
+    while ``_xmit_packet`` takes WAITING_SESSIONS. Seen here: a console closed while its BMC
+    had been frozen left both threads waiting on each other for ever (a test run hung in
+    SolConsole.close). Both are RLocks only ever held briefly, so one shared RLock removes
+    the inversion at the cost of nothing measurable.
 
     A command in raw_command sleeps until the next packet from its BMC or its retry timer
     (0.5-1 s). When another thread (the pump) processes its reply first, no packet follows
     and it sleeps out the whole timer: 1-4 % of get_power calls took 0.5-1 s on loopback.
     pyghmi's wait loops recompute their deadline after any wake-up, so waking every
     DIRECTED_WAIT_CAP cuts that tail to ~60 ms."""
+    ipmi_session.WAITING_SESSIONS = ipmi_session.KEEPALIVE_SESSIONS
     original_io_wait = ipmi_session._io_wait
     if getattr(original_io_wait, "orchestrator_patched", False):
         return
