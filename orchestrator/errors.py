@@ -68,8 +68,9 @@ class UnsupportedOperation(OrchestratorError):
     """A capability the backend or platform does not offer."""
 
 
-#: Exit statuses of every command: all pass, any kernel fail, bad input, infrastructure error.
+#: Exit statuses of every command: all pass, any kernel fail, bad input, infrastructure error
+#: (or a host left armed), and a run in which no case reached a verdict (all skipped).
 #: When a run has both failures and errors, 1 wins: a kernel failure is the news.
-EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INFRA = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_NO_VERDICT = 0, 1, 2, 3, 4
 #: Ctrl-C: the shell's convention (128 + SIGINT).
 EXIT_INTERRUPTED = 130

@@ -247,3 +247,34 @@ def test_report_command_missing_or_bad_run_json_exits_2(tmp_path, capsys):
     assert _report(["report", str(tmp_path)]) == 2
     assert "schema_version 99" in capsys.readouterr().err
     assert not (tmp_path / "report.html").exists()
+
+
+# --- exit statuses, blame and hosts left armed --------------------------------------------
+
+@pytest.mark.parametrize("verdicts, left_armed, status", [
+    (("pass", "skip"), False, 0),
+    (("pass", "fail", "error"), False, 1),          # a kernel failure is the news
+    (("pass", "error"), False, 3),
+    (("pass", "pass"), True, 3),                    # all passed, but a host still carries the sysctls
+    (("skip", "skip"), False, 4),                   # nothing reached a verdict: never green
+    ((), False, 4),
+])
+def test_exit_status_of_a_run(verdicts, left_armed, status):
+    cases = tuple(make_case("srv1", f"c{i}", v, left_armed=left_armed and i == 0) for i, v in enumerate(verdicts))
+    assert make_run(cases).exit_code() == status
+
+
+def test_blame_and_left_armed_reach_every_report(tmp_path):
+    run = make_run((make_case("srv1", "c1", "error", "no new dump after the panic", blame="kdump", left_armed=True),))
+    assert run_from_dict(json.loads(json.dumps(run_to_dict(run)))) == run
+    html = report_html(run)
+    assert "kdump:</span> no new dump" in html and "LEFT ARMED: srv1" in html
+    junit = junit_xml(run)
+    assert 'message="kdump: no new dump after the panic"' in junit and "LEFT ARMED" in junit
+
+
+def test_an_old_run_json_without_blame_still_loads():
+    data = run_to_dict(make_run())
+    for case in data["cases"]:
+        del case["blame"], case["left_armed"]
+    assert run_from_dict(data) == make_run()

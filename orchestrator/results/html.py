@@ -24,7 +24,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from ..errors import EXIT_FAIL, EXIT_INFRA
+from ..errors import EXIT_FAIL, EXIT_INFRA, EXIT_NO_VERDICT
 from .junit import hosts_in_order, printable
 from .model import ERROR, FAIL, PASS, SKIP, VERDICTS, CaseResult, PhaseTiming, RunResult, worst
 
@@ -79,8 +79,8 @@ def _overall(exit_code: int, counts: dict[str, int]) -> tuple[str, str]:
     if exit_code == EXIT_FAIL:
         return FAIL, f"the kernel misbehaved in {counts[FAIL]} case(s)"
     if exit_code == EXIT_INFRA:
-        return ERROR, f"the lab failed in {counts[ERROR]} case(s); no kernel failure seen"
-    if not counts[PASS]:        # exit 0 with nothing passed: do not call that a success
+        return ERROR, f"the lab failed in {counts[ERROR]} case(s) or left a host armed; no kernel failure seen"
+    if exit_code == EXIT_NO_VERDICT or not counts[PASS]:     # never call "nothing ran" a success
         return SKIP, "no case ran to a verdict"
     skipped = f", {counts[SKIP]} skipped" if counts[SKIP] else ""
     return PASS, f"{counts[PASS]} case(s) passed{skipped}"

@@ -90,11 +90,14 @@ def _testcase(suite: ET.Element, case: CaseResult) -> None:
     outcome = _ELEMENT_FOR_VERDICT.get(case.verdict)
     if outcome:
         headline = case.reasons[0] if case.reasons else case.verdict
+        headline = f"{case.blame}: {headline}" if case.blame else headline
         detail = _sub(element, outcome, message=headline, type=_TYPE_FOR_VERDICT[case.verdict])
         detail.text = printable(_reasons_and_evidence(case))
     elif case.verdict != PASS:      # an unknown verdict must not pass silently in CI
         _sub(element, "error", message=f"unknown verdict {case.verdict!r}", type="InfraError")
     out = _case_facts(case)
+    if case.left_armed:
+        out = "LEFT ARMED: the host still carries this case's sysctls; run `orchestrator disarm`\n" + out
     if case.verdict == PASS:        # no failure body to carry the evidence, so keep it here
         out = _reasons_and_evidence(case) + "\n" + out
     ET.SubElement(element, "system-out").text = printable(out)

@@ -6,11 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from orchestrator.errors import EXIT_FAIL, EXIT_INFRA, EXIT_NO_VERDICT, EXIT_OK
+
 SCHEMA_VERSION = 1
 
 #: Verdicts, never mixed up: "fail" always means the kernel, "error" always the lab.
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
 VERDICTS = (PASS, FAIL, ERROR, SKIP)
+#: Who is to blame for a verdict other than pass. "fail" is always the kernel (the system
+#: under test); an "error" names the part of the lab that kept the case from a verdict.
+KERNEL, KDUMP, FIRMWARE, LAB, ORCHESTRATOR = "kernel", "kdump", "firmware", "lab", "orchestrator"
+BLAMES = (KERNEL, KDUMP, FIRMWARE, LAB, ORCHESTRATOR)
 #: Worst first. A kernel failure is the news, then a lab error; a verdict no one knows
 #: counts as the worst, so it is never hidden behind a pass.
 SEVERITY = (FAIL, ERROR, SKIP, PASS)
@@ -61,6 +67,8 @@ class CaseResult:
     started_at: str = ""                # UTC ISO 8601
     seconds: float = 0.0
     artifacts: dict = field(default_factory=dict)   # name -> path relative to the run dir
+    blame: str | None = None            # one of BLAMES for fail (always KERNEL) and error
+    left_armed: bool = False            # the host could not be restored: it still has the case's sysctls
 
 
 @dataclass(frozen=True)
@@ -95,11 +103,19 @@ class RunResult:
         """Cases per verdict, every verdict present (zero included), in VERDICTS order."""
         return {v: sum(c.verdict == v for c in self.cases) for v in VERDICTS}
 
+    def left_armed(self) -> tuple[str, ...]:
+        """Hosts that a case could not put back: they still carry its sysctls."""
+        return tuple(sorted({c.host for c in self.cases if c.left_armed}))
+
     def exit_code(self) -> int:
-        """0 all pass, 1 any fail, 3 any infrastructure error (fail wins: it is the news)."""
+        """0 all pass, 1 any fail (it is the news, even beside lab errors), 3 any error or a
+        host left armed, 4 no case reached a verdict (all skipped: a nightly on a kernel
+        without the sysctl must not look green). Statuses: orchestrator/errors.py."""
         verdicts = {c.verdict for c in self.cases}
         if FAIL in verdicts:
-            return 1
-        if ERROR in verdicts:
-            return 3
-        return 0
+            return EXIT_FAIL
+        if ERROR in verdicts or self.left_armed():
+            return EXIT_INFRA
+        if not verdicts & {PASS, FAIL, ERROR}:
+            return EXIT_NO_VERDICT
+        return EXIT_OK

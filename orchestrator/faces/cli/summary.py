@@ -32,5 +32,8 @@ def print_summary(run: RunResult, run_dir: Path, console: Console | None = None)
     console.print(_table(run))
     counts = ", ".join(f"{n} {v}" for v, n in run.verdict_counts().items())
     console.print(f"{len(run.cases)} cases: {counts}", markup=False)
+    if run.left_armed():
+        console.print(f"LEFT ARMED: {', '.join(run.left_armed())}: these hosts still carry a case's sysctls; "
+                      "run `orchestrator disarm`", markup=False, style="bold red")
     console.print(f"report: {run_dir / 'report.html'}", markup=False, soft_wrap=True)
     console.print(f"run.json: {run_dir / 'run.json'}  junit: {run_dir / 'junit.xml'}", markup=False, soft_wrap=True)
