@@ -278,3 +278,22 @@ def test_an_old_run_json_without_blame_still_loads():
     for case in data["cases"]:
         del case["blame"], case["left_armed"]
     assert run_from_dict(data) == make_run()
+
+
+# --- the run folder as units: request + one result.json per finished case ----------------
+
+def test_case_results_round_trip_through_their_own_files(tmp_path):
+    run = make_run()
+    for case in run.cases:
+        store.write_case_result(tmp_path, case)
+    assert sorted(store.load_case_results(tmp_path), key=lambda c: (c.host, c.case)) == \
+        sorted(run.cases, key=lambda c: (c.host, c.case))
+    store.write_request(tmp_path, {"run_id": run.run_id, "cases": ["a", "b"]})
+    assert store.read_request(tmp_path)["cases"] == ["a", "b"]
+
+
+def test_a_broken_case_record_is_bad_input_naming_its_file(tmp_path):
+    path = store.write_case_result(tmp_path, make_case("srv1", "c1", "pass"))
+    path.write_text('{"verdict": "pass"}')
+    with pytest.raises(ConfigError, match="result.json.*missing key"):
+        store.load_case_results(tmp_path)

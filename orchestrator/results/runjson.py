@@ -45,6 +45,18 @@ def run_from_dict(data: dict[str, Any]) -> RunResult:
     return run
 
 
+def case_to_dict(case: CaseResult) -> dict[str, Any]:
+    """One case as JSON-ready data: a case's own result.json (a run's unit of progress)."""
+    return _lists_for_tuples(dataclasses.asdict(case))
+
+
+def case_from_dict(data: dict[str, Any]) -> CaseResult:
+    case = _build(CaseResult, data, "$")
+    if case.verdict not in VERDICTS:
+        raise ValueError(f"$.verdict: {case.verdict!r} is not one of {', '.join(VERDICTS)}")
+    return case
+
+
 def _lists_for_tuples(value: Any) -> Any:
     """asdict keeps tuples; JSON has only lists. Converting here keeps the output identical
     whether it goes through json.dumps or is compared as a dict."""

@@ -22,10 +22,13 @@ from pathlib import Path
 from ..errors import ConfigError
 from .html import report_html
 from .junit import junit_xml
-from .model import RunResult
-from .runjson import run_from_dict, run_to_dict
+from .model import CaseResult, RunResult
+from .runjson import case_from_dict, case_to_dict, run_from_dict, run_to_dict
 
 RUN_JSON, JUNIT_XML, REPORT_HTML = "run.json", "junit.xml", "report.html"
+#: What was asked (inventory, playbook, selection), written once when the run starts; with the
+#: cases' own result.json files it is all a resumed run or a fleet worker needs.
+REQUEST_JSON, CASE_JSON = "run-request.json", "result.json"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -105,17 +108,47 @@ def render_reports(run_dir: Path, run: RunResult) -> dict[str, Path]:
 def load_run(run_dir: Path) -> RunResult:
     path = Path(run_dir) / RUN_JSON
     try:
+        return run_from_dict(_read_json(path, "no run.json here (is this a run directory?)"))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc), path=str(path)) from None
+
+
+def _read_json(path: Path, missing: str):
+    try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError("no run.json here (is this a run directory?)", path=str(path)) from None
+        raise ConfigError(missing, path=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", path=str(path)) from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"not valid JSON: {exc.msg} (column {exc.colno})", path=str(path),
                           line=exc.lineno) from None
-    try:
-        return run_from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc), path=str(path)) from None
+
+
+def write_request(run_dir: Path, request: dict) -> None:
+    write_atomic(run_dir / REQUEST_JSON, json.dumps(request, indent=2, sort_keys=True) + "\n")
+
+
+def read_request(run_dir: Path) -> dict:
+    return _read_json(Path(run_dir) / REQUEST_JSON, "no run-request.json here (is this a run directory?)")
+
+
+def write_case_result(run_dir: Path, result: CaseResult) -> Path:
+    """A finished case's own record: the unit a resumed run or another worker builds on."""
+    path = case_dir(run_dir, result.host, result.case) / CASE_JSON
+    write_atomic(path, json.dumps(case_to_dict(result), indent=2) + "\n")
+    return path
+
+
+def load_case_results(run_dir: Path) -> list[CaseResult]:
+    """Every finished case of the run folder, oldest first; a record that cannot be read is
+    bad input naming its file (never silently dropped)."""
+    results = []
+    for path in sorted(Path(run_dir).glob(f"*/*/{CASE_JSON}")):
+        try:
+            results.append(case_from_dict(_read_json(path, "missing")))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(str(exc), path=str(path)) from None
+    return sorted(results, key=lambda r: r.started_at)
