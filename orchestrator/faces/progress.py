@@ -51,8 +51,11 @@ class Progress:
             if self._live is not None:
                 self._live.update(self._table())
             else:
-                self.console.print(f"[{now - self._t0:7.1f}s] {host:<16} {case:<28} {state:<16} "
-                                   f"(previous state {elapsed:5.1f}s)", highlight=False)
+                # Plain text, never wrapped: a CI log or cron mail is read one line per event
+                # (rich would fold at 80 columns on a non-terminal and split every line).
+                self.stream.write(f"[{now - self._t0:7.1f}s] {host:<16} {case:<28} {state:<16} "
+                                  f"(previous state {elapsed:5.1f}s)\n")
+                self.stream.flush()
 
     def _table(self) -> Table:
         table = Table(title=f"memory-failure qualification ({time.monotonic() - self._t0:.0f}s)")
