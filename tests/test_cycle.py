@@ -112,6 +112,7 @@ def test_wedged_host_is_recovered_by_nmi_then_power_cycle_and_judged_from_consol
     result = CaseCycle(host.handles(), case).run().result
     assert result.verdict == "pass", result.reasons
     assert "wedged" in states(result)
+    assert "recovered" in states(result) and "dumped" not in states(result)
     assert host.power.actions[:1] == ["nmi"] and "off" in host.power.actions and "on" in host.power.actions
     assert any("power cycle" in r for r in result.recovery)
     assert result.boot_id_after != result.boot_id_before
@@ -182,6 +183,7 @@ def test_host_without_a_console_is_judged_from_ssh_and_the_dump():
     result = CaseCycle(handles, make_case()).run().result
     assert result.verdict == "pass", result.reasons
     assert any("host stopped answering" in t.note for t in result.timings)
+    assert "lost" in states(result) and "panicked" not in states(result)
     assert any(e.source == "dump-dmesg" and "unrecoverable page" in e.text for e in result.evidence)
 
 
@@ -221,3 +223,32 @@ def test_inventory_arch_that_disagrees_with_the_host_is_an_error_before_injectin
     result = CaseCycle(handles, make_case()).run().result
     assert result.verdict == "error" and "the host says x86_64" in result.reasons[0]
     assert not any("corrupt-pfn" in c for c in host.shell.commands)
+
+
+def test_arm_commands_get_the_arm_deadline_and_an_overrun_arm_is_an_error(monkeypatch):
+    host = FakeLabHost(behaviour="survive")
+    timeouts = {}
+    real_run = host.shell.run
+
+    def run(command, *, timeout, check=True):
+        timeouts[command] = timeout
+        return real_run(command, timeout=timeout, check=check)
+    monkeypatch.setattr(host.shell, "run", run)
+    case = make_case(outcome="survive", kdump="unload")
+    result = CaseCycle(host.handles(), replace(case, deadlines=dict(case.deadlines, arm=7.0))).run().result
+    assert result.verdict == "pass", result.reasons
+    assert 0 < timeouts["kexec -p -u"] <= 7.0
+
+    # an arm phase out of time starts no further command: the case is an error naming the deadline
+    result = CaseCycle(FakeLabHost().handles(), replace(case, deadlines=dict(case.deadlines, arm=1e-9))).run().result
+    assert result.verdict == "error" and "arm: no progress within" in result.reasons[0], result.reasons
+    assert "infra-error" in states(result)
+
+
+def test_the_cycle_returns_its_artifacts_with_the_result():
+    host = FakeLabHost()
+    run = CaseCycle(host.handles(), make_case()).run()
+    assert run.result.verdict == "pass", run.result.reasons
+    assert any("unrecoverable page" in line.text for line in run.console)
+    assert "unrecoverable page" in run.dump_dmesg
+    assert run.panic is not None and run.panic.noticed_t >= run.panic.t

@@ -1,10 +1,10 @@
 """The per-case cycle as an explicit state machine, each transition held to its own deadline.
 
-    START -> PREFLIGHT -> ARMED -> TARGETED -> INJECTED -+-> PANICKED -+-> DUMPED ----+-> COLLECTED -> VERIFIED
-                                                          +-> LOST -----+-> WEDGED -> RECOVERED
-                                                          +-> SURVIVED ----------------+
-    PREFLIGHT -> SKIPPED (the kernel lacks what the case needs); any failure -> INFRA_ERROR;
-    afterwards, whatever happened, RESTORED once the case's changes are put back.
+    START -> PREFLIGHT -> ARMED -> TARGETED -> INJECTED -+-> PANICKED -+-> DUMPED --------------+
+      |                                                  +-> LOST -----+-> WEDGED -> RECOVERED -+-> COLLECTED -> VERIFIED
+      +-> SKIPPED                                        +-> SURVIVED --------------------------+
+    SKIPPED: the kernel lacks what the case needs. Any failure -> INFRA_ERROR (verdict
+    "error"). Afterwards, whatever happened, RESTORED once the case's changes are put back.
 
 PANICKED: a panic line on the console. LOST: the host stopped answering, no panic line
 seen (no console, or it was down). DUMPED: back by itself with a new boot (kdump, then
