@@ -31,9 +31,8 @@ from orchestrator.config.inventory import load_inventory  # noqa: E402
 from orchestrator.config.playbook import load_playbook  # noqa: E402
 from orchestrator.cycle.machine import CaseCycle  # noqa: E402
 from orchestrator.cycle.expectations import ExpectationResolver  # noqa: E402
-from orchestrator.fleet.runner import CommandLog, close_handles  # noqa: E402
 from orchestrator.vlab.lab import lifecycle as lab  # noqa: E402
-from orchestrator.fleet.host_handles import build_handles  # noqa: E402
+from orchestrator.fleet.host_handles import open_host  # noqa: E402
 
 SSHD_STARTED = re.compile(r"VLAB: sshd started")
 
@@ -41,16 +40,14 @@ SSHD_STARTED = re.compile(r"VLAB: sshd started")
 def one_panic_case(inventory: Path, work: Path) -> None:
     host = load_inventory(inventory).hosts[0]
     case = load_playbook(REPO / "playbooks/smoke.yaml").select(("rodata-panic",)).cases[0]
-    handles = build_handles(host, CommandLog(), work / "bench-case")
-    try:
+    with open_host(host, work / "bench-case") as session:
+        handles = session.handles
         assert handles.console is not None and handles.console.wait_until_healthy(30), "no SOL console"
         cycle = CaseCycle(handles, case, expect_resolver=ExpectationResolver())
         cpu0 = time.process_time()
-        result = cycle.run()
+        run = cycle.run()
         cpu = time.process_time() - cpu0
-    finally:
-        close_handles(handles)
-    ctx = cycle.ctx
+    result, panic = run.result, run.panic
     print(f"\none panic case ({case.name}) on {host.name}: verdict {result.verdict} in {result.seconds:.1f} s")
     print(f"  {'phase':<11}{'seconds':>9}{'waited':>9}{'own':>8}  note")
     own_total = 0.0
@@ -62,13 +59,13 @@ def one_panic_case(inventory: Path, work: Path) -> None:
     print(f"  orchestrator overhead (cycle - host waits): {own_total:.3f} s = {share:.2f} % of the cycle"
           f"  [target <= 2 % and <= 1 s]")
     print(f"  controller CPU time during the cycle: {cpu:.3f} s")
-    if ctx.panic_noticed_t and ctx.panic_t:
-        print(f"  panic noticed {1000 * (ctx.panic_noticed_t - ctx.panic_t):.1f} ms after its console line completed"
+    if panic is not None:
+        print(f"  panic noticed {1000 * (panic.noticed_t - panic.t):.1f} ms after its console line completed"
               f"  [target <= 200 ms]; kernel panic {result.panic_after_inject_s:.3f} s after the injection was fired")
     dumped = [t for t in result.timings if t.state == "dumped"]
-    sshd = [line for line in cycle.h.console.lines(ctx.console_mark) if SSHD_STARTED.search(line.text)]
+    sshd = [line for line in run.console or () if SSHD_STARTED.search(line.text)]
     if dumped and sshd:
-        noticed = ctx.started + dumped[0].started + dumped[0].seconds
+        noticed = run.started + dumped[0].started + dumped[0].seconds
         print(f"  reboot noticed {noticed - sshd[-1].t:.2f} s after the guest's sshd started  [target <= 1 s]")
 
 

@@ -32,7 +32,7 @@ POLL_CONNECT_TIMEOUT_S = 3.0
 POLL_BANNER_TIMEOUT_S = 2.0
 POLL_COMMAND_TIMEOUT_S = 15.0
 
-# -- observing an injection (cycle/observe.py) -----------------------------------------------
+# -- observing an injection (cycle/observe.py, cycle/after_panic.py) -------------------------
 #: Consecutive failed SSH probes after which the host counts as gone (panicked or hung).
 LOST_AFTER_FAILURES = 2
 #: After a survive case's injection returned, how long a late panic still gets to show.
@@ -48,6 +48,10 @@ CLOCK_SLACK_S = 2.0
 MAX_POWER_CYCLES = 2
 
 # -- kdump (kernel/kdump.py) -----------------------------------------------------------------
+#: Reloading a crash kernel a case unloaded (cycle/phases.py restore): kexec -p reads ~100 MB
+#: and takes ~10 s under TCG, more on a busy host; not held to the case's restore deadline,
+#: because a reload cut short leaves the next case's preflight waiting for it.
+KDUMP_RELOAD_TIMEOUT_S = 60.0
 #: One listing or read of the dump folder; a VMCOREINFO read is a few KiB over SSH.
 KDUMP_COMMAND_TIMEOUT_S = 60.0
 

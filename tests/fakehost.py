@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from orchestrator.config.model import Host, KdumpConfig, SshConfig
-from orchestrator.cycle.machine import HostHandles
+from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import BOOT_FACTS_CMD
 from orchestrator.transports.fake import FakeConsole, FakePower, FakeShell
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
 from orchestrator.errors import DeadlineExceeded, RetryableInfraError
 from orchestrator.protocols.shell import ShellProtocol
 from orchestrator.tunables import HEDGE_TICK_S, MAX_PROBES_IN_FLIGHT, PROBE_TIMEOUT_S, SSH_POLL_S
@@ -89,3 +91,11 @@ def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
         # stalled probes end by their own timeouts and close their connections
         pool.shutdown(wait=False, cancel_futures=True)
     raise DeadlineExceeded(state, deadline_s, why)
+
+
+def retry_transient(call: Callable, *args):
+    """A freshly rebooted host may drop the first connection or two: retry those only."""
+    for attempt in Retrying(stop=stop_after_attempt(3), wait=wait_fixed(1.0),
+                            retry=retry_if_exception_type(RetryableInfraError), reraise=True):
+        with attempt:
+            return call(*args)

@@ -1,4 +1,5 @@
-"""Turning what a cycle learned (or why no cycle ran) into the frozen ``CaseResult``."""
+"""Turning what a cycle produced (or why no cycle ran) into the frozen ``CaseResult``, and
+the cycle's whole product (result and artifacts) into a ``CaseRun``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import time
 from datetime import datetime, timezone
 
 from orchestrator.config.playbook import Case, Expectation
+from orchestrator.cycle.handles import HostHandles
+from orchestrator.cycle.record import CaseRecord
+from orchestrator.cycle.steps import CaseRun, Trail
 from orchestrator.results.model import CaseResult
 
 
@@ -14,17 +18,34 @@ def expect_dict(expect: Expectation) -> dict:
             "signature": expect.signature, "dump": expect.dump}
 
 
-def build_case_result(host: str, case: Case, ctx, verdict: str, reasons: list[str], started_at: str) -> CaseResult:
-    target, dump = ctx.target, ctx.dump
+def case_run(h: HostHandles, case: Case, trail: Trail, record: CaseRecord, verdict: str,
+             reasons: list[str]) -> CaseRun:
+    """The result, and the console lines since the injection (all of them when no injection
+    was fired) read now, after restore, so that they include the case's last words."""
+    injected = trail.injected
+    console = tuple(h.console.lines(injected.console_mark if injected else 0)) if h.console is not None else None
+    dump = trail.collected.dump if trail.collected else None
+    return CaseRun(result=build_case_result(h.host.name, case, trail, record, verdict, reasons),
+                   console=console, console_t0=injected.t if injected else record.started,
+                   dump_dmesg=dump.dmesg if dump else None,
+                   panic=trail.observed.panic if trail.observed else None, started=record.started)
+
+
+def build_case_result(host: str, case: Case, trail: Trail, record: CaseRecord, verdict: str,
+                      reasons: list[str]) -> CaseResult:
+    pre, target = trail.preflight, trail.targeted.target if trail.targeted else None
+    dump = trail.collected.dump if trail.collected else None
+    panic, injected = trail.observed.panic if trail.observed else None, trail.injected
+    after = trail.back.after if trail.back else None
     return CaseResult(
         host=host, case=case.name, verdict=verdict, reasons=tuple(r for r in reasons if r),
-        expect=expect_dict(ctx.expect or case.expect),
+        expect=expect_dict(pre.expect if pre and pre.expect else case.expect),
         pfn=target.pfn if target else None, page_class=target.page_class if target else case.target,
-        injector=case.injector, timings=tuple(ctx.timings), evidence=tuple(ctx.evidence),
-        panic_after_inject_s=round(ctx.panic_t - ctx.inject_t, 3) if ctx.panic_t and ctx.inject_t else None,
-        dump=dump_summary(dump), boot_id_before=ctx.before.boot_id if ctx.before else None,
-        boot_id_after=ctx.after.boot_id if ctx.after else None, recovery=tuple(ctx.recovery),
-        started_at=started_at, seconds=round(time.monotonic() - ctx.started, 3),
+        injector=case.injector, timings=tuple(record.timings), evidence=tuple(record.evidence),
+        panic_after_inject_s=round(panic.t - injected.t, 3) if panic and injected else None,
+        dump=dump_summary(dump), boot_id_before=pre.before.boot_id if pre else None,
+        boot_id_after=after.boot_id if after else None, recovery=tuple(record.recovery),
+        started_at=record.started_at, seconds=round(time.monotonic() - record.started, 3),
     )
 
 

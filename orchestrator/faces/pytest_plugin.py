@@ -15,6 +15,7 @@ skip the hosts that do not match, with the reason.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -72,28 +73,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture
 def orch_case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Run one playbook case on one host through the real backends; returns its CaseResult."""
+    """Run one playbook case on one host through the real backends, the way ``orchestrator
+    run`` runs it (fleet/case_run.py); returns its CaseResult, artifacts written."""
+    from orchestrator.config.applicability import skip_reason
     from orchestrator.config.playbook import load_playbook
     from orchestrator.cycle.expectations import ExpectationResolver
-    from orchestrator.cycle.machine import CaseCycle
-    from orchestrator.fleet.runner import CommandLog, close_handles, skip_reason
-    from orchestrator.fleet.host_handles import build_handles
+    from orchestrator.fleet.case_run import run_case
+    from orchestrator.fleet.host_handles import open_host
 
-    opened = []
+    with ExitStack() as opened:       # hosts stay open until the test ends, then close
+        def run(host, playbook: str, case_name: str):
+            case = load_playbook(playbook).select((case_name,)).cases[0]
+            why = skip_reason(host, case)
+            if why:
+                pytest.skip(why)
+            base = request.config.getoption("--orch-results")
+            folder = Path(base) if base else tmp_path_factory.mktemp(f"{host.name}-{case_name}")
+            session = opened.enter_context(open_host(host, folder))
+            return run_case(session, case, ExpectationResolver(), folder, run_dir=folder)
 
-    def run(host, playbook: str, case_name: str):
-        case = load_playbook(playbook).select((case_name,)).cases[0]
-        why = skip_reason(host, case)
-        if why:
-            pytest.skip(why)
-        base = request.config.getoption("--orch-results")
-        folder = Path(base) if base else tmp_path_factory.mktemp(f"{host.name}-{case_name}")
-        log = CommandLog()
-        log.point_at(folder / "commands.log")
-        handles = build_handles(host, log, folder)
-        opened.append(handles)
-        return CaseCycle(handles, case, expect_resolver=ExpectationResolver()).run()
-
-    yield run
-    for handles in opened:
-        close_handles(handles)
+        yield run

@@ -1,4 +1,5 @@
-"""Building a host's capabilities from its inventory entry: the real backends.
+"""Opening a host's capabilities from its inventory entry (the real backends), and closing
+them: the one place both faces (fleet/runner.py, faces/pytest_plugin.py) get a host from.
 
 Rack servers and virtual lab machines take exactly this path; only unit tests build
 ``HostHandles`` from fakes.
@@ -6,11 +7,15 @@ Rack servers and virtual lab machines take exactly this path; only unit tests bu
 
 from __future__ import annotations
 
-from dataclasses import replace
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from orchestrator.config.model import Host
-from orchestrator.cycle.machine import HostHandles
+from orchestrator.cycle.handles import HostHandles
 from orchestrator.kernel.kdump import layout_for
 from orchestrator.transports.ipmi import IpmiPower
 from orchestrator.transports.sol import SolConsole
@@ -18,9 +23,51 @@ from orchestrator.transports.ssh import FabricShell
 from orchestrator.tunables import POLL_BANNER_TIMEOUT_S, POLL_COMMAND_TIMEOUT_S, POLL_CONNECT_TIMEOUT_S
 
 
+class CommandLog:
+    """Where a host's SSH commands are logged; pointed at each case's folder in turn."""
 
-def build_handles(host: Host, command_log, host_dir: Path) -> HostHandles:
+    def __init__(self, path: Path | None = None) -> None:
+        self._lock = threading.Lock()
+        self._file = path
+
+    def point_at(self, path: Path | None) -> None:
+        with self._lock:
+            self._file = path
+
+    def __call__(self, text: str) -> None:
+        with self._lock:
+            if self._file is not None:
+                with self._file.open("a") as fh:
+                    fh.write(f"{datetime.now(timezone.utc).isoformat(timespec='milliseconds')} {text}\n")
+
+
+@dataclass(frozen=True)
+class HostSession:
+    """A host's open capabilities and the log its commands go to."""
+
+    handles: HostHandles
+    commands: CommandLog
+
+    @property
+    def host(self) -> Host:
+        return self.handles.host
+
+
+@contextmanager
+def open_host(host: Host, host_dir: Path, *, commands_log: Path | None = None) -> Iterator[HostSession]:
+    """The host's SSH shell, reboot-poll shell, BMC power, SOL console and kdump layout,
+    closed on exit. ``host_dir`` receives the raw console log; SSH commands are logged to
+    ``commands_log`` until the session's log is pointed elsewhere."""
     host_dir.mkdir(parents=True, exist_ok=True)
+    log = CommandLog(commands_log)
+    session = HostSession(handles=build_handles(host, log, host_dir), commands=log)
+    try:
+        yield session
+    finally:
+        close_handles(session.handles)
+
+
+def build_handles(host: Host, command_log: CommandLog, host_dir: Path) -> HostHandles:
     shell = FabricShell(host.ssh, log=command_log)
     poll_cfg = replace(host.ssh, connect_timeout=POLL_CONNECT_TIMEOUT_S, banner_timeout=POLL_BANNER_TIMEOUT_S,
                        command_timeout=min(host.ssh.command_timeout, POLL_COMMAND_TIMEOUT_S))
@@ -31,3 +78,12 @@ def build_handles(host: Host, command_log, host_dir: Path) -> HostHandles:
         console = SolConsole(host.bmc, raw_log=host_dir / "console.raw.log")
     return HostHandles(host=host, shell=shell, poll_shell=poll_shell, power=power, console=console,
                        kdump=layout_for(host.kdump.layout, host.kdump.path))
+
+
+def close_handles(handles: HostHandles) -> None:
+    for part in (handles.console, handles.power, handles.shell, handles.poll_shell):
+        try:
+            if part is not None:
+                part.close()
+        except Exception:  # noqa: BLE001 - closing must never hide the run's results
+            pass

@@ -1,30 +1,34 @@
 """Running a playbook on an inventory: hosts in parallel, cases serial per host.
 
-Each host gets its transports once (SSH, BMC power, SOL console), its facts probed once,
-then its cases one after another. Results are written after every case, atomically, so a
+Each host is opened once (fleet/host_handles.py: SSH, BMC power, SOL console), its facts
+probed once, then its cases run one after another (fleet/case_run.py, the same path the
+pytest face takes). Results are written after every case, atomically, so a
 controller that dies mid-run loses at most the case in flight.
 """
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 from orchestrator import __version__
 from orchestrator.config.model import Host, Inventory
+from orchestrator.config.applicability import skip_reason
 from orchestrator.config.playbook import Case, Playbook
-from orchestrator.cycle.outcome import no_cycle_result
-from orchestrator.cycle.machine import CaseCycle, HostHandles
-from orchestrator.errors import OrchestratorError
 from orchestrator.cycle.expectations import ExpectationResolver
+from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import read_boot_facts
+from orchestrator.cycle.outcome import no_cycle_result
+from orchestrator.errors import OrchestratorError
+from orchestrator.fleet.case_run import run_case
+from orchestrator.fleet.host_handles import HostSession, open_host
 from orchestrator.kernel.semantics import SemanticsUnknown
 from orchestrator.kernel.sysctl import read_sysctls
 from orchestrator.results import store
@@ -42,45 +46,11 @@ class RunRequest:
     argv: tuple[str, ...] = ()
 
 
-class CommandLog:
-    """Where a host's SSH commands are logged; the runner points it at each case's folder."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._file: Path | None = None
-
-    def point_at(self, path: Path | None) -> None:
-        with self._lock:
-            self._file = path
-
-    def __call__(self, text: str) -> None:
-        with self._lock:
-            if self._file is not None:
-                with self._file.open("a") as fh:
-                    fh.write(f"{datetime.now(timezone.utc).isoformat(timespec='milliseconds')} {text}\n")
-
-
-def skip_reason(host: Host, case: Case) -> str | None:
-    """Why ``case`` does not apply to ``host`` per the case's limits (None: it applies)."""
-    lim = case.limits
-    if lim.arches and host.arch not in lim.arches:
-        return f"case is limited to arches {', '.join(lim.arches)}; host is {host.arch}"
-    if lim.platforms and host.platform not in lim.platforms:
-        return f"case is limited to platforms {', '.join(lim.platforms)}; host is {host.platform}"
-    # an injector's inventory feature carries the injector's name
-    missing = [f for f in (*lim.features, case.injector) if f not in host.features]
-    if missing:
-        return f"host lacks feature(s) {', '.join(missing)}"
-    if case.kdump == "required" and case.expect.outcome != "survive" and "kdump" not in host.features:
-        return "host lacks feature kdump"
-    return None
-
-
 class Runner:
-    def __init__(self, request: RunRequest, *, transports: Callable[[Host, CommandLog, Path], HostHandles],
+    def __init__(self, request: RunRequest, *, open_host: Callable[..., ContextManager[HostSession]] = open_host,
                  on_state: Callable[[str, str, str], None] | None = None):
         self.req = request
-        self.make_handles = transports
+        self.open_host = open_host
         self.on_state = on_state or (lambda host, case, state: None)
         self.run_id, self.run_dir = store.new_run_dir(request.results_base)
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -108,35 +78,31 @@ class Runner:
         return self._save()
 
     def _run_host(self, host: Host) -> None:
-        log = CommandLog()
-        handles = None
-        try:
-            log.point_at(store.case_dir(self.run_dir, host.name, "_host") / "commands.log")
-            handles = self.make_handles(host, log, self.run_dir / host.name)
-            resolver = ExpectationResolver()
-            self._facts[host.name] = self._probe(handles, resolver)
-        except OrchestratorError as exc:
-            self._facts[host.name] = HostFacts(host=host.name, arch=host.arch, platform=host.platform,
-                                               features=tuple(sorted(host.features)), error=str(exc))
-        for case in self.req.playbook.cases:
-            if self._stop.is_set():
-                self._record(no_cycle_result(host.name, case, SKIP, "interrupted before this case started"))
-                continue
-            why = skip_reason(host, case)
-            if why is None and handles is None:
-                self._record(no_cycle_result(host.name, case, ERROR, f"preflight: {self._facts[host.name].error}"))
-                continue
-            if why is not None:
-                self._record(no_cycle_result(host.name, case, SKIP, why))
-                continue
-            folder = store.case_dir(self.run_dir, host.name, case.name)
-            log.point_at(folder / "commands.log")
-            cycle = CaseCycle(handles, case, expect_resolver=resolver,
-                              on_state=lambda h, s, c=case.name: self.on_state(h, c, s))
-            result = cycle.run()
-            self._record(self._with_artifacts(result, handles, cycle, folder))
-        if handles is not None:
-            close_handles(handles)
+        """Open the host once, probe its facts once, then run its cases one after another."""
+        with ExitStack() as stack:
+            session, resolver = None, ExpectationResolver()
+            try:
+                session = stack.enter_context(self.open_host(
+                    host, self.run_dir / host.name,
+                    commands_log=store.case_dir(self.run_dir, host.name, "_host") / "commands.log"))
+                self._facts[host.name] = self._probe(session.handles, resolver)
+            except OrchestratorError as exc:
+                self._facts[host.name] = HostFacts(host=host.name, arch=host.arch, platform=host.platform,
+                                                   features=tuple(sorted(host.features)), error=str(exc))
+            for case in self.req.playbook.cases:
+                self._record(self._one_case(host, session, case, resolver))
+
+    def _one_case(self, host: Host, session: HostSession | None, case: Case,
+                  resolver: ExpectationResolver) -> CaseResult:
+        if self._stop.is_set():
+            return no_cycle_result(host.name, case, SKIP, "interrupted before this case started")
+        why = skip_reason(host, case)
+        if why is not None:
+            return no_cycle_result(host.name, case, SKIP, why)
+        if session is None:
+            return no_cycle_result(host.name, case, ERROR, f"preflight: {self._facts[host.name].error}")
+        return run_case(session, case, resolver, store.case_dir(self.run_dir, host.name, case.name),
+                        run_dir=self.run_dir, on_state=lambda h, s, c=case.name: self.on_state(h, c, s))
 
     def _probe(self, handles: HostHandles, resolver: ExpectationResolver) -> HostFacts:
         facts = read_boot_facts(handles.poll_shell)
@@ -152,28 +118,6 @@ class Runner:
                          kernel_release=facts.kernel_release, boot_id=facts.boot_id,
                          sysctls={k: v for k, v in sysctls.items()}, semantics=name,
                          semantics_evidence=tuple(evidence), features=tuple(sorted(host.features)))
-
-    def _with_artifacts(self, result: CaseResult, handles: HostHandles, cycle: CaseCycle, folder: Path) -> CaseResult:
-        artifacts = {}
-        rel = lambda p: str(p.relative_to(self.run_dir))  # noqa: E731 - one-liner used four times below
-        if handles.console is not None:
-            lines = handles.console.lines(cycle.ctx.console_mark)
-            base = cycle.ctx.inject_t or cycle.ctx.started
-            text = "".join(f"[{line.t - base:+10.3f}] {line.text}\n" for line in lines)
-            store.write_atomic(folder / "console.log", text)
-            artifacts["console.log"] = rel(folder / "console.log")
-        if (folder / "commands.log").exists():
-            artifacts["commands.log"] = rel(folder / "commands.log")
-        dump = cycle.ctx.dump
-        if dump is not None and dump.dmesg:
-            store.write_atomic(folder / "dmesg", dump.dmesg)
-            artifacts["dmesg"] = rel(folder / "dmesg")
-        meta = {"case": result.case, "host": result.host, "verdict": result.verdict, "pfn": result.pfn,
-                "dump": result.dump, "boot_id_before": result.boot_id_before, "boot_id_after": result.boot_id_after,
-                "panic_after_inject_s": result.panic_after_inject_s, "recovery": list(result.recovery)}
-        store.write_atomic(folder / "metadata.json", json.dumps(meta, indent=2, sort_keys=True))
-        artifacts["metadata.json"] = rel(folder / "metadata.json")
-        return replace(result, artifacts=artifacts)
 
     def _record(self, result: CaseResult) -> None:
         with self._lock:
@@ -196,11 +140,3 @@ class Runner:
             store.write_run(self.run_dir, run)
             return run
 
-
-def close_handles(handles: HostHandles) -> None:
-    for part in (handles.console, handles.power, handles.shell, handles.poll_shell):
-        try:
-            if part is not None:
-                part.close()
-        except Exception:  # noqa: BLE001 - closing must never hide the run's results
-            pass

@@ -14,7 +14,6 @@ from orchestrator.config.playbook import load_playbook
 from orchestrator.errors import ConfigError
 from orchestrator.faces.cli.summary import print_summary
 from orchestrator.faces.progress import Progress
-from orchestrator.fleet.host_handles import build_handles
 from orchestrator.fleet.runner import RunRequest, Runner
 
 
@@ -51,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = RunRequest(inventory=inventory, playbook=playbook, results_base=Path(args.results),
                          argv=tuple(sys.argv[1:]))
     with Progress([h.name for h in inventory.hosts], len(playbook.cases) * len(inventory.hosts)) as progress:
-        runner = Runner(request, transports=build_handles, on_state=progress.update)
+        runner = Runner(request, on_state=progress.update)
         result = runner.run()
     print_summary(result, runner.run_dir)
     return result.exit_code()
