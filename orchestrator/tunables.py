@@ -109,8 +109,11 @@ ENGINE_RETRY_DELAY_S = LEASE_TTL_S
 #: Two workers may both see the same dead job; procrastinate refuses the second retry only
 #: while the job is still waiting, so a retry never waits less than this.
 ENGINE_MIN_RETRY_DELAY_S = 1.0
-#: LISTEN/NOTIFY wakes an idle worker within milliseconds of a submit; polling is only the
-#: fallback for a notification lost with a dropped connection.
-ENGINE_POLL_S = 5.0
+#: LISTEN/NOTIFY wakes an idle worker within milliseconds of a submit, but procrastinate
+#: notifies only new jobs: a host's next case, held back by the host lock, and a dead
+#: worker's job, held back by its retry delay, are found by polling. Measured: with the
+#: default 5 s a host's next case started 4.7 s after the previous ended; one cheap query
+#: per idle worker per second is nothing to PostgreSQL.
+ENGINE_POLL_S = 1.0
 #: Connecting to the queue's database: a database that does not answer within this is down.
 ENGINE_CONNECT_TIMEOUT_S = 5.0

@@ -134,19 +134,32 @@ def test_a_killed_workers_job_is_retried_by_the_other(pg_dsn, tmp_path):
         _wait_for_results(run_dir)
     finally:
         _stop([survivor])
+    in_flight = []
     for host in HOSTS:
         intervals = read_intervals(run_dir, host, killed_at)
-        _assert_serial(intervals)
-        finished = {i[0] for i in intervals if i[1] == survivor.pid}
+        _assert_serial(intervals)                     # the killed attempt ends at the kill
         assert {i[0] for i in intervals} == set(CASES)
-        assert all((run_dir / host / c / "result.json").exists() for c in CASES)
-    retried = [i for h in HOSTS for i in read_intervals(run_dir, h, killed_at) if i[1] == victim.pid]
-    assert retried, "the killed worker had a case in flight"
-    for case, _pid, _start, _end in retried:
-        result = json.loads((run_dir / HOSTS[0] / case / "result.json").read_text()) if (
-            run_dir / HOSTS[0] / case / "result.json").exists() else None
-        assert result is None or result["worker_pid"] == survivor.pid
-    assert finished
+        ended = {(line.split()[1], int(line.split()[2])) for line in
+                 (run_dir / host / "intervals.log").read_text().splitlines() if line.startswith("end")}
+        in_flight += [(host, case) for case, pid, *_ in intervals if pid == victim.pid and (case, pid) not in ended]
+    assert in_flight, "the killed worker had no case in flight"
+    for host, case in in_flight:                      # retried, and finished by the survivor
+        result = json.loads((run_dir / host / case / "result.json").read_text())
+        assert result["worker_pid"] == survivor.pid, (host, case)
+
+
+def test_the_same_case_of_a_run_cannot_be_queued_twice(pg_dsn, tmp_path):
+    from procrastinate.exceptions import AlreadyEnqueued
+
+    from orchestrator.fleet.engine.app import build_app, queue_for_lab
+    from orchestrator.fleet.engine.jobs import CaseJob, defer_case
+
+    job = CaseJob("run-1", str(tmp_path), "altra-01", "rodata-on-hwpoison")
+    app = build_app(pg_dsn)
+    with app.open():
+        defer_case(app, queue_for_lab("site-d"), job)
+        with pytest.raises(AlreadyEnqueued):
+            defer_case(app, queue_for_lab("site-d"), job)
 
 
 def test_submit_to_an_unreachable_database_is_one_line_exit_3(tmp_path):
