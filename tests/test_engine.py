@@ -74,6 +74,27 @@ def _stop(workers: list[subprocess.Popen]) -> None:
             worker.wait()
 
 
+def _latest_worker_id(dsn: str) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT coalesce(max(id), 0) FROM procrastinate_workers").fetchone()[0]
+
+
+def _wait_for_workers(dsn: str, after_id: int, count: int, timeout: float = 20.0) -> None:
+    """Until ``count`` workers newer than ``after_id`` have registered in the database."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT count(*) FROM procrastinate_workers WHERE id > %s",
+                            (after_id,)).fetchone()[0] >= count:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{count} workers did not register within {timeout} s")
+
+
 def _wait_for_results(run_dir: Path, hosts=HOSTS, timeout: float = 40.0) -> None:
     expected = [run_dir / h / c / "result.json" for h in hosts for c in CASES]
     deadline = time.monotonic() + timeout
@@ -102,9 +123,12 @@ def _submitted_run(dsn: str, lab: str, tmp_path: Path) -> Path:
 
 
 def test_one_host_is_serial_while_hosts_run_in_parallel(pg_dsn, tmp_path):
-    run_dir = _submitted_run(pg_dsn, "site-a", tmp_path)
+    # both workers wait idle before the submit, so both are woken by it and both take jobs
+    newest = _latest_worker_id(pg_dsn)
     workers = [_start_worker(pg_dsn, "site-a", tmp_path / f"worker{i}.log") for i in range(2)]
     try:
+        _wait_for_workers(pg_dsn, newest, 2)
+        run_dir = _submitted_run(pg_dsn, "site-a", tmp_path)
         _wait_for_results(run_dir)
     finally:
         _stop(workers)
@@ -174,3 +198,15 @@ def test_submit_with_a_malformed_dsn_is_bad_input(tmp_path):
     done = _submit("not a dsn", "site-c", tmp_path / "results")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "--db" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_case_executor_seam(monkeypatch):
+    from orchestrator.errors import ConfigError
+    from orchestrator.fleet.engine import jobs
+
+    monkeypatch.delenv(jobs.CASE_EXECUTOR_ENV, raising=False)
+    with pytest.raises(NotImplementedError, match="not wired yet"):
+        jobs.run_case("/nowhere", "altra-01", "rodata-on-hwpoison")
+    monkeypatch.setenv(jobs.CASE_EXECUTOR_ENV, "orchestrator.fleet.engine.execute:no_such_function")
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        jobs.case_executor()
