@@ -97,3 +97,27 @@ LEASE_RENEW_S = 30.0
 # -- restoring a host (cycle/arm_journal.py) -------------------------------------------------
 #: Loading the crash kernel again: kexec -p takes ~10 s under TCG, a few s on a server.
 KDUMP_RELOAD_TIMEOUT_S = 60.0
+
+# -- the distributed engine (fleet/engine/) --------------------------------------------------
+#: Workers write a heartbeat into the queue's database this often (procrastinate's default).
+ENGINE_HEARTBEAT_S = 10.0
+#: A worker whose last heartbeat is older than this counts as dead and its job is retried by
+#: another. Generous (six missed heartbeats): a live worker taken for dead would start its
+#: case a second time, and only the host lease would then stop the second copy.
+ENGINE_STALLED_AFTER_S = 60.0
+#: How often each worker looks for jobs of dead workers in its lab's queue.
+ENGINE_STALLED_CHECK_S = 15.0
+#: A dead worker's job starts again only after this: the dead worker's host lease must have
+#: expired first, or the retried case is refused the host (fleet/lease.py).
+ENGINE_RETRY_DELAY_S = LEASE_TTL_S
+#: Two workers may both see the same dead job; procrastinate refuses the second retry only
+#: while the job is still waiting, so a retry never waits less than this.
+ENGINE_MIN_RETRY_DELAY_S = 1.0
+#: LISTEN/NOTIFY wakes an idle worker within milliseconds of a submit, but procrastinate
+#: notifies only new jobs: a host's next case, held back by the host lock, and a dead
+#: worker's job, held back by its retry delay, are found by polling. Measured: with the
+#: default 5 s a host's next case started 4.7 s after the previous ended; one cheap query
+#: per idle worker per second is nothing to PostgreSQL.
+ENGINE_POLL_S = 1.0
+#: Connecting to the queue's database: a database that does not answer within this is down.
+ENGINE_CONNECT_TIMEOUT_S = 5.0

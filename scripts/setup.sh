@@ -11,6 +11,7 @@ APT_PACKAGES=(
   openssh-client openssh-server                 # ssh-keygen/ssh for the lab; sshd for transport tests
   cpio kmod xz-utils zstd e2fsprogs binutils file   # guest image building (initramfs, modules, disk)
   python3-venv python3-dev gcc                  # the controller's venv
+  postgresql                                    # the engine's queue; its tests start a private cluster
   ca-certificates debian-archive-keyring        # the image builder's private apt configuration
 )
 
@@ -25,12 +26,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import orchestrator, pyghmi, fabric, pytest' 2>/dev/null \
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import orchestrator, pyghmi, fabric, pytest, procrastinate' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "setup: creating the Python environment in .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -i '^WARNING' || true
   touch .venv/.installed
 fi
-.venv/bin/python -c 'import orchestrator, pyghmi, fabric, tenacity, rich, yaml, pytest' \
+.venv/bin/python -c 'import orchestrator, pyghmi, fabric, tenacity, rich, yaml, pytest, procrastinate, psycopg' \
   || { echo "setup: the Python environment is broken" >&2; exit 1; }

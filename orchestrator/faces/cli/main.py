@@ -14,6 +14,7 @@ from orchestrator.errors import (EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, C
 from orchestrator.faces.cli.hosts import add_host_commands
 from orchestrator.faces.cli.inventory import add_inventory_commands
 from orchestrator.faces.cli.lab import add_lab_commands
+from orchestrator.faces.cli.queue import add_queue_commands
 from orchestrator.faces.cli.report import add_report_command
 from orchestrator.faces.cli.run import add_run_command
 from orchestrator.faces.cli.triage import add_triage_command
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_run_command, add_inventory_commands, add_host_commands, add_report_command, add_triage_command,
-                add_lab_commands):
+                add_lab_commands, add_queue_commands):
         add(sub)
     return parser
 
