@@ -40,10 +40,23 @@ class ConfigError(OrchestratorError):
         super().__init__(f"{where}{what}{message}")
 
 
+#: Who is to blame for a verdict other than pass (results/model.py CaseResult.blame). "fail"
+#: is always the kernel, the system under test; an error names what kept the case from a
+#: verdict: the crash kernel and its dump, the platform firmware, the lab (BMC, network,
+#: power, disks, other users of the host), or this program itself.
+KERNEL, KDUMP, FIRMWARE, LAB, ORCHESTRATOR = "kernel", "kdump", "firmware", "lab", "orchestrator"
+BLAMES = (KERNEL, KDUMP, FIRMWARE, LAB, ORCHESTRATOR)
+
+
 class InfraError(OrchestratorError):
-    """The lab, not the kernel, failed. Verdict 'error', exit status 3."""
+    """The lab, not the kernel, failed. Verdict 'error', exit status 3. ``blame`` says which
+    part of the lab (LAB unless the raiser knows better: KDUMP, FIRMWARE)."""
 
     retryable = False
+
+    def __init__(self, *args, blame: str = LAB):
+        super().__init__(*args)
+        self.blame = blame
 
 
 class RetryableInfraError(InfraError):

@@ -7,6 +7,7 @@ so tests are fast and deterministic.
 
 from __future__ import annotations
 
+import shlex
 import uuid
 from dataclasses import dataclass, field
 
@@ -82,7 +83,8 @@ class FakeLabHost:
     up: bool = True
     wedged: bool = False
     injected: bool = False                  # the injection's exit status is on the host
-
+    kdump_loaded: bool = True
+    journal: str | None = None              # the arm journal the cycle keeps on the host
     def __post_init__(self) -> None:
         self.console = FakeConsole()
         self.power = FakePower(on_action=self._power_action, nmi_supported=self.nmi_supported)
@@ -100,10 +102,28 @@ class FakeLabHost:
             return 0, "x86_64\n7.3.4+deb13-cloud-amd64\n4096\n1\n"
         if command == "dmesg":
             return 0, "\n".join(self.dmesg) + "\n"
-        if command.startswith("cat /tmp/orch-inject.rc"):
+        if command.startswith("cat ") and "/inject.rc" in command:
             return (0, "16\n") if self.injected else (1, "")
-        if command == "cat /tmp/orch-inject.err":
+        if command.startswith("cat ") and command.split()[1].endswith("/inject.err"):
             return 0, "sh: write error: Device or resource busy\n"
+        return self._state_answer(command)
+
+    def _state_answer(self, command: str) -> tuple[int, str]:
+        """The host's own state: the arm journal on its disk and whether a crash kernel is loaded."""
+        if command == "cat /sys/kernel/kexec_crash_loaded":
+            return 0, "1\n" if self.kdump_loaded else "0\n"
+        if command.startswith("kexec -p -u"):
+            self.kdump_loaded = False
+        elif command.startswith("kdump-config load"):
+            self.kdump_loaded = True
+        elif "/armed" in command and command.startswith("cat "):
+            return (0, self.journal) if self.journal else (1, "")
+        elif "/armed" in command and "printf" in command:
+            if self.journal is not None:
+                return 73, ""
+            self.journal = shlex.split(command.split("printf '%s' ", 1)[1])[0]
+        elif "/armed" in command and command.startswith("rm -f"):
+            self.journal = None
         return 0, ""
 
     def _reachable(self) -> bool:
@@ -117,7 +137,7 @@ class FakeLabHost:
         return self.up
 
     def _boot(self) -> None:
-        self.up, self.wedged, self._probes_down = True, False, 0
+        self.up, self.wedged, self._probes_down, self.kdump_loaded = True, False, 0, True
         self.boot_id = str(uuid.uuid4())
         self.dmesg = []
 
@@ -143,7 +163,7 @@ class FakeLabHost:
         self.dmesg.extend(lines)
         self.console.feed("/ # \x1b[6n" + "\n".join(lines))
         if self.behaviour in ("panic", "hang"):
-            self.up = False
+            self.up, self.kdump_loaded = False, False     # a panic ends this boot and its crash kernel
             self.wedged = self.behaviour == "hang"
             if self.writes_dump and self.behaviour == "panic":
                 stamp = self.dump_stamp

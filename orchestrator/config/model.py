@@ -75,6 +75,9 @@ class Host:
     destructive: bool = False
     groups: tuple[str, ...] = ()
     origin: str = ""                    # "file:line" where the host is defined
+    # Where the orchestrator keeps its own records ON the host (lease, arm journal): a folder
+    # on a disk that survives the host's panics and reboots, never a tmpfs.
+    state_dir: str = "/var/lib/memfail-orchestrator"
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,11 @@ class ArmRecord:
     kdump_loaded: bool
     run_id: str = ""
     case: str = ""
+    boot_id: str = ""                        # the boot that was armed: a later boot has its defaults back
 
     def lines(self) -> str:
-        head = [f"run_id={self.run_id}", f"case={self.case}", f"kdump_loaded={int(self.kdump_loaded)}"]
+        head = [f"run_id={self.run_id}", f"case={self.case}", f"kdump_loaded={int(self.kdump_loaded)}",
+                f"boot_id={self.boot_id}"]
         return "\n".join(head + [f"sysctl.{name}={value}" for name, value in self.sysctls]) + "\n"
 
     @classmethod
@@ -45,7 +47,7 @@ class ArmRecord:
         plain = {k: v for k, v in fields if not k.startswith("sysctl.")}
         return cls(sysctls=tuple((k[len("sysctl."):], v) for k, v in fields if k.startswith("sysctl.")),
                    kdump_loaded=plain.get("kdump_loaded") == "1", run_id=plain.get("run_id", ""),
-                   case=plain.get("case", ""))
+                   case=plain.get("case", ""), boot_id=plain.get("boot_id", ""))
 
     def describe(self) -> str:
         return f"run {self.run_id or '?'}, case {self.case or '?'}"
@@ -61,12 +63,13 @@ def read_record(shell: ShellProtocol, state_dir: str) -> ArmRecord | None:
     return ArmRecord.parse(result.stdout) if result.ok and result.stdout.strip() else None
 
 
-def record_originals(shell: ShellProtocol, state_dir: str, names, *, run_id: str, case: str) -> ArmRecord:
+def record_originals(shell: ShellProtocol, state_dir: str, names, *, run_id: str, case: str,
+                     boot_id: str = "") -> ArmRecord:
     """Read the sysctls about to be changed and the crash kernel's state, and write them to
     the journal; ``FatalInfraError`` if a record is already there (restore it first)."""
     values = {k: v for k, v in read_sysctls(shell, names).items() if v is not None}
     record = ArmRecord(sysctls=tuple(sorted(values.items())), kdump_loaded=kdump_loaded(shell),
-                       run_id=run_id, case=case)
+                       run_id=run_id, case=case, boot_id=boot_id)
     path, tmp = _path(state_dir), shlex.quote(f"{state_dir.rstrip('/')}/{JOURNAL}.tmp")
     script = (f"umask 077; mkdir -p {shlex.quote(state_dir)} || exit 1; [ -e {path} ] && exit {_EXISTS}; "
               f"printf '%s' {shlex.quote(record.lines())} > {tmp} && sync {tmp} 2>/dev/null; mv {tmp} {path}")
@@ -78,17 +81,22 @@ def record_originals(shell: ShellProtocol, state_dir: str, names, *, run_id: str
     return record
 
 
-def restore(shell: ShellProtocol, state_dir: str, record: ArmRecord, *, timeout: float) -> list[str]:
+def restore(shell: ShellProtocol, state_dir: str, record: ArmRecord, *, timeout: float,
+            boot_id: str | None = None) -> list[str]:
     """Put the host back as ``record`` says and drop the journal; returns what was done.
-    ``LeftArmed`` when any of it did not take (the journal then stays for the next try)."""
+    ``LeftArmed`` when any of it did not take (the journal then stays for the next try).
+
+    ``boot_id``: the host's boot now, when known. A host that rebooted since it was armed
+    loads its crash kernel by itself while booting, so it is not loaded a second time."""
     done = []
+    rebooted = bool(boot_id and record.boot_id and boot_id != record.boot_id)
     try:
         current = read_sysctls(shell, [name for name, _ in record.sysctls])
         changed = {k: v for k, v in record.sysctls if current.get(k) != v}
         if changed:
             write_sysctls(shell, changed)
             done.append("restored " + " ".join(f"{k}={v}" for k, v in changed.items()))
-        if record.kdump_loaded and not kdump_loaded(shell):
+        if record.kdump_loaded and not rebooted and not kdump_loaded(shell):
             shell.run(RELOAD_KDUMP, timeout=max(timeout, KDUMP_RELOAD_TIMEOUT_S), check=False)
             if not kdump_loaded(shell):
                 raise LeftArmed("the crash kernel was loaded before the case and cannot be loaded again")

@@ -26,10 +26,10 @@ from orchestrator.cycle import after_panic, judging, observe, phases
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.outcome import case_run
 from orchestrator.cycle.record import CaseRecord
-from orchestrator.cycle.steps import LOST, PANICKED, RETURNED, CaseRun, Trail
+from orchestrator.cycle.steps import LOST, PANICKED, RETURNED, CaseRun, Trail, Verdict
 from orchestrator.cycle.waitmeter import WaitMeter
-from orchestrator.errors import InfraError, OrchestratorError
-from orchestrator.results.model import ERROR, FAIL, PASS, SKIP
+from orchestrator.errors import KERNEL, ORCHESTRATOR, InfraError, OrchestratorError
+from orchestrator.results.model import ERROR, FAIL, SKIP
 
 
 class State(enum.Enum):
@@ -83,13 +83,13 @@ TRANSITIONS = {
 
 class CaseCycle:
     def __init__(self, handles: HostHandles, case: Case, *, expect_resolver: Callable | None = None,
-                 on_state: Callable[[str, str], None] | None = None):
+                 on_state: Callable[[str, str], None] | None = None, run_id: str = "adhoc"):
         meter = WaitMeter()
         # The cycle sees metered transports, so each phase knows how long it waited on the host.
         self.h = HostHandles(host=handles.host, shell=meter.wrap(handles.shell),
                              poll_shell=meter.wrap(handles.poll_shell), power=meter.wrap(handles.power),
                              console=meter.wrap(handles.console), kdump=handles.kdump, pause=meter.sleep)
-        self.case = case
+        self.case, self.run_id = case, run_id
         self.resolve_expect = expect_resolver or (lambda case, shell: case.expect)
         report = on_state or (lambda host, state: None)
         self.record = CaseRecord(meter, lambda state: report(handles.host.name, state))
@@ -101,17 +101,18 @@ class CaseCycle:
         the kernel's are verdicts here, never exceptions."""
         try:
             state = self._drive()
-            verdict = SKIP if state is S.SKIPPED else (FAIL if self.trail.reasons else PASS)
-            reasons = [self.trail.preflight.skip_reason] if state is S.SKIPPED else list(self.trail.reasons)
+            if state is S.SKIPPED:
+                verdict = Verdict(SKIP, (self.trail.preflight.skip_reason,))
+            else:
+                verdict = Verdict.judged(self.trail.reasons)
         except InfraError as exc:
-            verdict, reasons = self._infra_error(exc)
+            verdict = self._infra_error(exc)
         except OrchestratorError as exc:
-            verdict, reasons = ERROR, [f"{self.step.name}: {exc}"]
+            verdict = Verdict(ERROR, (f"{self.step.name}: {exc}",), ORCHESTRATOR)
         except Exception as exc:  # noqa: BLE001 - one case's bug must not end the whole run
-            verdict, reasons = ERROR, [f"{self.step.name}: internal error: {type(exc).__name__}: {exc}"]
-        finally:
-            self._restore()
-        return case_run(self.h, self.case, self.trail, self.record, verdict, reasons)
+            verdict = Verdict(ERROR, (f"{self.step.name}: internal error: {type(exc).__name__}: {exc}",), ORCHESTRATOR)
+        verdict = self._restore(verdict)
+        return case_run(self.h, self.case, self.trail, self.record, verdict)
 
     def _drive(self) -> State:
         state = S.START
@@ -125,17 +126,21 @@ class CaseCycle:
             self.record.enter(state.value, begun, note)
         return state
 
-    def _infra_error(self, exc: InfraError) -> tuple[str, list[str]]:
-        verdict, reasons = ERROR, [f"{self.step.name}: {exc}"]
+    def _infra_error(self, exc: InfraError) -> Verdict:
+        verdict = Verdict(ERROR, (f"{self.step.name}: {exc}",), exc.blame)
         panic, pre = self.trail.panic_event(), self.trail.preflight
         if panic is not None and pre.expect.outcome == "survive":
             # The kernel failure was already seen; the lab's trouble afterwards does not undo it.
-            verdict, reasons = FAIL, [f"console: the kernel panicked: {panic.text}", f"then: {exc}"]
+            verdict = Verdict(FAIL, (f"console: the kernel panicked: {panic.text}", f"then: {exc}"), KERNEL)
         self.record.enter(S.INFRA_ERROR.value, self.record.begin(), str(exc))
-        return verdict, reasons
+        return verdict
 
     def _keep(self, **produced) -> None:
         self.trail = replace(self.trail, **produced)
+
+    def _armed_boot_is_gone(self) -> bool:
+        observed = self.trail.observed
+        return observed is not None and observed.how in (PANICKED, LOST) and self.trail.back is None
 
     # -- the steps: each calls its collaborator, keeps what it produced, names the next state --
     def _preflight(self, d: dict) -> tuple[State, str]:
@@ -144,7 +149,8 @@ class CaseCycle:
         return (S.SKIPPED if pre.skip_reason else S.PREFLIGHT), pre.before.kernel_release
 
     def _arm(self, d: dict) -> tuple[State, str]:
-        self._keep(armed=phases.arm(self.h, self.case, d["arm"]))
+        self._keep(armed=phases.arm(self.h, self.case, d["arm"], run_id=self.run_id,
+                                    boot_id=self.trail.preflight.before.boot_id))
         return S.ARMED, " ".join(f"{k}={v}" for k, v in self.case.sysctls)
 
     def _target(self, d: dict) -> tuple[State, str]:
@@ -153,7 +159,8 @@ class CaseCycle:
         return S.TARGETED, f"pfn {targeted.target.pfn:#x}"
 
     def _inject(self, d: dict) -> tuple[State, str]:
-        injected, note = phases.inject(self.h, self.case, self.trail.targeted, d["inject"], self.record)
+        injected, note = phases.inject(self.h, self.case, self.trail.targeted, d["inject"], self.record,
+                                       run_id=self.run_id)
         self._keep(injected=injected)
         return S.INJECTED, note
 
@@ -181,7 +188,7 @@ class CaseCycle:
         return S.COLLECTED, collected.dump.dump_id if collected.dump else "no new dump"
 
     def _read_live(self, d: dict) -> tuple[State, str]:
-        back, collected = observe.read_survivor(self.h, d["collect"], self.record)
+        back, collected = observe.read_survivor(self.h, self.trail.injected, d["collect"], self.record)
         self._keep(back=back, collected=collected)
         return S.COLLECTED, "live dmesg" if collected.live_dmesg is not None else "host stopped answering"
 
@@ -193,11 +200,21 @@ class CaseCycle:
         self._keep(reasons=tuple(reasons))
         return S.VERIFIED, "ok" if not reasons else f"{len(reasons)} problem(s)"
 
-    def _restore(self) -> None:
-        """Whatever happened, put back what the case changed (best effort, cycle/phases.py)."""
+    def _restore(self, verdict: Verdict) -> Verdict:
+        """Whatever happened, put back what the case changed (cycle/phases.py). A host that
+        cannot be put back is never a pass: it is reported left armed, with the reason."""
         t, begun = self.trail, self.record.begin()
-        before = t.preflight.before if t.preflight else None
-        after = t.back.after if t.back else None
-        if phases.restore(self.h, t.armed, t.targeted, before, after, float(self.case.deadlines["restore"]),
-                          self.record):
-            self.record.enter(S.RESTORED.value, begun)
+        try:
+            done = phases.restore(self.h, t.armed, t.targeted, t.back.after if t.back else None,
+                                  float(self.case.deadlines["restore"]), self.record)
+        except OrchestratorError as exc:
+            if self._armed_boot_is_gone():
+                # The kernel that was armed died and the host is not back: nothing armed runs.
+                # Its journal stays on the host; the next preflight (or disarm) finishes this.
+                self.record.note_recovery(f"restore: not done, the host is not back: {exc}")
+                return verdict
+            self.record.enter(S.INFRA_ERROR.value, begun, f"left armed: {exc}")
+            return verdict.left_armed(f"restore: {exc}")
+        if done is not None:
+            self.record.enter(S.RESTORED.value, begun, done)
+        return verdict

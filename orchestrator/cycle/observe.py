@@ -13,7 +13,6 @@ import time
 from orchestrator.config.playbook import Expectation
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import read_boot_facts, retry_transient
-from orchestrator.cycle.phases import INJECT_OUTPUT
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import LOST, PANICKED, RETURNED, Back, Collected, Injected, Observed, PanicSeen
 from orchestrator.errors import InfraError, RetryableInfraError
@@ -55,7 +54,7 @@ def observe(h: HostHandles, expect: Expectation, injected: Injected, deadlines: 
     if panic_case and watch.wait(deadlines["panic"]):
         how = PANICKED
     else:
-        how = _injection_outcome(h, watch, deadlines["panic" if panic_case else "survive"])
+        how = _injection_outcome(h, watch, injected.output, deadlines["panic" if panic_case else "survive"])
         if how == RETURNED and watch.wait(SETTLE_S):
             how = PANICKED
     note = {PANICKED: "seen on console", RETURNED: "injection returned; host answers",
@@ -63,13 +62,13 @@ def observe(h: HostHandles, expect: Expectation, injected: Injected, deadlines: 
     return Observed(how=how, panic=watch.seen, console_gap=watch.gap), note
 
 
-def _injection_outcome(h: HostHandles, watch: _PanicWatch, deadline_s: float) -> str:
+def _injection_outcome(h: HostHandles, watch: _PanicWatch, output: str, deadline_s: float) -> str:
     end, failures = time.monotonic() + deadline_s, 0
     while time.monotonic() < end:
         if watch.wait(0):
             return PANICKED
         try:
-            finished = h.poll_shell.detached_finished(output=INJECT_OUTPUT, timeout=5)
+            finished = h.poll_shell.detached_finished(output=output, timeout=5)
             failures = 0
             if finished:
                 return RETURNED
@@ -82,14 +81,15 @@ def _injection_outcome(h: HostHandles, watch: _PanicWatch, deadline_s: float) ->
     return RETURNED   # still answering, the injection still running: judge what it did so far
 
 
-def read_survivor(h: HostHandles, deadline_s: float, record: CaseRecord) -> tuple[Back, Collected]:
+def read_survivor(h: HostHandles, injected: Injected, deadline_s: float,
+                  record: CaseRecord) -> tuple[Back, Collected]:
     """A host whose injection returned: its boot now, its dmesg and the injection's own exit
     status. A host that stops answering here is evidence, not an error: the judge decides."""
     after = live = done = None
     try:
         after = retry_transient(read_boot_facts, h.shell)
         live = retry_transient(lambda: h.shell.run("dmesg", timeout=deadline_s, check=False).stdout)
-        done = retry_transient(lambda: h.shell.detached_result(output=INJECT_OUTPUT, timeout=15))
+        done = retry_transient(lambda: h.shell.detached_result(output=injected.output, timeout=15))
     except InfraError as exc:
         record.add_evidence("ssh", f"the host stopped answering after the injection returned: {exc}")
     if done is not None:

@@ -5,10 +5,12 @@ next frozen value (cycle/steps.py); cycle/machine.py strings them together.
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import Callable
 
 from orchestrator.config.playbook import Case
+from orchestrator.cycle import arm_journal
 from orchestrator.cycle.bounded import BoundedShell
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import BootFacts, wait_for_boot
@@ -19,13 +21,17 @@ from orchestrator.kernel.facts import probe_facts
 from orchestrator.kernel.injectors import injector as make_injector
 from orchestrator.kernel.pages import explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
+from orchestrator.results.store import safe_name
 from orchestrator.protocols.shell import detached_files
 from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S
 
-#: where the detached injection's .rc/.out/.err land (ShellProtocol.fire_detached)
-INJECT_OUTPUT = "/tmp/orch-inject"
-#: Distributions reload their crash kernel differently; the lab guests answer to kdump-config.
-RELOAD_KDUMP = "kdump-config load || kdumpctl restart || systemctl restart kdump"
+#: Where a case's detached injection leaves its .rc/.out/.err (ShellProtocol.fire_detached):
+#: per run and per case, so two runs on one host can never read each other's outcome.
+INJECT_OUTPUT_ROOT = "/tmp/memfail-orchestrator"
+
+
+def inject_output(run_id: str, case: str) -> str:
+    return f"{INJECT_OUTPUT_ROOT}/{safe_name(run_id)}/{safe_name(case)}/inject"
 
 
 def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: float,
@@ -44,6 +50,7 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
     kernel = probe_facts(h.shell)      # page size: 4K, 16K or 64K arm64 kernels differ
     if kernel.arch != host.arch:
         raise FatalInfraError(f"the inventory says {host.name} is {host.arch}, the host says {kernel.arch}")
+    _restore_left_armed(h, facts, record)
     present = read_sysctls(h.shell, case.limits.sysctls_present)
     missing = [name for name, value in present.items() if value is None]
     skip = f"kernel {facts.kernel_release} lacks sysctl {', '.join(missing)}" if missing else None
@@ -56,15 +63,30 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
                      dumps_before=tuple(h.kdump.list_dumps(h.shell)))
 
 
-def arm(h: HostHandles, case: Case, deadline_s: float) -> Armed:
-    """Set the case's sysctls (recording the old values) and unload the crash kernel if asked."""
+def _restore_left_armed(h: HostHandles, facts: BootFacts, record: CaseRecord) -> None:
+    """A host whose journal says it is armed (a killed controller, a failed restore) is put
+    back before anything else, and the case says so."""
+    pending = arm_journal.read_record(h.shell, h.host.state_dir)
+    if pending is None:
+        return
+    done = arm_journal.restore(h.shell, h.host.state_dir, pending, timeout=KDUMP_RELOAD_TIMEOUT_S,
+                               boot_id=facts.boot_id)
+    note = f"preflight: the host was left armed by {pending.describe()}; restored it"
+    record.note_recovery(note + (f" ({'; '.join(done)})" if done else ""))
+    record.add_evidence("journal", note)
+
+
+def arm(h: HostHandles, case: Case, deadline_s: float, *, run_id: str, boot_id: str) -> Armed:
+    """Record the originals on the host (once), then set the case's sysctls and unload the
+    crash kernel if asked."""
     shell = BoundedShell(h.shell, deadline_s, "arm")
     wanted = dict(case.sysctls)
-    old = {k: v for k, v in read_sysctls(shell, wanted).items() if v is not None}
+    journal = arm_journal.record_originals(shell, h.host.state_dir, wanted, run_id=run_id, case=case.name,
+                                           boot_id=boot_id)
     write_sysctls(shell, wanted)
     if case.kdump == "unload":
         shell.run("kexec -p -u", timeout=deadline_s)
-    return Armed.of(old, kdump_unloaded=case.kdump == "unload")
+    return Armed(journal)
 
 
 def pick_target(h: HostHandles, case: Case, page_size: int, deadline_s: float, record: CaseRecord) -> Targeted:
@@ -77,57 +99,51 @@ def pick_target(h: HostHandles, case: Case, page_size: int, deadline_s: float, r
     return Targeted(target)
 
 
-def inject(h: HostHandles, case: Case, targeted: Targeted, deadline_s: float,
-           record: CaseRecord) -> tuple[Injected, str]:
+def inject(h: HostHandles, case: Case, targeted: Targeted, deadline_s: float, record: CaseRecord, *,
+           run_id: str) -> tuple[Injected, str]:
     """Fire the injection detached; returns it and the timing note."""
     inj = make_injector(case.injector)
     inj.prepare(h.shell)
-    # A previous case's exit status must not pass for this injection's, even if the
-    # launch below drops before its own clean-up ran.
-    stale = " ".join(detached_files(INJECT_OUTPUT).values())
-    epoch = h.shell.run(f"rm -f {stale}; date +%s", timeout=15).stdout.strip()
+    output = inject_output(run_id, case.name)
+    # A previous attempt's exit status (a resumed run repeats a case) must not pass for
+    # this injection's, even if the launch below drops before its own clean-up ran.
+    stale = " ".join(detached_files(output).values())
+    folder = shlex.quote(output.rsplit("/", 1)[0])
+    epoch = h.shell.run(f"mkdir -p {folder}; rm -f {stale}; date +%s", timeout=15).stdout.strip()
     if not epoch.isdigit():
         raise RetryableInfraError(f"the host's clock answered {epoch!r}, not seconds since the epoch")
     mark = h.console.mark() if h.console is not None else 0
     command = inj.command(targeted.target)
-    injected = Injected(epoch=int(epoch), t=time.monotonic(), console_mark=mark)
+    injected = Injected(epoch=int(epoch), t=time.monotonic(), console_mark=mark, output=output)
     # Fired detached: a panic must not leave this SSH call hanging on a dead kernel. A
     # connection that drops right now may be the panic itself: observe before judging.
     try:
-        h.shell.fire_detached(command, timeout=deadline_s, output=INJECT_OUTPUT)
+        h.shell.fire_detached(command, timeout=deadline_s, output=output)
         return injected, case.injector
     except RetryableInfraError as exc:
         record.add_evidence("ssh", f"connection dropped during the injection: {exc}")
         return injected, f"{case.injector}; SSH dropped while firing: {exc}"
 
 
-def restore(h: HostHandles, armed: Armed | None, targeted: Targeted | None, before: BootFacts | None,
-            after: BootFacts | None, deadline_s: float, record: CaseRecord) -> bool:
-    """Put the sysctls back as recorded and clean up the target; False when there was nothing
-    to do. Best effort: the verdict is already decided, and a rebooted host has its defaults
-    back anyway."""
+def restore(h: HostHandles, armed: Armed | None, targeted: Targeted | None, after: BootFacts | None,
+            deadline_s: float, record: CaseRecord) -> str | None:
+    """Put the host back as its journal records and clean up the target; None when there
+    was nothing to do, else what was done. ``LeftArmed`` when the host could not be put back:
+    the journal then stays on the host for the next run's preflight or ``orchestrator disarm``."""
     cleanup = targeted.target.cleanup if targeted else None
     if armed is None and not cleanup:
-        return False
-    old = dict(armed.old_sysctls) if armed else {}
-    unloaded = armed is not None and armed.kdump_unloaded
-    if not old and not cleanup and not unloaded:
-        return False
-    shell = BoundedShell(h.shell, deadline_s, "restore")
-    try:
-        if unloaded and (after is None or after.boot_id == before.boot_id):
-            # Same boot: the crash kernel is still unloaded; a reboot would have reloaded it.
-            # Not held to the restore deadline: a reload cut short leaves the next case
-            # waiting in preflight for a crash kernel that never comes.
-            h.shell.run(RELOAD_KDUMP, timeout=KDUMP_RELOAD_TIMEOUT_S, check=False)
+        return None
+    done = []
+    if armed is not None:
+        # Not held to the restore deadline: a crash-kernel reload cut short leaves the next
+        # case waiting in preflight for a crash kernel that never comes.
+        done = arm_journal.restore(h.shell, h.host.state_dir, armed.record, timeout=KDUMP_RELOAD_TIMEOUT_S,
+                                   boot_id=after.boot_id if after else None)
+        if "reloaded the crash kernel" in done:
             record.note_recovery("restore: reloaded the crash kernel")
-        current = read_sysctls(shell, old)
-        changed = {k: v for k, v in old.items() if current.get(k) != v}
-        if changed:
-            write_sysctls(shell, changed)
-        if cleanup:
-            shell.run(cleanup, timeout=15, check=False)
-        return True
-    except OrchestratorError as exc:
-        record.note_recovery(f"restore failed: {exc}")
-        return False
+    if cleanup:
+        try:
+            BoundedShell(h.shell, deadline_s, "restore").run(cleanup, timeout=15, check=False)
+        except OrchestratorError as exc:          # the page's own clean-up: it never arms anything
+            done.append(f"target clean-up failed: {exc}")
+    return "; ".join(done)

@@ -10,16 +10,16 @@ and for a case whose injection returned, Observed -> Collected (live dmesg) dire
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Mapping
+from dataclasses import dataclass, replace
 
 from orchestrator.config.playbook import Expectation
+from orchestrator.cycle.arm_journal import ArmRecord
 from orchestrator.cycle.hostwait import BootFacts
 from orchestrator.kernel import signatures as sig
 from orchestrator.kernel.pages import Target
 from orchestrator.protocols.console import ConsoleLine
-from orchestrator.results.model import CaseResult
+from orchestrator.errors import KERNEL, LAB
+from orchestrator.results.model import ERROR, FAIL, PASS, CaseResult
 
 #: Observed.how: a panic line on the console, the injection's exit status on a host that
 #: still answers, or a host that stopped answering without a panic line seen.
@@ -37,12 +37,7 @@ class Preflight:
 
 @dataclass(frozen=True)
 class Armed:
-    old_sysctls: Mapping[str, str]      # what restore puts back
-    kdump_unloaded: bool                # restore reloads the crash kernel if still the same boot
-
-    @staticmethod
-    def of(old_sysctls: dict, kdump_unloaded: bool) -> "Armed":
-        return Armed(MappingProxyType(dict(old_sysctls)), kdump_unloaded)
+    record: ArmRecord                   # the originals, also kept on the host (cycle/arm_journal.py)
 
 
 @dataclass(frozen=True)
@@ -55,6 +50,7 @@ class Injected:
     epoch: int                          # host clock just before the injection (dumps after it count)
     t: float                            # controller monotonic time the injection was fired
     console_mark: int                   # console lines from here on belong to this case
+    output: str                         # host path prefix of the injection's .rc/.out/.err (per run, per case)
 
 
 @dataclass(frozen=True)
@@ -84,6 +80,34 @@ class Collected:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """How a case ended: pass/fail/error/skip, why, who is to blame, and whether the host
+    could not be put back (left armed)."""
+
+    verdict: str
+    reasons: tuple[str, ...] = ()
+    blame: str | None = None
+    left_armed_: bool = False
+
+    @staticmethod
+    def judged(findings: tuple[str, ...]) -> "Verdict":
+        """Only the kernel's own findings make a fail; any other finding keeps the case from a
+        verdict about the kernel: an error, blamed on the first of them (cycle/verify.py)."""
+        kernel = [f for f in findings if getattr(f, "blame", KERNEL) == KERNEL]
+        if kernel:
+            return Verdict(FAIL, tuple(kernel) + tuple(f for f in findings if f not in kernel), KERNEL)
+        if findings:
+            return Verdict(ERROR, tuple(findings), getattr(findings[0], "blame", KERNEL))
+        return Verdict(PASS)
+
+    def left_armed(self, reason: str) -> "Verdict":
+        """The host could not be put back: never a pass; a fail or an error keeps its headline."""
+        if self.verdict in (FAIL, ERROR):
+            return replace(self, reasons=self.reasons + (reason,), left_armed_=True)
+        return Verdict(ERROR, (reason,), LAB, True)
+
+
+@dataclass(frozen=True)
 class CaseRun:
     """What one case cycle produced: its result and the artifacts behind it."""
 
@@ -106,7 +130,7 @@ class Trail:
     observed: Observed | None = None
     back: Back | None = None
     collected: Collected | None = None
-    reasons: tuple[str, ...] = ()       # the judge's reasons to fail
+    reasons: tuple[str, ...] = ()       # the judge's findings (cycle/verify.py Finding: text + blame)
 
     def panic_event(self) -> sig.KernelEvent | None:
         panic = self.observed.panic if self.observed else None

@@ -2,8 +2,12 @@
 
 The cycle gathers what the host said (console lines since the injection, the dump's
 dmesg, VMCOREINFO, the injection's exit status, a live dmesg for survive cases) into an
-``Observation``; ``judge`` turns it into reasons to fail. An empty list means pass.
-Infrastructure trouble never reaches here: the cycle reports it as an error before.
+``Observation``; ``judge`` turns it into findings. An empty list means pass.
+
+Each finding names who is to blame. Only the kernel's own behaviour (a wrong or missing
+panic, a wrong action line, a host that kept running) makes a case "fail"; a dump that never
+came, came incomplete or unreadable is the crash kernel's (kdump), and a console that missed
+what the dump shows is the lab's: those make it an "error" (cycle/machine.py decides).
 """
 
 from __future__ import annotations
@@ -11,9 +15,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator.config.playbook import Expectation
+from orchestrator.errors import KDUMP, KERNEL, LAB, ORCHESTRATOR
 from orchestrator.kernel import signatures as sig
 from orchestrator.tunables import CLOCK_SLACK_S
 
+
+class Finding(str):
+    """A reason the case did not pass, and who is to blame for it (errors.BLAMES)."""
+
+    blame: str
+
+    def __new__(cls, text: str, blame: str = KERNEL) -> "Finding":
+        finding = super().__new__(cls, text)
+        finding.blame = blame
+        return finding
 
 
 @dataclass(frozen=True)
@@ -50,83 +65,99 @@ def _panic_kind_ok(event: sig.KernelEvent, want: str) -> bool:
     return event.kind in ("panic_mf", "panic_legacy")
 
 
-def _action_reasons(events, pfn: int, exp: Expectation, source: str) -> list[str]:
+def _action_reasons(events, pfn: int, exp: Expectation, source: str) -> list[Finding]:
     if exp.action_label is None and exp.action_result is None:
         return []
     actions = [e for e in _for_pfn(events, pfn) if e.kind == "action"]
     if not actions:
-        return [f"{source}: no 'recovery action for ...' line for pfn {pfn:#x}"]
+        return [Finding(f"{source}: no 'recovery action for ...' line for pfn {pfn:#x}")]
     got = actions[-1]
     reasons = []
     if exp.action_label is not None and got.label != exp.action_label:
-        reasons.append(f"{source}: action label is {got.label!r}, expected {exp.action_label!r}: {got.text}")
+        reasons.append(Finding(f"{source}: action label is {got.label!r}, expected {exp.action_label!r}: "
+                               f"{got.text}"))
     if exp.action_result is not None and got.result != exp.action_result:
-        reasons.append(f"{source}: action result is {got.result!r}, expected {exp.action_result!r}: {got.text}")
+        reasons.append(Finding(f"{source}: action result is {got.result!r}, expected {exp.action_result!r}: "
+                               f"{got.text}"))
     return reasons
 
 
-def judge_panic(obs: Observation, exp: Expectation) -> list[str]:
-    """Reasons a case that must panic did not do what it should."""
-    reasons: list[str] = []
+def judge_panic(obs: Observation, exp: Expectation) -> list[Finding]:
+    """What a case that must panic did wrong, and whose fault each finding is."""
+    reasons: list[Finding] = []
     console = _events(obs.console)
     dump = _events(obs.dump_dmesg.splitlines()) if obs.dump_dmesg else []
     sources = [("console", console)] if obs.console_expected else []
     if exp.dump:
         sources.append(("dump dmesg", dump))
     seen_any_panic = False
-    panic_texts = {}
+    panic_texts, missing = {}, []
     for name, events in sources:
         panic = sig.find_panic(events)
         if panic is None:
-            reasons.append(f"{name}: no kernel panic line")
+            missing.append(name)
             continue
         seen_any_panic = True
         panic_texts[name] = panic
         if not _panic_kind_ok(panic, exp.signature):
-            reasons.append(f"{name}: panic is not the expected {exp.signature} memory-failure signature: {panic.text}")
+            reasons.append(Finding(f"{name}: panic is not the expected {exp.signature} memory-failure signature: "
+                                   f"{panic.text}"))
         elif panic.pfn != obs.pfn:
             got = "none" if panic.pfn is None else f"{panic.pfn:#x}"
-            reasons.append(f"{name}: panic names pfn {got}, injected {obs.pfn:#x}: {panic.text}")
+            reasons.append(Finding(f"{name}: panic names pfn {got}, injected {obs.pfn:#x}: {panic.text}"))
         reasons += _action_reasons(events, obs.pfn, exp, name)
+    reasons += _missing_panic(missing, seen_any_panic)
     if not sources:
-        reasons.append("no evidence source: neither a console nor a dump is expected for this case")
+        reasons.append(Finding("no evidence source: neither a console nor a dump is expected for this case",
+                               ORCHESTRATOR))
     if exp.dump:
         reasons += _dump_reasons(obs)
     if len(panic_texts) == 2:
         a, b = panic_texts["console"], panic_texts["dump dmesg"]
         if (a.kind, a.pfn, a.message) != (b.kind, b.pfn, b.message):
-            reasons.append(f"console and dump disagree: console {a.text!r} vs dump {b.text!r}")
+            reasons.append(Finding(f"console and dump disagree: console {a.text!r} vs dump {b.text!r}"))
     if not seen_any_panic and not obs.rebooted:
-        reasons.append("the host did not reboot: it kept running after the injection")
+        reasons.append(Finding("the host did not reboot: it kept running after the injection"))
         if obs.live_dmesg is not None:
             live = [e for e in _for_pfn(_events(obs.live_dmesg.splitlines()), obs.pfn) if e.kind == "action"]
-            reasons += [f"dmesg: {e.text}" for e in live] or [f"dmesg: no memory-failure line for pfn {obs.pfn:#x}"]
+            reasons += ([Finding(f"dmesg: {e.text}") for e in live]
+                        or [Finding(f"dmesg: no memory-failure line for pfn {obs.pfn:#x}")])
     return reasons
 
 
-def _dump_reasons(obs: Observation) -> list[str]:
+def _missing_panic(missing: list[str], seen_elsewhere: bool) -> list[Finding]:
+    """A source without the panic line: the kernel's fault when no source has one; when the
+    other source shows the panic, the missing one lost it (the console's lab, or kdump)."""
+    if not seen_elsewhere:
+        return [Finding(f"{name}: no kernel panic line") for name in missing]
+    return [Finding(f"{name}: no kernel panic line, although the other source shows it",
+                    LAB if name == "console" else KDUMP) for name in missing]
+
+
+def _dump_reasons(obs: Observation) -> list[Finding]:
     if obs.dump_dmesg is None:
-        return ["no new kdump dump was written"]
+        return [Finding("no new kdump dump was written", KDUMP)]
     reasons = []
     if obs.dump_incomplete:
-        reasons.append("the dump is incomplete")
+        reasons.append(Finding("the dump is incomplete", KDUMP))
     crashtime = obs.vmcoreinfo.get("CRASHTIME")
     if crashtime is None:
-        reasons.append("VMCOREINFO has no CRASHTIME")
+        reasons.append(Finding("VMCOREINFO has no CRASHTIME", KDUMP))
     elif obs.inject_epoch is not None and int(crashtime) + CLOCK_SLACK_S < obs.inject_epoch:
-        reasons.append(f"dump CRASHTIME {crashtime} is before the injection ({obs.inject_epoch:.0f}): a stale dump")
+        reasons.append(Finding(f"dump CRASHTIME {crashtime} is before the injection ({obs.inject_epoch:.0f}): "
+                               "a stale dump, no new one", KDUMP))
     return reasons
 
 
-def judge_survive(obs: Observation, exp: Expectation) -> list[str]:
-    """Reasons a case that must survive did not."""
-    reasons: list[str] = []
+def judge_survive(obs: Observation, exp: Expectation) -> list[Finding]:
+    """What a case that must survive did wrong (always the kernel's doing)."""
+    reasons: list[Finding] = []
     console = _events(obs.console)
     live = _events(obs.live_dmesg.splitlines()) if obs.live_dmesg is not None else []
     for name, events in (("console", console), ("dmesg", live)):
         panic = sig.find_panic(events)
         if panic is not None:
-            reasons.append(f"{name}: the kernel panicked: {panic.text}")
+            reasons.append(Finding(f"{name}: the kernel panicked: {panic.text}"))
     if obs.rebooted:
         reasons.append("the host rebooted (boot_id changed)")
     if obs.live_dmesg is None:

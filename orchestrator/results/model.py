@@ -6,17 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from orchestrator.errors import EXIT_FAIL, EXIT_INFRA, EXIT_NO_VERDICT, EXIT_OK
+from orchestrator.errors import BLAMES, EXIT_FAIL, EXIT_INFRA, EXIT_NO_VERDICT, EXIT_OK  # noqa: F401 (BLAMES: the schema's values)
 
 SCHEMA_VERSION = 1
 
 #: Verdicts, never mixed up: "fail" always means the kernel, "error" always the lab.
 PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
 VERDICTS = (PASS, FAIL, ERROR, SKIP)
-#: Who is to blame for a verdict other than pass. "fail" is always the kernel (the system
-#: under test); an "error" names the part of the lab that kept the case from a verdict.
-KERNEL, KDUMP, FIRMWARE, LAB, ORCHESTRATOR = "kernel", "kdump", "firmware", "lab", "orchestrator"
-BLAMES = (KERNEL, KDUMP, FIRMWARE, LAB, ORCHESTRATOR)
 #: Worst first. A kernel failure is the news, then a lab error; a verdict no one knows
 #: counts as the worst, so it is never hidden behind a pass.
 SEVERITY = (FAIL, ERROR, SKIP, PASS)
