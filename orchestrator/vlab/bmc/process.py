@@ -127,7 +127,7 @@ def write_machine_spec(machine_dir: Path, **spec) -> None:
 
 
 def load_machine(machine_dir: Path) -> Machine:
-    from orchestrator.vlab.image.build import ImageManifest
+    from orchestrator.vlab.image.manifest import ImageManifest
     from orchestrator.vlab.qemu.machine import MachineSpec, QemuMachine
     spec = json.loads((machine_dir / 'machine.json').read_text())
     image = ImageManifest.from_file(Path(spec.pop('image_manifest')))

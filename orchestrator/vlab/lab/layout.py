@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.config.model import BmcConfig, SecretRef, SshConfig
-from orchestrator.vlab.image.apt import DEFAULT_FLAVOUR
+from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR
 
 BMC_USER = 'admin'
 
@@ -40,7 +40,7 @@ class LabMachine:
     bmc_pid: int
     accel: str
     accel_reason: str
-    kernel: str = DEFAULT_FLAVOUR     # apt.KERNEL_FLAVOURS; lab.json files from before it: backports
+    kernel: str = DEFAULT_FLAVOUR     # kernels.KERNEL_FLAVOURS; lab.json files from before it: backports
     kernel_release: str = ''          # `uname -r` of the image it boots
 
 

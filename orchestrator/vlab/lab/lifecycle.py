@@ -6,7 +6,7 @@ BMC over IPMI, exactly as the orchestrator will drive it later. It then waits fo
 login with the pinned host key and for the guest's readiness (kdump armed), and writes
 ``lab.json`` and the inventory (docs/DESIGN.md formats). Layout: docs/DESIGN.md.
 Each machine boots the guest image of its own kernel flavour (``kernels=``, see
-image/apt.py KERNEL_FLAVOURS), so one lab can hold a 7.3 machine beside a 6.1 one. Request
+image/kernels.py), so one lab can hold a 7.3 machine beside a 6.1 one. Request
 checks are in lab/checks.py, the files on disk in lab/layout.py, power and readiness (the
 project's IPMI and SSH transports) in lab/access.py, the command line in faces/cli/lab.py.
 """
@@ -23,7 +23,7 @@ from typing import Callable
 
 from orchestrator import paths
 from orchestrator.errors import ConfigError, InfraError
-from orchestrator.vlab.image.apt import DEFAULT_FLAVOUR
+from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR
 from orchestrator.vlab.lab.access import (is_ready, machine_power, machine_shell, power_on,
                                          wait_ready)
 from orchestrator.vlab.lab.checks import check_request, free_tcp_port, machine_kernels

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
-from orchestrator.vlab.image.build import ImageManifest
+from orchestrator.vlab.image.manifest import ImageManifest
 
 #: Per arch: QEMU binary and the board. x86: q35 with an Intel CPU model, because the MCE
 #: injection path needs Intel severity rules; pvpanic reports panics without kdump.
