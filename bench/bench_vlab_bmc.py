@@ -30,12 +30,12 @@ def percentiles(values: list[float]) -> str:
             f'max {ordered[-1] * 1000:.2f} ms  (n={len(ordered)})')
 
 
-def bench_power_status(command, calls: int) -> list[float]:
-    command.get_power()  # warm: session established
+def bench_power_status(power, calls: int) -> list[float]:
+    power.status()  # warm: session established
     times = []
     for _ in range(calls):
         started = time.perf_counter()
-        assert command.get_power() == {'powerstate': 'on'}
+        assert power.status() == 'on'
         times.append(time.perf_counter() - started)
     return times
 
@@ -97,9 +97,8 @@ def main() -> int:
         from orchestrator.vlab.lab import lifecycle as lab
         machine, = lab.lab_up(log=lambda line: print(f'  lab: {line}'))
         try:
-            command = lab._ipmi(machine, lab.lab_paths())
-            power = bench_power_status(command, args.calls)
-            print(f'BMC power status round trip (pyghmi client): {percentiles(power)}')
+            power = bench_power_status(lab.machine_power(machine, lab.lab_paths()), args.calls)
+            print(f'BMC power status round trip (IpmiPower over pyghmi): {percentiles(power)}')
             sol = bench_sol_lines(machine, lab._password(lab.lab_paths()), args.lines)
             print(f'SOL added latency per console line (BMC read -> client): {percentiles(sol)}')
         finally:

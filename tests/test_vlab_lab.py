@@ -187,8 +187,8 @@ def test_pyghmi_client_power_and_sol(running_lab):
     from pyghmi.ipmi.console import Console
     from pyghmi.ipmi.private.session import Session
     import threading
-    command = lab._ipmi(running_lab, lab.lab_paths())
-    assert command.get_power() == {'powerstate': 'on'}
+    power = lab.machine_power(running_lab, lab.lab_paths())
+    assert power.status() == 'on'
     received = bytearray()
     console = Console(bmc='127.0.0.1', port=running_lab.bmc_port, userid=b'admin',
                       password=lab._password(lab.lab_paths()), force=True,
@@ -198,7 +198,7 @@ def test_pyghmi_client_power_and_sol(running_lab):
                                      iter(stop.is_set, True)], daemon=True).start()
     try:
         wait_until(lambda: console.activated, 15, 'SOL activation')
-        command.set_power('reset')
+        power.reset()
         wait_until(lambda: b'Linux version 7.3.4' in received, 60, 'boot log over SOL')
         wait_until(lambda: b'VLAB: ready' in received, 120, 'VLAB: ready over SOL')
     finally:
@@ -212,16 +212,17 @@ def test_a_guest_reboot_is_a_new_qemu_with_power_on_throughout(running_lab):
     """cold_reboot.py: the guest's reboot ends its QEMU (RAM back to the host) and the
     machine boots in a new one; the BMC never reports off and the console follows."""
     import time
-    command = lab._ipmi(running_lab, lab.lab_paths())
+    power = lab.machine_power(running_lab, lab.lab_paths())
     before, = our_qemu_pids(running_lab.machine_dir)
     console_from = len(console_text(running_lab))
-    fired = subprocess.run(lab._ssh_argv(running_lab, lab.lab_paths(),
-                                         "nohup setsid sh -c 'sleep 1; reboot -f' </dev/null >/dev/null 2>&1 &"),
-                           capture_output=True, timeout=30)
-    assert fired.returncode == 0, fired.stderr
+    shell = lab.machine_shell(running_lab, lab.lab_paths())
+    fired = shell.run("nohup setsid sh -c 'sleep 1; reboot -f' </dev/null >/dev/null 2>&1 &",
+                      timeout=30, check=False)
+    shell.close()
+    assert fired.ok, fired.stderr
     states, deadline = set(), time.monotonic() + 120
     while our_qemu_pids(running_lab.machine_dir) in ([before], []) and time.monotonic() < deadline:
-        states.add(command.get_power()['powerstate'])   # polled through the switch-over
+        states.add(power.status())   # polled through the switch-over
     after, = our_qemu_pids(running_lab.machine_dir)
     assert after != before and states == {'on'}, states
     wait_ready(running_lab)
@@ -231,15 +232,17 @@ def test_a_guest_reboot_is_a_new_qemu_with_power_on_throughout(running_lab):
 @pytest.mark.vlab
 def test_bmc_whose_qemu_was_killed_reports_off_promptly(running_lab):
     import time
-    command = lab._ipmi(running_lab, lab.lab_paths())
+    power = lab.machine_power(running_lab, lab.lab_paths())
+    assert power.status() == 'on'   # logged in before the clock starts, as the old client was
     pid, = our_qemu_pids(running_lab.machine_dir)
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not our_qemu_pids(running_lab.machine_dir), 10, 'QEMU to die')
     started = time.monotonic()
-    assert command.get_power() == {'powerstate': 'off'}
+    assert power.status() == 'off'
     assert time.monotonic() - started < 1.0
     assert ipmi(running_lab, 'power', 'status').stdout.strip() == 'Chassis Power is off'
-    assert command.set_power('on', wait=10) == {'powerstate': 'on'}
+    power.on()
+    wait_until(lambda: power.status() == 'on', 10, 'power on')
     wait_ready(running_lab)
 
 

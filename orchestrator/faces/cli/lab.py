@@ -7,7 +7,7 @@ import argparse
 
 from orchestrator import paths
 from orchestrator.vlab.lab import lifecycle as lab
-from orchestrator.vlab.image.apt import DEFAULT_FLAVOUR, KERNEL_FLAVOURS
+from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR, KERNEL_FLAVOURS
 from orchestrator.vlab.lab.checks import parse_kernel_list
 
 

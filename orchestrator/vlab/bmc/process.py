@@ -22,7 +22,9 @@ from pathlib import Path
 from orchestrator.errors import FatalInfraError
 from orchestrator.vlab.bmc.server import BmcConfig, Machine, QemuBmc
 
-log = logging.getLogger('orchestrator.vlab.bmc.process')
+#: what ``python -m`` runs, and so what a live BMC's command line contains
+BMC_MODULE = 'orchestrator.vlab.bmc.process'
+log = logging.getLogger(BMC_MODULE)
 
 
 def run_bmc(config: BmcConfig, machine: Machine) -> None:
@@ -54,12 +56,16 @@ def process_alive(pid_file: Path, marker: str) -> int | None:
     return pid if marker.encode() in cmdline.replace(b'\0', b' ') else None
 
 
+def bmc_alive(machine_dir: Path) -> bool:
+    return process_alive(machine_dir / 'bmc.pid', BMC_MODULE) is not None
+
+
 def start_bmc_process(machine_dir: Path, password_file: Path, user: str, port: int = 0,
                       timeout: float = 15.0) -> tuple[int, int]:
     """Spawn one BMC process for ``machine_dir``; return (pid, UDP port) once it listens."""
     for stale in ('bmc.pid', 'bmc.port'):
         (machine_dir / stale).unlink(missing_ok=True)
-    argv = [sys.executable, '-m', 'orchestrator.vlab.bmc.process', '--machine-dir', str(machine_dir),
+    argv = [sys.executable, '-m', BMC_MODULE, '--machine-dir', str(machine_dir),
             '--password-file', str(password_file), '--user', user, '--port', str(port)]
     if os.environ.get('ORCH_VLAB_SOL_TRACE'):  # bench/bench_vlab_bmc.py: SOL latency
         argv += ['--sol-trace', str(machine_dir / 'sol-trace.log')]
@@ -83,7 +89,7 @@ def stop_bmc_process(machine_dir: Path, timeout: float = 20.0) -> bool:
     no QEMU of this machine survives (a BMC killed with -9 cannot stop its QEMU).
     Returns whether anything was running."""
     stopped = False
-    for pid_name, marker in (('bmc.pid', 'orchestrator.vlab.bmc.process'), ('qemu.pid', 'qemu-system')):
+    for pid_name, marker in (('bmc.pid', BMC_MODULE), ('qemu.pid', 'qemu-system')):
         pid = process_alive(machine_dir / pid_name, marker)
         if pid is None:
             continue
@@ -121,7 +127,7 @@ def write_machine_spec(machine_dir: Path, **spec) -> None:
 
 
 def load_machine(machine_dir: Path) -> Machine:
-    from orchestrator.vlab.image.build import ImageManifest
+    from orchestrator.vlab.image.manifest import ImageManifest
     from orchestrator.vlab.qemu.machine import MachineSpec, QemuMachine
     spec = json.loads((machine_dir / 'machine.json').read_text())
     image = ImageManifest.from_file(Path(spec.pop('image_manifest')))
@@ -129,7 +135,7 @@ def load_machine(machine_dir: Path) -> Machine:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog='bmc_main', description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f'python -m {BMC_MODULE}', description=__doc__.splitlines()[0])
     parser.add_argument('--machine-dir', required=True, type=Path)
     parser.add_argument('--user', default='admin')
     parser.add_argument('--password-file', required=True, type=Path,

@@ -32,6 +32,7 @@ import pyghmi.ipmi.private.session as ipmisession
 
 from orchestrator.errors import UnsupportedOperation
 from orchestrator.vlab.bmc import pyghmi_server_fixes
+from orchestrator.vlab.bmc.pyghmi_sol_fixes import DEFAULT_SOL_IDLE_TIMEOUT
 from orchestrator.vlab.bmc.sol_bridge import SerialConsoleReader, udp_waker
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ class Machine(Protocol):
     def reset(self) -> None: ...  # warm; resumes a paused/panicked VM, as a reset button
     def powerdown(self) -> None: ...
     def inject_nmi(self) -> None: ...
-    def qmp(self, cmd: str, **args): ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class BmcConfig:
     password: str
     address: str = '127.0.0.1'
     port: int = 0                       # 0: the kernel picks a free port (see QemuBmc.port)
-    sol_idle_timeout: float = pyghmi_server_fixes.DEFAULT_SOL_IDLE_TIMEOUT
+    sol_idle_timeout: float = DEFAULT_SOL_IDLE_TIMEOUT
     sol_trace: Path | None = None       # bench: times of serial reads
 
     @property

@@ -4,13 +4,13 @@ Everything lives under ``<cache>/apt``: our own sources.list (trixie-backports f
 kernel, bookworm for the guest userspace and the 6.1 kernel, amd64 and arm64), our own lists, package cache
 and an empty dpkg status file, so that apt resolves candidates as if nothing were
 installed. Packages are only ever fetched with ``apt-get download``; the image builder
-unpacks them with ``dpkg-deb -x``. Nothing is installed on the host.
+unpacks them with ``dpkg-deb -x``. Nothing is installed on the host. Which kernel package
+each guest kernel flavour is: kernels.py.
 """
 
 from __future__ import annotations
 
 import fcntl
-import re
 import shutil
 import subprocess
 import time
@@ -27,49 +27,15 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 MIRROR = "http://deb.debian.org/debian"
 KERNEL_SUITE = "trixie-backports"      # the 7.3.x cloud kernels that carry the sysctl
 USERSPACE_SUITE = "bookworm"           # busybox, dropbear, kexec-tools, makedumpfile
-#: The oldest kernel series with vm.panic_on_unrecoverable_memory_failure.
-MIN_KERNEL_SERIES = (7, 3)
 #: Lists older than this are refreshed; a day keeps a cached build well under its 5 s budget
 #: while still picking up a new kernel point release the next day.
 LISTS_MAX_AGE_HOURS = 24.0
-
-#: Kernel flavours a guest image can be built with. "backports": trixie-backports' 7.3.x cloud
-#: kernel, which has vm.panic_on_unrecoverable_memory_failure. "bookworm": Debian 12's 6.1
-#: kernel (whatever bookworm's linux-image-<debarch> meta package depends on), which lacks it:
-#: the "legacy" semantics of orchestrator/kernel/semantics.yaml.
-KERNEL_FLAVOURS = ("backports", "bookworm")
-DEFAULT_FLAVOUR = "backports"
-#: bookworm's kernel series; a meta package resolving to anything else means the lists are
-#: not what we think (e.g. a backports meta package outranking bookworm's) and must not be used.
-BOOKWORM_SERIES = (6, 1)
-
-_BOOKWORM_IMAGE = re.compile(r"^linux-image-(?P<ver>(\d+)\.(\d+)\.\d+)-\d+-(?P<arch>amd64|arm64)$")
-_KERNEL_NAME = re.compile(r"^linux-binary-(?P<ver>(\d+)\.(\d+)\.(\d+))\+(?P<abi>deb\d+)-cloud-(?P<arch>amd64|arm64)$")
-
 
 def debian_arch(arch: str) -> str:
     try:
         return DEBIAN_ARCH[arch]
     except KeyError:
         raise ConfigError(f"unknown guest arch {arch!r} (expected one of {', '.join(DEBIAN_ARCH)})") from None
-
-
-def check_flavour(kernel: str) -> str:
-    if kernel not in KERNEL_FLAVOURS:
-        raise ConfigError(f"unknown guest kernel {kernel!r} (expected one of {', '.join(KERNEL_FLAVOURS)})")
-    return kernel
-
-
-@dataclass(frozen=True)
-class KernelChoice:
-    release: str                  # `uname -r` of the guest, e.g. 7.3.4+deb13-cloud-amd64
-    image_package: str            # linux-binary-<release>:<debarch> / linux-image-<release>:<debarch>
-    modules_package: str | None   # linux-modules-<release>:<debarch>; None when the image package
-                                  # carries the modules itself (bookworm's linux-image-*)
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return (self.image_package,) + ((self.modules_package,) if self.modules_package else ())
 
 
 @dataclass(frozen=True)
@@ -146,39 +112,9 @@ class PrivateApt:
         self._stamp.touch()
         return True
 
-    def newest_kernel(self, arch: str, minimum: tuple[int, int] = MIN_KERNEL_SERIES) -> KernelChoice:
-        debarch = debian_arch(arch)
-        best: tuple[tuple[int, ...], str] | None = None
-        for name in self._run("apt-cache", "pkgnames", "linux-binary-").split():
-            m = _KERNEL_NAME.match(name)
-            if not m or m["arch"] != debarch:
-                continue
-            version = tuple(int(x) for x in m["ver"].split("."))
-            if version[:2] >= minimum and (best is None or version > best[0]):
-                best = (version, f"{m['ver']}+{m['abi']}-cloud-{debarch}")
-        if best is None:
-            raise FatalInfraError(f"no linux-binary-*-cloud-{debarch} >= {minimum[0]}.{minimum[1]} in {KERNEL_SUITE}")
-        release = best[1]
-        return KernelChoice(release, f"linux-binary-{release}:{debarch}", f"linux-modules-{release}:{debarch}")
-
-    def kernel(self, arch: str, flavour: str = DEFAULT_FLAVOUR) -> KernelChoice:
-        """The kernel package(s) of ``flavour`` for ``arch`` (see KERNEL_FLAVOURS)."""
-        check_flavour(flavour)
-        return self.newest_kernel(arch) if flavour == "backports" else self.bookworm_kernel(arch)
-
-    def bookworm_kernel(self, arch: str) -> KernelChoice:
-        """The ABI package bookworm's ``linux-image-<debarch>`` meta package depends on now.
-        The candidate is bookworm's: trixie-backports is NotAutomatic (priority 100 < 500)."""
-        debarch = debian_arch(arch)
-        meta = self.show([f"linux-image-{debarch}:{debarch}"])[f"linux-image-{debarch}:{debarch}"]
-        found = [m for m in map(_BOOKWORM_IMAGE.match, meta.depends) if m and m["arch"] == debarch]
-        series = tuple(int(x) for x in found[0]["ver"].split(".")[:2]) if found else None
-        if series != BOOKWORM_SERIES:
-            raise FatalInfraError(f"linux-image-{debarch} {meta.version} depends on "
-                                  f"{', '.join(meta.depends) or 'nothing'}: no {USERSPACE_SUITE} "
-                                  f"{BOOKWORM_SERIES[0]}.{BOOKWORM_SERIES[1]} kernel")
-        release = found[0].string.removeprefix("linux-image-")
-        return KernelChoice(release, f"linux-image-{release}:{debarch}", None)
+    def package_names(self, prefix: str) -> list[str]:
+        """Every package name in the lists that starts with ``prefix``."""
+        return self._run("apt-cache", "pkgnames", prefix).split()
 
     def show(self, packages: Iterable[str]) -> dict[str, PackageInfo]:
         """Candidate version and dependencies of each ``name:arch``, in one apt-cache call."""

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
-from orchestrator.vlab.image.apt import DEFAULT_FLAVOUR, KERNEL_FLAVOURS
+from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR, KERNEL_FLAVOURS
 
 QEMU_BINARIES = {'x86_64': 'qemu-system-x86_64', 'aarch64': 'qemu-system-aarch64'}
 QEMU_PACKAGES = {'x86_64': 'qemu-system-x86', 'aarch64': 'qemu-system-arm'}

@@ -1,5 +1,7 @@
 """What a lab keeps on disk (docs/DESIGN.md "Lab runtime layout"): the layout, lab.json,
-the pinned known_hosts and the inventory file ("Inventory format", version 1)."""
+the pinned known_hosts and the inventory file ("Inventory format", version 1); and how a
+machine is reached (its ``SshConfig`` and ``BmcConfig``), the same for the inventory the
+orchestrator reads and for the lab's own power-on and readiness checks (lab/access.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.vlab.image.apt import DEFAULT_FLAVOUR
+from orchestrator.config.model import BmcConfig, SecretRef, SshConfig
+from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR
 
 BMC_USER = 'admin'
 
@@ -37,7 +40,7 @@ class LabMachine:
     bmc_pid: int
     accel: str
     accel_reason: str
-    kernel: str = DEFAULT_FLAVOUR     # apt.KERNEL_FLAVOURS; lab.json files from before it: backports
+    kernel: str = DEFAULT_FLAVOUR     # kernels.KERNEL_FLAVOURS; lab.json files from before it: backports
     kernel_release: str = ''          # `uname -r` of the image it boots
 
 
@@ -47,6 +50,17 @@ def read_lab(lab: LabPaths) -> list[LabMachine]:
     except (OSError, ValueError):
         return []
     return [LabMachine(**machine) for machine in data['machines']]
+
+
+def ssh_config(machine: LabMachine, lab: LabPaths) -> SshConfig:
+    """Root over the forwarded port, with the lab key and the pinned host key."""
+    return SshConfig(address='127.0.0.1', port=machine.ssh_port, user='root',
+                     key_file=lab.client_key, known_hosts=lab.known_hosts)
+
+
+def bmc_config(machine: LabMachine, lab: LabPaths) -> BmcConfig:
+    return BmcConfig(address='127.0.0.1', port=machine.bmc_port, user=BMC_USER,
+                     password=SecretRef(file=lab.bmc_password))
 
 
 def write_known_hosts(machines: list[LabMachine], lab: LabPaths) -> None:
@@ -76,15 +90,20 @@ def host_features(arch: str) -> list[str]:
 def write_inventory(machines: list[LabMachine], lab: LabPaths, path: Path) -> None:
     """The inventory of docs/DESIGN.md ("Inventory format", version 1), absolute paths."""
     import yaml
-    hosts = [{
-        'name': m.name, 'arch': m.arch, 'platform': f'qemu-{m.arch}',
-        'features': host_features(m.arch), 'destructive': True,
-        'ssh': {'address': '127.0.0.1', 'port': m.ssh_port, 'user': 'root',
-                'key_file': str(lab.client_key), 'known_hosts': str(lab.known_hosts)},
-        'bmc': {'address': '127.0.0.1', 'port': m.bmc_port, 'user': BMC_USER,
-                'password': {'file': str(lab.bmc_password)}},
-        'kdump': {'layout': 'debian', 'path': '/var/crash'},
-    } for m in machines]
+    hosts = [_inventory_host(m, lab) for m in machines]
     path.parent.mkdir(parents=True, exist_ok=True)
     text = '# written by `orchestrator lab up`; rewritten on every up\n'
     path.write_text(text + yaml.safe_dump({'version': 1, 'hosts': hosts}, sort_keys=False))
+
+
+def _inventory_host(machine: LabMachine, lab: LabPaths) -> dict:
+    ssh, bmc = ssh_config(machine, lab), bmc_config(machine, lab)
+    return {
+        'name': machine.name, 'arch': machine.arch, 'platform': f'qemu-{machine.arch}',
+        'features': host_features(machine.arch), 'destructive': True,
+        'ssh': {'address': ssh.address, 'port': ssh.port, 'user': ssh.user,
+                'key_file': str(ssh.key_file), 'known_hosts': str(ssh.known_hosts)},
+        'bmc': {'address': bmc.address, 'port': bmc.port, 'user': bmc.user,
+                'password': {'file': str(bmc.password.file)}},
+        'kdump': {'layout': 'debian', 'path': '/var/crash'},
+    }

@@ -6,8 +6,9 @@ BMC over IPMI, exactly as the orchestrator will drive it later. It then waits fo
 login with the pinned host key and for the guest's readiness (kdump armed), and writes
 ``lab.json`` and the inventory (docs/DESIGN.md formats). Layout: docs/DESIGN.md.
 Each machine boots the guest image of its own kernel flavour (``kernels=``, see
-apt.KERNEL_FLAVOURS), so one lab can hold a 7.3 machine beside a 6.1 one. Request checks
-are in lab_checks.py, the command line in lab_cli.py.
+image/kernels.py), so one lab can hold a 7.3 machine beside a 6.1 one. Request
+checks are in lab/checks.py, the files on disk in lab/layout.py, power and readiness (the
+project's IPMI and SSH transports) in lab/access.py, the command line in faces/cli/lab.py.
 """
 
 from __future__ import annotations
@@ -16,28 +17,28 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from orchestrator import paths
-from orchestrator.errors import ConfigError, FatalInfraError
-from orchestrator.vlab.image.apt import DEFAULT_FLAVOUR
+from orchestrator.errors import ConfigError, InfraError
+from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR
+from orchestrator.vlab.lab.access import (is_ready, machine_power, machine_shell, power_on,
+                                         wait_ready)
 from orchestrator.vlab.lab.checks import check_request, free_tcp_port, machine_kernels
 from orchestrator.vlab.lab.layout import (BMC_USER, LabMachine, LabPaths, host_features,
                                          write_inventory, write_known_hosts, write_lab_json)
 from orchestrator.vlab.lab.layout import read_lab as read_lab_json
-from orchestrator.vlab.bmc.process import (process_alive, start_bmc_process, stop_bmc_process,
-                                        write_machine_spec)
+from orchestrator.vlab.bmc.process import (bmc_alive, start_bmc_process, stop_bmc_process,
+                                           write_machine_spec)
 from orchestrator.tunables import LAB_MEMORY_MB, LAB_READY_TIMEOUT_S, LAB_TCG_CACHE_MB, LAB_TCG_THREAD
 
 __all__ = ['BMC_USER', 'LabMachine', 'LabPaths', 'console_command', 'ensure_up',
            'host_features', 'is_ready', 'lab_console', 'lab_down', 'lab_paths', 'lab_status',
-           'lab_up', 'read_lab', 'write_inventory']
+           'lab_up', 'machine_power', 'machine_shell', 'read_lab', 'write_inventory']
 Log = Callable[[str], None]
 NAME_PREFIXES = {'x86_64': 'vlab-x86', 'aarch64': 'vlab-arm'}
-READY_PROBE = 'test -e /run/vlab-ready || grep -qx 1 /sys/kernel/kexec_crash_loaded'
 
 
 def lab_paths() -> LabPaths:
@@ -50,7 +51,7 @@ def read_lab(lab: LabPaths | None = None) -> list[LabMachine]:
 
 
 def _bmc_alive(machine: LabMachine) -> bool:
-    return process_alive(Path(machine.machine_dir) / 'bmc.pid', 'orchestrator.vlab.bmc.process') is not None
+    return bmc_alive(Path(machine.machine_dir))
 
 
 # --- per-lab secrets, made once --------------------------------------------------------------
@@ -66,7 +67,7 @@ def _ensure_lab_secrets(lab: LabPaths) -> None:
 
 
 def _password(lab: LabPaths) -> bytes:
-    return lab.bmc_password.read_text().strip().encode()  # bytes: pyghmi session sharing
+    return lab.bmc_password.read_text().strip().encode()  # bytes: pyghmi session sharing (tests)
 
 
 # --- machines ---------------------------------------------------------------------------
@@ -82,51 +83,6 @@ def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifes
     return machine_dir
 
 
-def _ipmi(machine: LabMachine, lab: LabPaths):
-    """A pyghmi client to the machine's BMC (bytes credentials: see DESIGN.md)."""
-    from pyghmi.exceptions import IpmiException
-    from pyghmi.ipmi.command import Command
-    for attempt in (1, 2):
-        try:
-            return Command(bmc='127.0.0.1', port=machine.bmc_port, userid=BMC_USER.encode(),
-                           password=_password(lab))
-        except IpmiException:  # UDP: one lost login exchange must not fail a lab command
-            if attempt == 2:
-                raise
-
-
-def _ssh_argv(machine: LabMachine, lab: LabPaths, command: str, timeout: int = 5) -> list[str]:
-    return ['ssh', '-i', str(lab.client_key), '-p', str(machine.ssh_port), '-o', 'BatchMode=yes',
-            '-o', 'StrictHostKeyChecking=yes', '-o', f'UserKnownHostsFile={lab.known_hosts}',
-            '-o', f'ConnectTimeout={timeout}', '-o', 'ServerAliveInterval=2',
-            '-o', 'ServerAliveCountMax=2', 'root@127.0.0.1', command]
-
-
-def is_ready(machine: LabMachine, lab: LabPaths) -> bool:
-    """A real SSH login (slirp accepts TCP even for a dead guest) that finds kdump armed."""
-    try:
-        return subprocess.run(_ssh_argv(machine, lab, READY_PROBE), capture_output=True,
-                              timeout=15).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def _wait_ready(machine: LabMachine, lab: LabPaths, timeout: float, console_from: int) -> float:
-    """Poll readiness; give up at once when the guest reports a boot error on its console
-    (e.g. kdump failed to load: it would never become ready)."""
-    started, console_log = time.monotonic(), Path(machine.machine_dir) / 'console.log'
-    while not is_ready(machine, lab):
-        with open(console_log, 'rb') as f:
-            f.seek(console_from)
-            errors = [line for line in f.read().splitlines() if line.startswith(b'VLAB: error')]
-        if errors or time.monotonic() - started > timeout:
-            why = errors[0].decode(errors='replace') if errors else f'not within {timeout:.0f} s'
-            raise FatalInfraError(f'{machine.name} not ready (SSH + kdump armed): {why}; '
-                                  f'see {console_log}')
-        time.sleep(1.0)
-    return time.monotonic() - started
-
-
 # --- the commands -------------------------------------------------------------------------
 def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
            kernels: tuple[str, ...] | None = None, ssh_port: int | None = None,
@@ -140,13 +96,7 @@ def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
     lab = lab_paths()
     running = read_lab(lab)
     if running and all(_bmc_alive(m) for m in running):
-        if tuple(m.kernel for m in running) != kernels or any(m.arch != arch for m in running):
-            shape = ', '.join(f'{m.arch}/{m.kernel}' for m in running)
-            raise ConfigError(f'the lab is up with {len(running)} machine(s) ({shape}); '
-                              f'run `orchestrator lab down` first')
-        log(f'lab already up: {", ".join(m.name for m in running)}')
-        _power_on_and_wait(running, lab, ready_timeout, log)
-        return running
+        return _reuse_running(running, kernels, arch, lab, ready_timeout, log)
     if running:
         log('lab partly down (a BMC died): restarting it')
         lab_down(log=lambda _: None)
@@ -158,19 +108,10 @@ def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
     # KVM only if a real guest boots with it. The verdict is cached per arch for one guest
     # kernel: ask with the default flavour's image when there is one, as every lab does.
     verdict = choose_accel(images.get(DEFAULT_FLAVOUR) or images[kernels[0]])
-    accel, accel_reason = verdict.accel, verdict.reason
-    machines: list[LabMachine] = []
     try:
-        for index, kernel in enumerate(kernels):
-            name, manifest = f'{NAME_PREFIXES[arch]}-{index + 1}', images[kernel]
-            port = ssh_port + index if ssh_port else free_tcp_port()
-            machine_dir = _prepare_machine(lab, name, arch, port, manifest, accel)
-            pid, udp_port = start_bmc_process(machine_dir, lab.bmc_password, BMC_USER,
-                                              bmc_port + index if bmc_port else 0)
-            machines.append(LabMachine(name, arch, str(machine_dir), port, udp_port, pid,
-                                       accel, accel_reason, kernel, manifest.kernel_release))
-            log(f'{name}: {kernel} kernel {manifest.kernel_release}, BMC on udp/{udp_port} '
-                f'(pid {pid}), SSH on tcp/{port}, {accel}')
+        machines = [_start_machine(lab, index, kernel, arch, images[kernel], verdict,
+                                   ssh_port, bmc_port, log)
+                    for index, kernel in enumerate(kernels)]
         write_known_hosts(machines, lab)
         write_lab_json(machines, lab)
         _power_on_and_wait(machines, lab, ready_timeout, log)
@@ -182,6 +123,31 @@ def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
     return machines
 
 
+def _reuse_running(running: list[LabMachine], kernels: tuple[str, ...], arch: str,
+                   lab: LabPaths, ready_timeout: float, log: Log) -> list[LabMachine]:
+    if tuple(m.kernel for m in running) != kernels or any(m.arch != arch for m in running):
+        shape = ', '.join(f'{m.arch}/{m.kernel}' for m in running)
+        raise ConfigError(f'the lab is up with {len(running)} machine(s) ({shape}); '
+                          f'run `orchestrator lab down` first')
+    log(f'lab already up: {", ".join(m.name for m in running)}')
+    _power_on_and_wait(running, lab, ready_timeout, log)
+    return running
+
+
+def _start_machine(lab: LabPaths, index: int, kernel: str, arch: str, manifest, verdict,
+                   ssh_port: int | None, bmc_port: int | None, log: Log) -> LabMachine:
+    """Machine ``index``: its files and its BMC process (which owns its QEMU, still off)."""
+    name = f'{NAME_PREFIXES[arch]}-{index + 1}'
+    port = ssh_port + index if ssh_port else free_tcp_port()
+    machine_dir = _prepare_machine(lab, name, arch, port, manifest, verdict.accel)
+    pid, udp_port = start_bmc_process(machine_dir, lab.bmc_password, BMC_USER,
+                                      bmc_port + index if bmc_port else 0)
+    log(f'{name}: {kernel} kernel {manifest.kernel_release}, BMC on udp/{udp_port} '
+        f'(pid {pid}), SSH on tcp/{port}, {verdict.accel}')
+    return LabMachine(name, arch, str(machine_dir), port, udp_port, pid, verdict.accel,
+                      verdict.reason, kernel, manifest.kernel_release)
+
+
 def _power_on_and_wait(machines: list[LabMachine], lab: LabPaths, timeout: float,
                        log: Log) -> None:
     """Power on through each machine's BMC (as the orchestrator will), then wait for all."""
@@ -189,10 +155,9 @@ def _power_on_and_wait(machines: list[LabMachine], lab: LabPaths, timeout: float
     for machine in machines:
         console_log = Path(machine.machine_dir) / 'console.log'
         console_from[machine.name] = console_log.stat().st_size if console_log.exists() else 0
-        if _ipmi(machine, lab).set_power('on', wait=10) != {'powerstate': 'on'}:
-            raise FatalInfraError(f'{machine.name}: BMC did not report power on')
+        power_on(machine, lab)
     with ThreadPoolExecutor(max_workers=len(machines)) as pool:
-        waited = pool.map(lambda m: _wait_ready(m, lab, timeout, console_from[m.name]), machines)
+        waited = pool.map(lambda m: wait_ready(m, lab, timeout, console_from[m.name]), machines)
         for machine, seconds in zip(machines, waited):
             log(f'{machine.name}: ready (SSH login, kdump armed) after {seconds:.1f} s')
 
@@ -218,18 +183,33 @@ def lab_status() -> list[dict[str, str]]:
     lab = lab_paths()
     rows = []
     for machine in read_lab(lab):
-        power = 'BMC down'
-        if _bmc_alive(machine):
-            try:
-                power = _ipmi(machine, lab).get_power()['powerstate']
-            except Exception as error:  # a status table reports, it does not crash
-                power = f'BMC error: {error}'
+        power = _power_state(machine, lab)
         rows.append({'machine': machine.name, 'kernel': machine.kernel_release or machine.kernel,
                      'power': power, 'ssh port': str(machine.ssh_port),
                      'bmc port': str(machine.bmc_port),
                      'accel': f'{machine.accel.upper()} ({machine.accel_reason[:48]})',
-                     'ready': 'yes' if power == 'on' and is_ready(machine, lab) else 'no'})
+                     'ready': 'yes' if power == 'on' and _ready_quietly(machine, lab) else 'no'})
     return rows
+
+
+# A status table reports, it does not crash: every failure becomes the cell's text.
+def _power_state(machine: LabMachine, lab: LabPaths) -> str:
+    if not _bmc_alive(machine):
+        return 'BMC down'
+    power = machine_power(machine, lab)
+    try:
+        return power.status()
+    except Exception as error:
+        return f'BMC error: {error}'
+    finally:
+        power.close()
+
+
+def _ready_quietly(machine: LabMachine, lab: LabPaths) -> bool:
+    try:
+        return is_ready(machine, lab)
+    except InfraError:
+        return False
 
 
 def console_command(name: str) -> tuple[list[str], dict[str, str]]:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from orchestrator.paths import cache_dir
-from orchestrator.vlab.image.build import ImageManifest
+from orchestrator.vlab.image.manifest import ImageManifest
 from orchestrator.tunables import KVM_PROBE_TIMEOUT_S
 
 _HOST_ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}

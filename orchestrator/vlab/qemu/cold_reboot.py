@@ -17,13 +17,13 @@ thread per process; on such an event it asks the machine to boot again. A power-
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
 import threading
-import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+from orchestrator.errors import RetryableInfraError
+from orchestrator.vlab.qemu.qmp import watch_events
 
 log = logging.getLogger(__name__)
 
@@ -42,44 +42,24 @@ def watch_for_reset(socket_path: Path, on_reset: Callable[[str], None], name: st
 
 
 def _watch(socket_path: Path, on_reset: Callable[[str], None]) -> None:
-    sock = _connect(socket_path)
-    if sock is None:
+    try:
+        # No timeout on the wait itself: events come when they come, and QEMU's exit
+        # closes the monitor, which ends the wait.
+        event = watch_events(socket_path, lambda e: _reset_reason(e) is not None,
+                             CONNECT_TIMEOUT_SECONDS)
+    except RetryableInfraError:
         # Without the watcher the next reboot leaves the machine off; the BMC then reports
         # off and the orchestrator powers it on: slower, not wrong. Say so in the BMC log.
         log.warning("no QMP event monitor at %s: a guest reboot will power the machine off", socket_path)
         return
-    with sock, sock.makefile("rwb") as stream:
-        stream.write(b'{"execute": "qmp_capabilities"}\r\n')
-        stream.flush()
-        # Blocking reads with no timeout: events come when they come, and QEMU's exit
-        # closes the socket, which ends the loop.
-        for line in stream:
-            reason = _reset_reason(line)
-            if reason is not None:
-                log.info("QEMU announced a reset (%s): cold boot follows", reason)
-                on_reset(reason)
-                return
+    if event is not None:
+        reason = str(_reset_reason(event))
+        log.info("QEMU announced a reset (%s): cold boot follows", reason)
+        on_reset(reason)
 
 
-def _connect(socket_path: Path) -> socket.socket | None:
-    deadline = time.monotonic() + CONNECT_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(socket_path))
-            return sock
-        except OSError:
-            sock.close()
-            time.sleep(0.02)
-    return None
-
-
-def _reset_reason(line: bytes) -> str | None:
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return None
+def _reset_reason(message: dict[str, Any]) -> str | None:
     if message.get("event") != "SHUTDOWN":
         return None
-    reason = str(message.get("data", {}).get("reason", ""))
+    reason = str((message.get("data") or {}).get("reason", ""))
     return reason if reason in RESET_REASONS else None

@@ -4,7 +4,8 @@
 power-off (the process is killed and reaped). ``reset``/``powerdown``/``inject_nmi`` act
 through QMP like a BMC's chassis commands. The serial console is a listening unix socket
 (``serial.sock``) that the BMC connects to and logs; QEMU's own ``logfile=`` is not used
-because QEMU 7.2 writes some characters twice into it.
+because QEMU 7.2 writes some characters twice into it. The spec and the command line
+are in spec.py, QMP in qmp.py, the cold reboot in cold_reboot.py.
 """
 
 from __future__ import annotations
@@ -15,70 +16,19 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.errors import ConfigError, FatalInfraError, RetryableInfraError
+from orchestrator.errors import FatalInfraError, RetryableInfraError
 from orchestrator.errors import UnsupportedOperation
 from orchestrator.vlab.qemu.cold_reboot import watch_for_reset
 from orchestrator.vlab.image.disk import DISK_NAME, create_disk, ensure_host_key, known_hosts_line
-from orchestrator.vlab.image.build import ImageManifest
 from orchestrator.vlab.qemu.process import is_our_qemu, last_line, wait_gone
 from orchestrator.vlab.qemu.qmp import QmpClient, QmpError
+from orchestrator.vlab.qemu.spec import MachineSpec, command_line
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MachineSpec", "QemuMachine", "create_disk", "ensure_host_key", "known_hosts_line"]
-
-#: Per arch: QEMU binary and the board. x86: q35 with an Intel CPU model, because the MCE
-#: injection path needs Intel severity rules; pvpanic reports panics without kdump.
-_BOARD = {
-    "x86_64": ("qemu-system-x86_64", ["-machine", "q35", "-device", "pvpanic"]),
-    "aarch64": ("qemu-system-aarch64", ["-machine", "virt,gic-version=3"]),
-}
-#: arm64 TCG: emulating the architected pointer-authentication cipher (QARMA) doubles the
-#: boot time; pauth-impdef=on keeps pauth but with QEMU's cheap implementation-defined hash.
-_CPU = {("x86_64", "tcg"): "max,vendor=GenuineIntel", ("aarch64", "tcg"): "max,pauth-impdef=on",
-        ("x86_64", "kvm"): "host", ("aarch64", "kvm"): "host"}
-
-
-@dataclass(frozen=True)
-class MachineSpec:
-    name: str
-    arch: str                          # x86_64 | aarch64
-    machine_dir: Path
-    image: ImageManifest
-    ssh_port: int                      # host port forwarded to the guest's :22
-    memory_mb: int = 1024
-    smp: int = 2
-    accel: str = "tcg"                 # tcg | kvm (see accel.py)
-    extra_kernel_args: tuple[str, ...] = ()
-    crashkernel: str = "256M"
-    #: TCG translation cache cap (MiB); None = QEMU's default (up to 1 GiB). Measured: ~345 MB of
-    #: a 766 MB RSS after one kdump cycle of a 768 MB guest was not guest RAM
-    tcg_cache_mb: int | None = 128
-    #: "single" (all vCPUs round-robin on one host thread) or "multi" (QEMU's default: one
-    #: thread per vCPU). Single by default: with multi-threaded TCG the 7.3 guest sometimes dies
-    #: at boot in the kernel's live code patching (`Oops: int3` in sched_clock_cpu after
-    #: "sched_clock: Marking stable") when two vCPUs run the patched code concurrently on a
-    #: loaded host — seen in the lab and in CI after a reset; and two guests on two host cores
-    #: gain nothing from MTTCG.
-    tcg_thread: str = "single"
-    address: str = "127.0.0.1"        # where the SSH port is forwarded on the host
-    #: every reboot starts a new QEMU process, so guest RAM touched by earlier boots is
-    #: given back to the host (cold_reboot.py says why); False: QEMU's warm reset
-    cold_reboot: bool = True
-
-    def __post_init__(self) -> None:
-        if self.arch not in _BOARD:
-            raise ConfigError(f"machine {self.name}: unknown arch {self.arch!r}")
-        if self.accel not in ("tcg", "kvm"):
-            raise ConfigError(f"machine {self.name}: accel must be tcg or kvm, not {self.accel!r}")
-        if self.tcg_thread not in ("single", "multi"):
-            raise ConfigError(f"machine {self.name}: tcg_thread must be single or multi, not {self.tcg_thread!r}")
-        if self.image.arch != self.arch:
-            raise ConfigError(f"machine {self.name}: {self.image.arch} image for an {self.arch} machine")
 
 
 class QemuMachine:
@@ -98,42 +48,10 @@ class QemuMachine:
         #: called after a cold reboot started the new process (the BMC reconnects its console)
         self.on_cold_reboot: Callable[[], None] | None = None
 
-    # -- the command line ----------------------------------------------------------------
-    def kernel_cmdline(self) -> str:
-        s = self.spec
-        return " ".join([f"console={s.image.console}", f"crashkernel={s.crashkernel}",
-                         f"vlab.hostname={s.name}", *s.extra_kernel_args])
-
-    def _accel_option(self) -> str:
-        s = self.spec
-        if s.accel != "tcg":
-            return s.accel
-        return ",".join(["tcg", f"thread={s.tcg_thread}", *([f"tb-size={s.tcg_cache_mb}"] if s.tcg_cache_mb else [])])
-
     def command_line(self) -> list[str]:
-        s = self.spec
-        binary, board = _BOARD[s.arch]
-        return [
-            binary, "-name", s.name, *board, "-accel", self._accel_option(), "-cpu", _CPU[(s.arch, s.accel)],
-            "-m", str(s.memory_mb), "-smp", str(s.smp),
-            "-nodefaults", "-no-user-config", "-display", "none",
-            # panic=none: the panic event is still emitted, but the guest keeps running so the
-            # whole panic text reaches the console (panic=pause cuts it); set at start, not
-            # via set-action afterwards, so a panic during early boot is covered too
-            "-action", "panic=none",
-            *(["-action", "reboot=shutdown", "-qmp", f"unix:{self.events_socket},server=on,wait=off"]
-              if s.cold_reboot else []),
-            "-kernel", str(s.image.kernel), "-initrd", str(s.image.initrd), "-append", self.kernel_cmdline(),
-            "-chardev", f"socket,id=ser0,path={self.serial_socket},server=on,wait=off", "-serial", "chardev:ser0",
-            "-qmp", f"unix:{self.qmp_socket},server=on,wait=off",
-            "-netdev", f"user,id=n0,hostfwd=tcp:{s.address}:{s.ssh_port}-:22", "-device", "virtio-net-pci,netdev=n0",
-            # the persistent disk first, so that the guest names it vda; the boot disk follows
-            "-drive", f"file={self.disk},format=raw,if=none,id=d0,cache=unsafe",
-            "-device", "virtio-blk-pci,drive=d0,serial=vlab-disk",
-            "-drive", f"file={s.image.boot_disk},format=raw,if=none,id=d1,readonly=on",
-            "-device", "virtio-blk-pci,drive=d1,serial=vlab-boot",
-            "-pidfile", str(self.pidfile),
-        ]
+        return command_line(self.spec, disk=self.disk, serial_socket=self.serial_socket,
+                            qmp_socket=self.qmp_socket, events_socket=self.events_socket,
+                            pidfile=self.pidfile)
 
     # -- process -------------------------------------------------------------------------
     @property

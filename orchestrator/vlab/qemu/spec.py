@@ -1,0 +1,103 @@
+"""What one lab machine is (``MachineSpec``) and the QEMU command line that makes it.
+
+The command line is the whole hardware description: board, CPU model, accelerator, the
+guest image's kernel and initrd, the serial console and QMP sockets, the forwarded SSH
+port and the two disks. ``machine.py`` starts and stops processes running it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import ConfigError
+from orchestrator.vlab.image.manifest import ImageManifest
+
+#: Per arch: QEMU binary and the board. x86: q35 with an Intel CPU model, because the MCE
+#: injection path needs Intel severity rules; pvpanic reports panics without kdump.
+_BOARD = {
+    "x86_64": ("qemu-system-x86_64", ["-machine", "q35", "-device", "pvpanic"]),
+    "aarch64": ("qemu-system-aarch64", ["-machine", "virt,gic-version=3"]),
+}
+#: arm64 TCG: emulating the architected pointer-authentication cipher (QARMA) doubles the
+#: boot time; pauth-impdef=on keeps pauth but with QEMU's cheap implementation-defined hash.
+_CPU = {("x86_64", "tcg"): "max,vendor=GenuineIntel", ("aarch64", "tcg"): "max,pauth-impdef=on",
+        ("x86_64", "kvm"): "host", ("aarch64", "kvm"): "host"}
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    name: str
+    arch: str                          # x86_64 | aarch64
+    machine_dir: Path
+    image: ImageManifest
+    ssh_port: int                      # host port forwarded to the guest's :22
+    memory_mb: int = 1024
+    smp: int = 2
+    accel: str = "tcg"                 # tcg | kvm (see accel.py)
+    extra_kernel_args: tuple[str, ...] = ()
+    crashkernel: str = "256M"
+    #: TCG translation cache cap (MiB); None = QEMU's default (up to 1 GiB). Measured: ~345 MB of
+    #: a 766 MB RSS after one kdump cycle of a 768 MB guest was not guest RAM
+    tcg_cache_mb: int | None = 128
+    #: "single" (all vCPUs round-robin on one host thread) or "multi" (QEMU's default: one
+    #: thread per vCPU). Single by default: with multi-threaded TCG the 7.3 guest sometimes dies
+    #: at boot in the kernel's live code patching (`Oops: int3` in sched_clock_cpu after
+    #: "sched_clock: Marking stable") when two vCPUs run the patched code concurrently on a
+    #: loaded host — seen in the lab and in CI after a reset; and two guests on two host cores
+    #: gain nothing from MTTCG.
+    tcg_thread: str = "single"
+    address: str = "127.0.0.1"        # where the SSH port is forwarded on the host
+    #: every reboot starts a new QEMU process, so guest RAM touched by earlier boots is
+    #: given back to the host (cold_reboot.py says why); False: QEMU's warm reset
+    cold_reboot: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch not in _BOARD:
+            raise ConfigError(f"machine {self.name}: unknown arch {self.arch!r}")
+        if self.accel not in ("tcg", "kvm"):
+            raise ConfigError(f"machine {self.name}: accel must be tcg or kvm, not {self.accel!r}")
+        if self.tcg_thread not in ("single", "multi"):
+            raise ConfigError(f"machine {self.name}: tcg_thread must be single or multi, not {self.tcg_thread!r}")
+        if self.image.arch != self.arch:
+            raise ConfigError(f"machine {self.name}: {self.image.arch} image for an {self.arch} machine")
+
+
+def kernel_cmdline(spec: MachineSpec) -> str:
+    return " ".join([f"console={spec.image.console}", f"crashkernel={spec.crashkernel}",
+                     f"vlab.hostname={spec.name}", *spec.extra_kernel_args])
+
+
+def _accel_option(spec: MachineSpec) -> str:
+    if spec.accel != "tcg":
+        return spec.accel
+    return ",".join(["tcg", f"thread={spec.tcg_thread}",
+                     *([f"tb-size={spec.tcg_cache_mb}"] if spec.tcg_cache_mb else [])])
+
+
+def command_line(spec: MachineSpec, *, disk: Path, serial_socket: Path, qmp_socket: Path,
+                 events_socket: Path, pidfile: Path) -> list[str]:
+    s = spec
+    binary, board = _BOARD[s.arch]
+    return [
+        binary, "-name", s.name, *board, "-accel", _accel_option(s), "-cpu", _CPU[(s.arch, s.accel)],
+        "-m", str(s.memory_mb), "-smp", str(s.smp),
+        "-nodefaults", "-no-user-config", "-display", "none",
+        # panic=none: the panic event is still emitted, but the guest keeps running so the
+        # whole panic text reaches the console (panic=pause cuts it); set at start, not
+        # via set-action afterwards, so a panic during early boot is covered too
+        "-action", "panic=none",
+        # every reset ends the process and a watcher on events.sock boots a new one (cold_reboot.py)
+        *(["-action", "reboot=shutdown", "-qmp", f"unix:{events_socket},server=on,wait=off"]
+          if s.cold_reboot else []),
+        "-kernel", str(s.image.kernel), "-initrd", str(s.image.initrd), "-append", kernel_cmdline(s),
+        "-chardev", f"socket,id=ser0,path={serial_socket},server=on,wait=off", "-serial", "chardev:ser0",
+        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
+        "-netdev", f"user,id=n0,hostfwd=tcp:{s.address}:{s.ssh_port}-:22", "-device", "virtio-net-pci,netdev=n0",
+        # the persistent disk first, so that the guest names it vda; the boot disk follows
+        "-drive", f"file={disk},format=raw,if=none,id=d0,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=d0,serial=vlab-disk",
+        "-drive", f"file={s.image.boot_disk},format=raw,if=none,id=d1,readonly=on",
+        "-device", "virtio-blk-pci,drive=d1,serial=vlab-boot",
+        "-pidfile", str(pidfile),
+    ]
