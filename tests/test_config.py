@@ -252,6 +252,18 @@ def test_cli_unreadable_yaml_is_bad_input_not_an_internal_error(files, capsys, d
         assert f"{path}:{line}:" in err, err
 
 
+@pytest.mark.parametrize("text, line, message", [
+    ("version: !!int one\n", 1, "'one' cannot be read as a YAML int"),
+    ("version: 1\nhosts: [{destructive: !!bool maybe}]\n", 2, "'maybe' cannot be read as a YAML bool"),
+    ("version: 1\nhosts: 2026-13-45\n", 2, "cannot be read as a YAML timestamp"),
+    ("hosts: " + "[" * 5000 + "]" * 5000 + "\n", None, "nested too deeply"),
+])
+def test_values_yaml_itself_cannot_read_are_bad_input(tmp_path, text, line, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_inventory(write(tmp_path, "inv.yaml", text))
+    assert message in str(info.value) and info.value.line == line, str(info.value)
+
+
 @pytest.mark.parametrize("text, message", [
     ("", "the file must be a mapping, got nothing"),
     ("- a\n", "the file must be a mapping, got a list"),

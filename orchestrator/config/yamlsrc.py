@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +25,17 @@ class LocList(list):
 
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records lines and refuses duplicate keys (a silent YAML trap)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, LookupError, OverflowError):
+            # PyYAML's own constructors raise these for a scalar its tag cannot hold
+            # ("!!int abc", the date 2026-13-45): bad input, reported at its line.
+            what = f"{node.value!r}" if isinstance(node, yaml.ScalarNode) else "this value"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{what} cannot be read as a YAML {node.tag.rsplit(':', 1)[-1]}",
+                node.start_mark) from None
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> LocDict:
@@ -78,6 +88,8 @@ def load_located(path: Path) -> tuple[Any, bytes]:
             return loader.get_single_data(), raw
         finally:
             loader.dispose()
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", path=str(path)) from None
     except yaml.reader.ReaderError as exc:
         raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed in YAML text",
                           path=str(path), line=text.count("\n", 0, exc.position) + 1)
