@@ -228,3 +228,65 @@ def test_cli_unset_bmc_password_variable_is_bad_input(files, tmp_path, capsys, m
     code = main(["run", "-i", str(inv), "--hosts", "srv1", str(REPO / "playbooks/smoke.yaml"),
                  "--results", str(tmp_path / "r")])
     assert code == 2 and "NO_SUCH_BMC_PASSWORD" in capsys.readouterr().err
+
+
+UNREADABLE_YAML = [
+    # (description, bytes replacing "  - name: vm2\n" in GOOD_INVENTORY, line, message fragment)
+    ("NUL byte", b"  - name: vm2\x00\n", 15, "U+0000"),
+    ("invalid UTF-8", b"  - name: vm\xff\xfe2\n", 15, "not UTF-8"),
+    ("tab-indented line", b"  - name: vm2\n\tarch: x86_64\n", 16, "tabs"),
+    ("unclosed bracket", b"  - name: [vm2\n", 15, "starts at line 15"),
+]
+
+
+@pytest.mark.parametrize("desc, bad, line, message", UNREADABLE_YAML, ids=[e[0] for e in UNREADABLE_YAML])
+def test_cli_unreadable_yaml_is_bad_input_not_an_internal_error(files, capsys, desc, bad, line, message) -> None:
+    path = files / "inv.yaml"
+    path.write_bytes(GOOD_INVENTORY.encode().replace(b"  - name: vm2\n", bad))
+    code = main(["inventory", "check", "--no-probe", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and str(path) in err and message in err, err
+    assert "Traceback" not in err and "Error:" not in err and "Error" not in err.split(str(path))[1], err
+    if desc != "unclosed bracket":      # found only at the end of the file; the message names the start
+        assert f"{path}:{line}:" in err, err
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("version: !!int one\n", 1, "'one' cannot be read as a YAML int"),
+    ("version: 1\nhosts: [{destructive: !!bool maybe}]\n", 2, "'maybe' cannot be read as a YAML bool"),
+    ("version: 1\nhosts: 2026-13-45\n", 2, "cannot be read as a YAML timestamp"),
+    ("hosts: " + "[" * 5000 + "]" * 5000 + "\n", None, "nested too deeply"),
+])
+def test_values_yaml_itself_cannot_read_are_bad_input(tmp_path, text, line, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_inventory(write(tmp_path, "inv.yaml", text))
+    assert message in str(info.value) and info.value.line == line, str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the file must be a mapping, got nothing"),
+    ("- a\n", "the file must be a mapping, got a list"),
+    ("version: 1\nhosts: [3]\n", "each host must be a mapping, got the number 3"),
+    ("version: 1\nhosts: {a: 1}\n", "hosts: must be a list, got a mapping"),
+    ("version: 1\nhosts:\n  - name: [a]\n", "host name must be a string, got a list"),
+])
+def test_errors_describe_values_in_user_words(tmp_path, text, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_inventory(write(tmp_path, "inv.yaml", text))
+    assert message in str(info.value)
+    assert not any(word in str(info.value) for word in ("LocList", "LocDict", "NoneType", "int ", "str "))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("port: 2222,", "port: 2222, keepalive: .nan,", "keepalive: must be positive seconds"),
+    ("port: 2222,", "port: 2222, connect_timeout: .inf,", "connect_timeout: must be positive seconds"),
+    ("key_file: id_key", "key_file: '~no-such-user-here/k'", "not a usable file name"),
+    ("password: {file: bmc-password}", 'password: {file: "a\\0b"}', "not a usable file name"),
+])
+def test_values_python_cannot_use_are_bad_input(files, old, new, message) -> None:
+    text = GOOD_INVENTORY.replace(old, new)
+    assert text != GOOD_INVENTORY
+    with pytest.raises(ConfigError) as info:
+        load_inventory(write(files, "inv.yaml", text))
+    assert message in str(info.value)

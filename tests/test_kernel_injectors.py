@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError
+from orchestrator.config import playbook
 from orchestrator.kernel.injectors import INJECTORS, injector
 from orchestrator.kernel.pages import Target
 from test_kernel_shells import FakeShell, LocalShell
@@ -30,6 +31,11 @@ def test_names_and_unknown_injector():
     assert all(injector(n).name == n for n in INJECTORS)
     with pytest.raises(ConfigError, match="unknown injector"):
         injector("madvise")
+
+
+def test_playbooks_accept_exactly_the_implemented_injectors():
+    # config/ may not import kernel/, so the playbook schema keeps its own list of names.
+    assert INJECTORS == playbook.INJECTORS
 
 
 def test_hwpoison_writes_the_pfn(tmp_path):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.kernel import pages
-from orchestrator.kernel.pages import (KPF, ProcPaths, TargetNotFound, explicit_target,
-                                       parse_iomem, select_target)
+from orchestrator.kernel import pages, pfnfind
+from orchestrator.kernel.pages import ProcPaths, TargetNotFound, explicit_target, parse_iomem, select_target
+from orchestrator.kernel.target import KPF
 from test_kernel_shells import FakeShell, LocalShell, busybox_shell
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kernel"
@@ -163,9 +163,9 @@ def test_anon_mode_picks_a_present_exclusive_lru_anon_page(shell, tmp_path):
         0x1000000: present | 0x6000, 0x1001000: swapped | 0x6003, 0x1003000: present | 0x6001,
         0x2000000: present | 0x6002, 0x2001000: present | 1 << 55 | 0x6003})  # 55 = soft-dirty
     crit = pages.CRITERIA["user-anon"]
-    args = ["--victim-pid", "4242", "--all", pages._bits(crit.all), "--none",
-            pages._bits(crit.none), "--maxcount", "1"]
-    result = pages._pfnfind(shell, "anon", args, paths, 4096, time.monotonic() + 30)
+    args = ["--victim-pid", "4242", "--all", pfnfind.kpf_bits(crit.all), "--none",
+            pfnfind.kpf_bits(crit.none), "--maxcount", "1"]
+    result = pfnfind.run_pfnfind(shell, "anon", args, paths, 4096, time.monotonic() + 30)
     assert result.stdout.strip() == f"pfn={0x6003} flags={anon_lru | 1 << 14:016x} count=1 pid=4242"
 
 

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from orchestrator.transports.ipmi import IpmiPower
-from orchestrator.transports.sol import ConsoleTranscript, LineAssembler, SolConsole, clean_console_text
+from orchestrator.protocols.console import clean_console_text
+from orchestrator.transports.console_transcript import ConsoleTranscript, LineAssembler
+from orchestrator.transports.sol import SolConsole
 from test_transport_peers import PASSWORD, USER, LoopbackBmc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import paramiko
 
 from orchestrator.config.model import (ARCHES, KDUMP_LAYOUTS, BmcConfig, Host, Inventory, KdumpConfig,
                                        SecretRef, SshConfig)
-from orchestrator.config.yamlsrc import Fields, LocDict, deep_merge, load_located
+from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge, describe, load_located
 from orchestrator.errors import ConfigError
 
 KNOWN_FEATURES = frozenset({
@@ -32,29 +33,23 @@ def load_inventory(path: Path | str) -> Inventory:
         raise top.error("version", f"unsupported inventory version {version} (this orchestrator reads version 1)")
     defaults = top.get("defaults", dict, LocDict())
     _check_host_keys(Fields(defaults, path, "defaults"), allow_name=False)
-    host_list = top.get("hosts", list)
     membership = _group_membership(top, path)
-    hosts, seen = [], {}
-    for i, entry in enumerate(host_list):
-        line = host_list.item_lines[i]
-        if not isinstance(entry, dict):
-            raise ConfigError("each host must be a mapping", path=str(path), line=line, field=f"hosts[{i}]")
+    hosts, names = [], UniqueNames(path, "host")
+    for where, line, entry in top.mappings("hosts", "host"):
         name = entry.get("name")
         if not isinstance(name, str):
-            raise ConfigError("host name must be a string", path=str(path), line=line, field=f"hosts[{i}].name")
+            raise ConfigError(f"host name must be a string, got {describe(name)}", path=str(path), line=line,
+                              field=f"{where}.name")
         groups = membership.get(name, [])
         merged = defaults
         for group_name, group_defaults in groups:
             merged = deep_merge(merged, group_defaults)
         merged = deep_merge(merged, entry)
-        host = _build_host(Fields(merged, path, f"hosts[{i}]", line), path, tuple(g for g, _ in groups))
-        if host.name in seen:
-            raise ConfigError(f"duplicate host name {host.name!r} (first at line {seen[host.name]})",
-                              path=str(path), line=line, field=f"hosts[{i}].name")
-        seen[host.name] = line
+        host = _build_host(Fields(merged, path, where, line), tuple(g for g, _ in groups))
+        names.add(host.name, line=line, field=f"{where}.name")
         hosts.append(host)
     for name in membership:
-        if name not in seen:
+        if name not in names:
             raise ConfigError(f"group lists unknown host {name!r}", path=str(path), line=top.line_of("groups"), field="groups")
     return Inventory(path=path, hosts=tuple(hosts), digest=hashlib.sha256(raw).hexdigest())
 
@@ -65,7 +60,9 @@ def _group_membership(top: Fields, path: Path) -> dict[str, list[tuple[str, dict
     if groups is None:
         return membership
     for group_name in groups.data:
-        group = groups.sub(str(group_name))
+        if not isinstance(group_name, str):
+            raise groups.error(str(group_name), f"group name must be a string, got {describe(group_name)}")
+        group = groups.sub(group_name)
         group.reject_unknown({"defaults", "hosts"})
         gdefaults = group.get("defaults", dict, LocDict())
         _check_host_keys(Fields(gdefaults, path, f"{group.where}.defaults"), allow_name=False)
@@ -78,7 +75,7 @@ def _check_host_keys(f: Fields, *, allow_name: bool) -> None:
     f.reject_unknown(_HOST_FIELDS if allow_name else _HOST_FIELDS - {"name"})
 
 
-def _build_host(f: Fields, path: Path, groups: tuple[str, ...]) -> Host:
+def _build_host(f: Fields, groups: tuple[str, ...]) -> Host:
     _check_host_keys(f, allow_name=True)
     name = f.get("name", str)
     if not _NAME_RE.match(name):
@@ -96,31 +93,36 @@ def _build_host(f: Fields, path: Path, groups: tuple[str, ...]) -> Host:
         platform=f.get("platform", str, "unknown"),
         features=frozenset(features),
         destructive=f.get("destructive", bool, False),
-        ssh=_build_ssh(f.sub("ssh"), path),
-        bmc=_build_bmc(f.sub("bmc", None), path),
+        ssh=_build_ssh(f.sub("ssh")),
+        bmc=_build_bmc(f.sub("bmc", None)),
         kdump=KdumpConfig(layout=kdump.get("layout", str, "auto", choices=KDUMP_LAYOUTS) if kdump else "auto",
                           path=kdump.get("path", str, "/var/crash") if kdump else "/var/crash"),
         groups=groups,
-        origin=f"{path}:{f.line}",
+        origin=f"{f.path}:{f.line}",
     )
 
 
-def _resolve(path: Path, value: str | None) -> Path | None:
+def _existing_file(f: Fields, key: str, what: str) -> Path | None:
+    """The file ``key`` names (relative to the inventory's folder); it must exist."""
+    value = f.get(key, str, None)
     if value is None:
         return None
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (path.parent / p).resolve()
+    try:
+        file = Path(value).expanduser()
+        file = file if file.is_absolute() else (f.path.parent / file).resolve()
+        exists = file.is_file()
+    except (RuntimeError, ValueError, OSError):     # "~nosuchuser/...", a NUL in the name
+        raise f.error(key, f"{value!r} is not a usable file name") from None
+    if not exists:
+        raise f.error(key, f"{what} {file} does not exist")
+    return file
 
 
-def _build_ssh(f: Fields, path: Path) -> SshConfig:
+def _build_ssh(f: Fields) -> SshConfig:
     f.reject_unknown({"address", "port", "user", "key_file", "known_hosts", "host_key",
                       "connect_timeout", "banner_timeout", "keepalive", "command_timeout"})
-    key_file = _resolve(path, f.get("key_file", str, None))
-    if key_file is not None and not key_file.is_file():
-        raise f.error("key_file", f"key file {key_file} does not exist")
-    known_hosts = _resolve(path, f.get("known_hosts", str, None))
-    if known_hosts is not None and not known_hosts.is_file():
-        raise f.error("known_hosts", f"known_hosts file {known_hosts} does not exist")
+    key_file = _existing_file(f, "key_file", "key file")
+    known_hosts = _existing_file(f, "known_hosts", "known_hosts file")
     host_key = f.get("host_key", str, None)
     if host_key is None and known_hosts is None:
         raise f.error("known_hosts", "no pinned host key: give known_hosts (a file) or host_key")
@@ -148,12 +150,12 @@ def _valid_host_key(text: str) -> bool:
 
 def _positive(f: Fields, key: str, default: float) -> float:
     value = f.get(key, float, default)
-    if value <= 0:
-        raise f.error(key, f"must be positive, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise f.error(key, f"must be positive seconds, got {value}")
     return value
 
 
-def _build_bmc(f: Fields | None, path: Path) -> BmcConfig | None:
+def _build_bmc(f: Fields | None) -> BmcConfig | None:
     if f is None:
         return None
     f.reject_unknown({"address", "port", "user", "password", "min_command_interval"})
@@ -161,11 +163,10 @@ def _build_bmc(f: Fields | None, path: Path) -> BmcConfig | None:
         raise f.error("password", "inline passwords are refused: use {env: VAR} or {file: PATH}")
     pw = f.sub("password")
     pw.reject_unknown({"env", "file"})
-    env, file = pw.get("env", str, None), pw.get("file", str, None)
-    if (env is None) == (file is None):
+    env = pw.get("env", str, None)
+    if (env is None) == (pw.get("file", str, None) is None):
         raise f.error("password", "give exactly one of env or file")
-    secret = SecretRef(env=env, file=_resolve(path, file), origin=f"{path}:{f.line_of('password')}")
-    if secret.file is not None and not secret.file.is_file():
-        raise pw.error("file", f"password file {secret.file} does not exist")
+    secret = SecretRef(env=env, file=_existing_file(pw, "file", "password file"),
+                       origin=f"{f.path}:{f.line_of('password')}")
     return BmcConfig(address=f.get("address", str), port=f.port("port", 623), user=f.get("user", str),
                      password=secret, min_command_interval=f.get("min_command_interval", float, 0.0))

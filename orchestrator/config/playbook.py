@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from orchestrator.config.model import ARCHES
-from orchestrator.config.yamlsrc import Fields, LocDict, deep_merge, load_located
+from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge, describe, load_located
 from orchestrator.errors import ConfigError
 
 INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "mce_inject")
@@ -97,19 +97,12 @@ def load_playbook(path: Path | str) -> Playbook:
     if top.get("version", int, 1) != 1:
         raise top.error("version", "unsupported playbook version (this orchestrator reads version 1)")
     defaults = top.get("defaults", dict, LocDict())
-    cases, seen = [], {}
-    items = top.get("cases", list)
-    if not items:
+    if not top.get("cases", list):
         raise top.error("cases", "a playbook needs at least one case")
-    for i, item in enumerate(items):
-        line = items.item_lines[i]
-        if not isinstance(item, dict):
-            raise ConfigError("each case must be a mapping", path=str(path), line=line, field=f"cases[{i}]")
-        case = _build_case(Fields(deep_merge(defaults, item), path, f"cases[{i}]", line))
-        if case.name in seen:
-            raise ConfigError(f"duplicate case name {case.name!r} (first at line {seen[case.name]})",
-                              path=str(path), line=line, field=f"cases[{i}].name")
-        seen[case.name] = line
+    cases, names = [], UniqueNames(path, "case")
+    for where, line, item in top.mappings("cases", "case"):
+        case = _build_case(Fields(deep_merge(defaults, item), path, where, line))
+        names.add(case.name, line=line, field=f"{where}.name")
         cases.append(case)
     return Playbook(path=path, name=top.get("name", str, path.stem), cases=tuple(cases),
                     digest=hashlib.sha256(raw).hexdigest())
@@ -162,7 +155,7 @@ def _build_sysctls(f: Fields) -> tuple[tuple[str, str], ...]:
         if not isinstance(key, str) or not _SYSCTL_RE.match(key):
             raise sub.error(str(key), "not a sysctl name (dotted, like vm.memory_failure_recovery)")
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise sub.error(key, f"value must be an integer or a string, got {value!r}")
+            raise sub.error(key, f"value must be an integer or a string, got {describe(value)}")
         out.append((key, str(value)))
     return tuple(out)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -24,6 +25,17 @@ class LocList(list):
 
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records lines and refuses duplicate keys (a silent YAML trap)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, LookupError, OverflowError):
+            # PyYAML's own constructors raise these for a scalar its tag cannot hold
+            # ("!!int abc", the date 2026-13-45): bad input, reported at its line.
+            what = f"{node.value!r}" if isinstance(node, yaml.ScalarNode) else "this value"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{what} cannot be read as a YAML {node.tag.rsplit(':', 1)[-1]}",
+                node.start_mark) from None
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> LocDict:
@@ -56,23 +68,47 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _co
 
 
 def load_located(path: Path) -> tuple[Any, bytes]:
-    """Parse ``path``; returns the located data and the raw bytes (for the digest)."""
+    """Parse ``path``; returns the located data and the raw bytes (for the digest).
+
+    Whatever is wrong with the file itself (unreadable, not UTF-8, characters or syntax YAML
+    refuses) is bad input: a ConfigError naming the line, never a parser's exception."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(path))
-    loader = _LineLoader(raw.decode("utf-8", errors="replace"))
-    loader.name = str(path)
     try:
-        return loader.get_single_data(), raw
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"invalid YAML: not UTF-8 text (byte {raw[exc.start]:#04x})",
+                          path=str(path), line=raw.count(b"\n", 0, exc.start) + 1)
+    try:
+        loader = _LineLoader(text)      # the reader refuses control characters here already
+        loader.name = str(path)
+        try:
+            return loader.get_single_data(), raw
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", path=str(path)) from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed in YAML text",
+                          path=str(path), line=text.count("\n", 0, exc.position) + 1)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ConfigError(f"invalid YAML: {exc.problem or exc}", path=str(path), line=line)
+        raise _syntax_error(exc, path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", path=str(path))
-    finally:
-        loader.dispose()
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, path: Path) -> ConfigError:
+    """One line from PyYAML's multi-line report: the problem, where it was found, and where
+    the construct it broke began (an unclosed bracket is found only at the end of the file)."""
+    mark = exc.problem_mark or exc.context_mark
+    message = (exc.problem or exc.context or "").replace("'<stream end>'", "the end of the file")
+    if "'\\t'" in message:
+        message += " (YAML indents with spaces, not tabs)"
+    if exc.context and exc.problem and exc.context_mark and exc.context_mark.line != mark.line:
+        message += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+    return ConfigError(f"invalid YAML: {message}", path=str(path), line=mark.line + 1 if mark else None)
 
 
 class Fields:
@@ -80,7 +116,8 @@ class Fields:
 
     def __init__(self, data: Any, path: Path, where: str, line: int = 0):
         if not isinstance(data, dict):
-            raise ConfigError(f"must be a mapping, got {type(data).__name__}", path=str(path), line=line or None, field=where or None)
+            raise ConfigError(f"{'must' if where else 'the file must'} be a mapping, got {describe(data)}",
+                              path=str(path), line=getattr(data, "line", line) or None, field=where or None)
         self.data, self.path, self.where = data, path, where
         self.line = getattr(data, "line", line)
 
@@ -106,12 +143,10 @@ class Fields:
             return default
         value = self.data[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        if bool not in kinds and isinstance(value, bool):
-            raise self.error(key, f"must be {_names(kinds)}, got a boolean")
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, kinds):
-            raise self.error(key, f"must be {_names(kinds)}, got {type(value).__name__} {value!r}")
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise self.error(key, f"must be {_names(kinds)}, got {describe(value)}")
         if choices is not None and value not in choices:
             raise self.error(key, f"{value!r} is not one of: {', '.join(map(str, choices))}")
         return value
@@ -129,8 +164,19 @@ class Fields:
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 line = getattr(value, "item_lines", [self.line_of(key)] * len(value))[i]
-                raise ConfigError(f"item {i} must be a string, got {item!r}", path=str(self.path), line=line, field=self._field(key))
+                raise ConfigError(f"item {i} must be a string, got {describe(item)}",
+                                  path=str(self.path), line=line, field=self._field(key))
         return tuple(value)
+
+    def mappings(self, key: str, what: str) -> Iterator[tuple[str, int, dict]]:
+        """(field path, line, item) of each item of the list ``key``; each must be a mapping."""
+        items = self.get(key, list)
+        for i, item in enumerate(items):
+            where, line = f"{self._field(key)}[{i}]", items.item_lines[i]
+            if not isinstance(item, dict):
+                raise ConfigError(f"each {what} must be a mapping, got {describe(item)}",
+                                  path=str(self.path), line=line, field=where)
+            yield where, line, item
 
     def sub(self, key: str, default: Any = ...) -> "Fields | None":
         value = self.get(key, dict, default)
@@ -139,9 +185,41 @@ class Fields:
         return Fields(value, self.path, self._field(key), self.line_of(key))
 
 
+class UniqueNames:
+    """The names given to the items of one list: a second use is refused, naming the first's line."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = path, what
+        self.first_line: dict[str, int] = {}
+
+    def add(self, name: str, *, line: int, field: str) -> None:
+        if name in self.first_line:
+            raise ConfigError(f"duplicate {self.what} name {name!r} (first at line {self.first_line[name]})",
+                              path=str(self.path), line=line, field=field)
+        self.first_line[name] = line
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.first_line
+
+
 def _names(kinds: tuple[type, ...]) -> str:
     words = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a mapping"}
     return " or ".join(words.get(k, k.__name__) for k in kinds)
+
+
+def describe(value: Any) -> str:
+    """What a YAML value is, in the words of someone who wrote the file (never a type name)."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    kinds = ((dict, "a mapping"), (list, "a list"), (datetime.date, "a date"), (bytes, "binary data"),
+             (set, "a set"), (tuple, "a list"))
+    return next((words for kind, words in kinds if isinstance(value, kind)), "an unsupported value")
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -25,6 +25,7 @@ class Injector(abc.ABC):
     feature: str                      # inventory feature that declares it usable
     needs: str                        # the file (after prepare) whose absence means "unusable"
     module: str | None = None         # loadable module providing it, if any
+    setup: str | None = None          # sh run after the file exists (hwpoison's page filter)
 
     def unavailable_reason(self, shell: ShellProtocol, *, arch: str) -> str | None:
         """None if usable; otherwise why not, in words an operator can act on."""
@@ -47,7 +48,14 @@ class Injector(abc.ABC):
             f" and no {self.module} module" if self.module else "")
 
     def prepare(self, shell: ShellProtocol) -> None:
-        """Make ``needs`` exist (mount debugfs, load the module); idempotent."""
+        """Make ``needs`` exist (mount debugfs, load the module), then run ``setup``; idempotent."""
+        steps = [_MOUNT_DEBUGFS] if self.needs.startswith(DEBUGFS) else []
+        if self.module:
+            steps.append(f"[ -e {self.needs} ] || modprobe {self.module}")
+        if self.setup:
+            steps.append(self.setup)
+        if steps:
+            shell.run("; ".join(steps), timeout=60)
 
     @abc.abstractmethod
     def command(self, target: Target) -> str: ...
@@ -55,13 +63,10 @@ class Injector(abc.ABC):
 
 class HwpoisonInject(Injector):
     """debugfs hwpoison/corrupt-pfn: memory_failure(pfn, MF_SW_SIMULATED). With
-    corrupt-filter-enable 1 it silently skips kernel pages, so prepare() turns the filter off."""
+    corrupt-filter-enable 1 it silently skips kernel pages, so ``setup`` turns the filter off."""
     name, feature, module = "hwpoison_inject", "hwpoison_inject", "hwpoison_inject"
     needs = f"{DEBUGFS}/hwpoison/corrupt-pfn"
-
-    def prepare(self, shell):
-        shell.run(f"{_MOUNT_DEBUGFS}; [ -e {self.needs} ] || modprobe {self.module}; "
-                  f"echo 0 > {DEBUGFS}/hwpoison/corrupt-filter-enable", timeout=60)
+    setup = f"echo 0 > {DEBUGFS}/hwpoison/corrupt-filter-enable"
 
     def command(self, target):
         return f"echo {target.pfn:#x} > {self.needs}"
@@ -89,9 +94,6 @@ class Einj(Injector):
                     "error injection (QEMU's x86 machines have none; on servers it is often a "
                     "BIOS setting)")
         return super().unavailable_reason(shell, arch=arch)
-
-    def prepare(self, shell):
-        shell.run(f"{_MOUNT_DEBUGFS}; [ -e {self.needs} ] || modprobe {self.module}", timeout=60)
 
     def command(self, target):
         mask = (1 << 64) - target.page_size          # the kernel wants at least a page mask
@@ -125,9 +127,6 @@ class MceInject(Injector):
             return ("mce_inject: under a hypervisor the MCA MSR writes are dropped (QEMU keeps "
                     "only 0 in MCi_STATUS); inject from the hypervisor instead")
         return super().unavailable_reason(shell, arch=arch)
-
-    def prepare(self, shell):
-        shell.run(f"{_MOUNT_DEBUGFS}; [ -e {self.needs} ] || modprobe {self.module}", timeout=60)
 
     def command(self, target):
         d = f"{DEBUGFS}/mce-inject"

@@ -11,7 +11,27 @@ from dataclasses import dataclass
 class ConsoleLine:
     index: int          # position in the transcript, stable for the console's lifetime
     t: float            # time.monotonic() when the line completed on the controller
-    text: str           # cleaned: ANSI/control characters removed, no trailing newline
+    text: str           # clean_console_text() of the line, without its newline
+
+
+# CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), and two-character ESC sequences.
+_ESCAPE_SEQUENCE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
+# C0 and C1 controls except TAB and newline: \r from serial consoles, NULs from log files,
+# a lone C1 introducer (dropped, not interpreted).
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_console_text(text: str) -> str:
+    """``text`` without terminal escape sequences and control characters (TAB is kept).
+
+    The one cleaner of console and log text: the SOL transcript and the kernel log parser
+    both use it. Lines are usually clean already, so each pass runs only when needed (the
+    triage scans logs of millions of lines)."""
+    if "\x1b" in text:
+        text = _ESCAPE_SEQUENCE.sub("", text)
+    if _CONTROL_CHARACTER.search(text):
+        text = _CONTROL_CHARACTER.sub("", text)
+    return text
 
 
 class ConsoleProtocol(abc.ABC):

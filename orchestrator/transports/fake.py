@@ -14,7 +14,7 @@ from orchestrator.protocols.shell import CommandFailed, CommandResult, ShellProt
 from orchestrator.protocols.console import ConsoleLine, ConsoleProtocol
 from orchestrator.protocols.power import PowerProtocol
 from orchestrator.errors import UnsupportedOperation
-from orchestrator.transports.sol import ConsoleTranscript
+from orchestrator.transports.console_transcript import ConsoleTranscript
 
 
 class FakeShell(ShellProtocol):

@@ -1,8 +1,8 @@
 """The host's serial console over IPMI Serial-over-LAN (``ConsoleProtocol``), via pyghmi.
 
-Raw SOL bytes are appended unmodified to ``raw_log``; ``ConsoleTranscript`` turns them into
-cleaned lines that ``wait_for`` sees the moment their newline arrives (a Condition, no
-polling). pyghmi's Console never comes back by itself once it breaks (BMC restart, SOL
+Raw SOL bytes are appended unmodified to ``raw_log``; a ``ConsoleTranscript``
+(console_transcript.py) turns them into cleaned lines that ``wait_for`` sees the moment
+their newline arrives. pyghmi's Console never comes back by itself once it breaks (BMC restart, SOL
 taken over, session lost), so a keeper thread per console re-creates it with backoff.
 
 Dead-console detection: pyghmi notices a dead BMC only through its SOL keepalive, 30-45 s
@@ -17,7 +17,6 @@ answering while the probe is still blocked in pyghmi's retries.
 
 from __future__ import annotations
 
-import codecs
 import logging
 import re
 import struct
@@ -31,77 +30,12 @@ from pyghmi.ipmi.console import Console
 from orchestrator.config.model import BmcConfig
 from orchestrator.transports import pyghmi_loop
 from orchestrator.protocols.console import ConsoleLine, ConsoleProtocol
+from orchestrator.transports.console_transcript import ConsoleTranscript
 from orchestrator.tunables import SOL_RECONNECT_BACKOFF
 
 log = logging.getLogger(__name__)
 
-MAX_LINE_CHARS = 4096           # an unterminated line (flood, binary noise) is cut here
-# CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), and two-character ESC sequences.
-_ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[ -/]*[0-~])")
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")   # keeps TAB; \r goes too
 GET_PAYLOAD_INSTANCE_INFO = {"netfn": 6, "command": 0x4B, "data": (1, 1)}  # SOL, instance 1
-
-
-def clean_console_text(line: str) -> str:
-    return _CONTROL_CHARS.sub("", _ANSI_ESCAPE.sub("", line))
-
-
-class LineAssembler:
-    """Bytes in, complete cleaned lines out; keeps the unterminated tail between chunks."""
-
-    def __init__(self, max_line: int = MAX_LINE_CHARS):
-        self.max_line = max_line
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._tail = ""
-
-    def feed(self, data: bytes) -> list[str]:
-        *complete, self._tail = (self._tail + self._decoder.decode(data)).split("\n")
-        while len(self._tail) > self.max_line:
-            complete.append(self._tail[:self.max_line])
-            self._tail = self._tail[self.max_line:]
-        return [clean_console_text(line) for line in complete]
-
-
-class ConsoleTranscript:
-    """Thread-safe line transcript; feeding is cheap (it runs inside pyghmi callbacks)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
-        self._assembler = LineAssembler()
-        self._lines: list[ConsoleLine] = []
-        self._changed = threading.Condition()
-
-    def feed(self, data: bytes) -> None:
-        texts = self._assembler.feed(data)
-        if not texts:
-            return
-        with self._changed:
-            now = self._clock()
-            for text in texts:
-                self._lines.append(ConsoleLine(len(self._lines), now, text))
-            self._changed.notify_all()
-
-    def mark(self) -> int:
-        with self._changed:
-            return len(self._lines)
-
-    def lines(self, since: int = 0) -> list[ConsoleLine]:
-        with self._changed:
-            return self._lines[max(since, 0):]
-
-    def wait_for(self, pattern: re.Pattern[str], *, since: int, timeout: float) -> ConsoleLine | None:
-        deadline = time.monotonic() + timeout
-        position = max(since, 0)
-        with self._changed:
-            while True:
-                for line in self._lines[position:]:
-                    if pattern.search(line.text):
-                        return line
-                position = max(position, len(self._lines))
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._changed.wait(remaining)
 
 
 class _SettlingConsole(Console):
