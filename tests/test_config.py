@@ -175,6 +175,25 @@ def test_cli_inventory_check_without_probe(files, capsys) -> None:
     code = main(["inventory", "check", "--no-probe", str(write(files, "inv.yaml", GOOD_INVENTORY))])
     out = capsys.readouterr().out
     assert code == 0 and "srv1" in out and "vm2" in out
+    assert "will inject into: srv1\n" in out and "never injected (no 'destructive: true'): vm2" in out
+
+
+def test_destructive_in_the_global_defaults_is_refused(files, capsys) -> None:
+    text = GOOD_INVENTORY.replace("defaults:\n  ssh:", "defaults:\n  destructive: true\n  ssh:")
+    assert main(["inventory", "check", "--no-probe", str(write(files, "inv.yaml", text))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "inv.yaml:3: defaults.destructive: destructive is allowed only on a host or a group" in err
+
+
+def test_state_dir_is_an_absolute_plain_path(files) -> None:
+    inventory = load_inventory(write(files, "inv.yaml", GOOD_INVENTORY.replace(
+        "    kdump: {layout: rhel}", "    kdump: {layout: rhel}\n    state_dir: /srv/orch/")))
+    assert inventory.host("vm2").state_dir == "/srv/orch"
+    assert inventory.host("srv1").state_dir == "/var/lib/memfail-orchestrator"
+    for bad in ("relative/dir", "/tmp/x'; reboot"):
+        with pytest.raises(ConfigError, match="state_dir"):
+            load_inventory(write(files, "inv.yaml", GOOD_INVENTORY.replace(
+                "    kdump: {layout: rhel}", f"    kdump: {{layout: rhel}}\n    state_dir: \"{bad}\"")))
 
 
 PLAYBOOK_RUNTIME_TRAPS = [

@@ -20,7 +20,8 @@ KNOWN_FEATURES = frozenset({
     "hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "kdump", "sol", "nmi",
 })
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_HOST_FIELDS = {"name", "arch", "platform", "features", "destructive", "ssh", "bmc", "kdump"}
+_HOST_FIELDS = {"name", "arch", "platform", "features", "destructive", "ssh", "bmc", "kdump", "state_dir"}
+
 
 
 def load_inventory(path: Path | str) -> Inventory:
@@ -33,6 +34,9 @@ def load_inventory(path: Path | str) -> Inventory:
         raise top.error("version", f"unsupported inventory version {version} (this orchestrator reads version 1)")
     defaults = top.get("defaults", dict, LocDict())
     _check_host_keys(Fields(defaults, path, "defaults"), allow_name=False)
+    if "destructive" in defaults:
+        raise top.sub("defaults").error("destructive", "destructive is allowed only on a host or a group, never in "
+                                                       "the global defaults (it would opt in every host ever added)")
     membership = _group_membership(top, path)
     hosts, names = [], UniqueNames(path, "host")
     for where, line, entry in top.mappings("hosts", "host"):
@@ -99,7 +103,15 @@ def _build_host(f: Fields, groups: tuple[str, ...]) -> Host:
                           path=kdump.get("path", str, "/var/crash") if kdump else "/var/crash"),
         groups=groups,
         origin=f"{f.path}:{f.line}",
+        state_dir=_state_dir(f),
     )
+
+
+def _state_dir(f: Fields) -> str:
+    state_dir = f.get("state_dir", str, Host.state_dir)
+    if not state_dir.startswith("/") or any(c in state_dir for c in "'\"\n$`\\") or state_dir.rstrip("/") == "":
+        raise f.error("state_dir", f"{state_dir!r} must be an absolute folder path without quotes or shell characters")
+    return state_dir.rstrip("/")
 
 
 def _existing_file(f: Fields, key: str, what: str) -> Path | None:

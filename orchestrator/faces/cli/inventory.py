@@ -36,5 +36,12 @@ def cmd_inventory_check(args: argparse.Namespace) -> int:
         bad |= ssh.startswith("FAIL") or bmc.startswith("FAIL")
         table.add_row(host.name, host.arch, host.platform, "yes" if host.destructive else "no",
                       ",".join(sorted(host.features)), ssh, bmc)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    armed = [h.name for h in inventory.hosts if h.destructive]
+    spared = [h.name for h in inventory.hosts if not h.destructive]
+    # Said in words, not only as a column: this is the list a run will inject memory errors into.
+    console.print(f"will inject into: {', '.join(armed) or 'no host'}", markup=False, soft_wrap=True)
+    if spared:
+        console.print(f"never injected (no 'destructive: true'): {', '.join(spared)}", markup=False, soft_wrap=True)
     return EXIT_INFRA if bad else EXIT_OK

@@ -130,6 +130,10 @@ normal_boot() {
     [ "$(uname -m)" = x86_64 ] && { modprobe -q pvpanic_mmio; modprobe -q pvpanic_pci; }
     setup_network
     mount_disk && mkdir -p "$DISK_MNT/crash" && mount --bind "$DISK_MNT/crash" /var/crash
+    # The orchestrator's own records on the host (lease, arm journal) must outlive panics
+    # and reboots, as /var/lib does on a server: keep them on the persistent disk too.
+    mkdir -p "$DISK_MNT/orchestrator" /var/lib/memfail-orchestrator \
+        && mount --bind "$DISK_MNT/orchestrator" /var/lib/memfail-orchestrator
     start_sshd
     start_power_button_watcher
     if load_crash_kernel; then
