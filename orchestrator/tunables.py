@@ -121,3 +121,14 @@ ENGINE_MIN_RETRY_DELAY_S = 1.0
 ENGINE_POLL_S = 1.0
 #: Connecting to the queue's database: a database that does not answer within this is down.
 ENGINE_CONNECT_TIMEOUT_S = 5.0
+
+# -- the run folder (fleet/run_folder.py) ----------------------------------------------------
+#: Each case's result.json is written the moment it ends; run.json too. junit.xml and
+#: report.html are re-rendered at most this often while a run goes on (and always at its end):
+#: rendering grows with the run, and a 1,000-host run would spend its controller on it.
+REPORT_INTERVAL_S = 5.0
+#: How often a case waiting for a host leased by someone else (--lease-wait) looks again.
+LEASE_WAIT_POLL_S = 5.0
+#: After an infrastructure error, one quick look decides whether the host is still there; a
+#: host that does not answer it is lost, and its remaining cases end at once.
+HOST_ALIVE_PROBE_S = 10.0

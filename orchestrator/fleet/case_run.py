@@ -21,12 +21,12 @@ from orchestrator.results.model import CaseResult
 
 
 def run_case(session: HostSession, case: Case, resolver: Callable, folder: Path, *, run_dir: Path,
-             on_state: Callable[[str, str], None] | None = None) -> CaseResult:
+             on_state: Callable[[str, str], None] | None = None, run_id: str = "adhoc") -> CaseResult:
     """Run ``case``; its commands are logged to ``folder``/commands.log, its artifacts written
     there, and named in the result relative to ``run_dir``."""
     folder.mkdir(parents=True, exist_ok=True)
     session.commands.point_at(folder / "commands.log")
-    run = CaseCycle(session.handles, case, expect_resolver=resolver, on_state=on_state).run()
+    run = CaseCycle(session.handles, case, expect_resolver=resolver, on_state=on_state, run_id=run_id).run()
     return write_artifacts(run, folder, run_dir)
 
 

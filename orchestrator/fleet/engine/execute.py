@@ -1,16 +1,30 @@
-"""The real case executor the engine's jobs call (jobs.CASE_EXECUTOR names it).
-
-To be wired to the fleet's single-case function: from ``<run_dir>/run-request.json`` load
-the inventory and playbook, take the host's lease (fleet/lease.py; a lease still held by a
-dead worker expires within LEASE_TTL_S, or within the deadline it was stretched over), run
-the case's cycle, and write ``<run_dir>/<host>/<case>/result.json`` atomically. Then
-regenerate run.json/junit/report from the run folder."""
+"""The real case executor the engine's jobs call (jobs.CASE_EXECUTOR names it): one queued
+(host, case) of a run, through the same code as a local run's host thread."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from orchestrator.errors import ConfigError
+from orchestrator.fleet.host_run import HostRun
+from orchestrator.fleet.lease_keeper import injection_stretch
+from orchestrator.fleet.run_folder import RunFolder
+
 
 def run_case_in_folder(run_dir: str, host: str, case: str) -> None:
-    raise NotImplementedError(
-        f"the engine's case executor is not wired yet: cannot run case {case!r} on host {host!r} "
-        f"of {run_dir}; orchestrator/fleet/engine/execute.py:run_case_in_folder must call the "
-        "fleet's single-case function")
+    """Run ``case`` on ``host`` into the run's folder (its request names the inventory and
+    playbook). A retried job of a dead worker waits for that worker's lease to expire: at
+    most the stretch it took over the injection."""
+    folder = RunFolder.open(Path(run_dir))
+    plan = folder.plan
+    try:
+        target = plan.inventory.host(host)
+        the_case = next(c for c in plan.playbook.cases if c.name == case)
+    except (KeyError, StopIteration):
+        raise ConfigError(f"the run's request has no host {host!r} with case {case!r}",
+                          path=str(Path(run_dir) / "run-request.json")) from None
+    if (host, case) in folder.finished():
+        return                      # already verdicted (a job retried after its result was written)
+    HostRun(folder, target, lease_wait_s=max(plan.lease_wait_s, injection_stretch(the_case))).run([the_case])
+    folder.reload()
+    folder.assemble()

@@ -6,21 +6,16 @@ also sees; workers write ``<host>/<case>/result.json`` into it."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from procrastinate.exceptions import AlreadyEnqueued, ConnectorException
 
-from orchestrator.config.inventory import load_inventory
-from orchestrator.config.model import Inventory
-from orchestrator.config.playbook import load_playbook
 from orchestrator.errors import ConfigError, InfraError
 from orchestrator.fleet.engine.app import build_app, describe_dsn, prepare_database, queue_for_lab
 from orchestrator.fleet.engine.jobs import CaseJob, defer_case
-from orchestrator.results import store
-
-RUN_REQUEST_JSON = "run-request.json"
+from orchestrator.fleet.plan import RunPlan
+from orchestrator.fleet.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -38,25 +33,15 @@ class Submission:
 def submit_run(sub: Submission) -> Path:
     """Queue the run; returns its folder. Bad input is found before the database is asked,
     and the database before any folder is made."""
-    inventory = select_hosts(load_inventory(sub.inventory_path), sub.hosts)
-    playbook = load_playbook(sub.playbook_path)
-    if sub.cases:
-        playbook = playbook.select(sub.cases)
-    refused = [h.name for h in inventory.hosts if not h.destructive]
-    if refused:
-        raise ConfigError(f"host(s) {', '.join(refused)} lack 'destructive: true'; refusing to inject",
-                          path=str(inventory.path))
+    plan = RunPlan.load(sub.inventory_path, sub.playbook_path, hosts=sub.hosts, cases=sub.cases,
+                        argv=sub.argv, lab=sub.lab)
     queue = queue_for_lab(sub.lab)
     prepare_database(sub.dsn)
-    run_id, run_dir = store.new_run_dir(sub.results_base)
-    hosts, cases = [h.name for h in inventory.hosts], [c.name for c in playbook.cases]
-    request = {"run_id": run_id, "inventory": str(Path(inventory.path).resolve()),
-               "playbook": str(Path(playbook.path).resolve()), "hosts": hosts, "cases": cases,
-               "lab": sub.lab, "queue": queue, "argv": list(sub.argv)}
-    store.write_atomic(run_dir / RUN_REQUEST_JSON, json.dumps(request, indent=2) + "\n")
-    jobs = [CaseJob(run_id, str(run_dir.resolve()), host, case) for host in hosts for case in cases]
-    _queue_jobs(sub.dsn, queue, jobs)
-    return run_dir
+    folder = RunFolder.create(sub.results_base, plan)
+    run_dir = str(folder.run_dir.resolve())
+    _queue_jobs(sub.dsn, queue, [CaseJob(folder.run_id, run_dir, host, case) for host, case in plan.pairs()])
+    folder.assemble()
+    return folder.run_dir
 
 
 def _queue_jobs(dsn: str, queue: str, jobs: list[CaseJob]) -> None:
@@ -71,13 +56,3 @@ def _queue_jobs(dsn: str, queue: str, jobs: list[CaseJob]) -> None:
         raise ConfigError(f"already queued: {exc}") from None
     except ConnectorException as exc:
         raise InfraError(f"queue database {describe_dsn(dsn)}: {str(exc).strip().splitlines()[0]}") from None
-
-
-def select_hosts(inventory: Inventory, names: tuple[str, ...]) -> Inventory:
-    if not names:
-        return inventory
-    known = {h.name for h in inventory.hosts}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"no such host(s) in the inventory: {', '.join(unknown)}", path=str(inventory.path))
-    return replace(inventory, hosts=tuple(h for h in inventory.hosts if h.name in names))

@@ -1,0 +1,117 @@
+"""One host's cases, one after another, into a run folder: the unit both the local runner
+(a thread per host) and a fleet worker (one queued case at a time) hand a host to.
+
+Per case: its limits (skip), the host's lease (an error naming the holder, and nothing
+injected, when someone else has it), the cycle (fleet/case_run.py), the result written as
+it ends. After an infrastructure error the host gets one quick look; a host that does not
+answer it is lost, and its remaining cases end at once naming the case where it was lost
+instead of each waiting out its own deadlines.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+from orchestrator.config.applicability import skip_reason
+from orchestrator.config.model import Host
+from orchestrator.config.playbook import Case
+from orchestrator.cycle.expectations import ExpectationResolver
+from orchestrator.cycle.hostwait import read_boot_facts
+from orchestrator.cycle.outcome import no_cycle_result
+from orchestrator.errors import KDUMP, LAB, InfraError, OrchestratorError
+from orchestrator.fleet.case_run import run_case
+from orchestrator.fleet.facts import probe_host_facts
+from orchestrator.fleet.host_handles import HostSession, open_host
+from orchestrator.fleet.lease import Holder, LeaseHeld
+from orchestrator.fleet.lease_keeper import held_for_case, injection_stretch
+from orchestrator.fleet.run_folder import RunFolder
+from orchestrator.results import store
+from orchestrator.results.model import ERROR, SKIP, CaseResult, HostFacts
+from orchestrator.tunables import HOST_ALIVE_PROBE_S
+
+OnState = Callable[[str, str, str], None]      # (host, case, state)
+
+
+@dataclass
+class _Lost:
+    case: str
+    why: str
+
+
+class HostRun:
+    def __init__(self, folder: RunFolder, host: Host, *, stop: threading.Event | None = None,
+                 open_host: Callable[..., ContextManager[HostSession]] = open_host,
+                 on_state: OnState | None = None, lease_wait_s: float | None = None):
+        self.folder, self.host = folder, host
+        self.stop = stop or threading.Event()
+        self.open_host = open_host
+        self.on_state = on_state or (lambda host, case, state: None)
+        self.lease_wait_s = folder.plan.lease_wait_s if lease_wait_s is None else lease_wait_s
+        self.holder = Holder.for_run(folder.run_id)
+        self.lost: _Lost | None = None
+
+    def run(self, cases: list[Case]) -> None:
+        """Open the host once, record its facts, then its cases one after another."""
+        host_dir = self.folder.run_dir / store.safe_name(self.host.name)
+        try:
+            with self.open_host(self.host, host_dir, commands_log=store.case_dir(
+                    self.folder.run_dir, self.host.name, "_host") / "commands.log") as session:
+                resolver = ExpectationResolver()
+                self.folder.record_facts(probe_host_facts(session.handles, resolver))
+                for case in cases:
+                    self._finish(self._one_case(session, case, resolver), case)
+        except OrchestratorError as exc:
+            self.folder.record_facts(HostFacts(host=self.host.name, arch=self.host.arch, platform=self.host.platform,
+                                               features=tuple(sorted(self.host.features)), error=str(exc)))
+            self.lost = _Lost("preflight", str(exc))
+            for case in cases:
+                if (self.host.name, case.name) not in self.folder.finished():
+                    self._finish(self._without_cycle(case), case)
+
+    def _finish(self, result: tuple[CaseResult, bool], case: Case) -> None:
+        result, durable = result
+        self.folder.record(result, durable=durable)
+        self.on_state(self.host.name, case.name, f"done:{result.verdict}")
+
+    def _without_cycle(self, case: Case) -> tuple[CaseResult, bool]:
+        """A case that cannot start a cycle, and whether a resumed run keeps its verdict."""
+        if self.stop.is_set():
+            return no_cycle_result(self.host.name, case, SKIP, "interrupted before this case started"), False
+        why = skip_reason(self.host, case)
+        if why is not None:
+            return no_cycle_result(self.host.name, case, SKIP, why), True
+        lost = self.lost
+        where = "preflight" if lost.case == "preflight" else f"host lost in case {lost.case}"
+        return no_cycle_result(self.host.name, case, ERROR, f"{where}: {lost.why}", LAB), True
+
+    def _one_case(self, session: HostSession, case: Case, resolver: ExpectationResolver) -> tuple[CaseResult, bool]:
+        if self.stop.is_set() or skip_reason(self.host, case) is not None or self.lost is not None:
+            return self._without_cycle(case)
+        folder = store.case_dir(self.folder.run_dir, self.host.name, case.name)
+        try:
+            with held_for_case(session.handles.shell.fresh(), self.host.name, self.host.state_dir, self.holder,
+                               case, self.lease_wait_s) as keeper:
+                def on_state(host: str, state: str) -> None:
+                    if state == "targeted":            # the next step injects: cover the host going dark
+                        keeper.stretch(injection_stretch(case))
+                    self.on_state(host, case.name, state)
+
+                result = run_case(session, case, resolver, folder, run_dir=self.folder.run_dir,
+                                  on_state=on_state, run_id=self.folder.run_id)
+        except LeaseHeld as held:
+            return no_cycle_result(self.host.name, case, ERROR, f"{held}; nothing was injected", LAB), True
+        except InfraError as exc:
+            result = no_cycle_result(self.host.name, case, ERROR, f"lease: {exc}", LAB)
+        if result.verdict == ERROR and result.blame in (LAB, KDUMP) and not self._answers(session):
+            self.lost = _Lost(case.name, result.reasons[0] if result.reasons else "no answer")
+        return result, True
+
+    def _answers(self, session: HostSession) -> bool:
+        try:
+            read_boot_facts(session.handles.poll_shell, timeout=HOST_ALIVE_PROBE_S)
+            return True
+        except OrchestratorError:
+            session.handles.poll_shell.close()
+            return False
