@@ -8,6 +8,8 @@ so tests are fast and deterministic.
 from __future__ import annotations
 
 import shlex
+import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 
@@ -85,6 +87,7 @@ class FakeLabHost:
     injected: bool = False                  # the injection's exit status is on the host
     kdump_loaded: bool = True
     journal: str | None = None              # the arm journal the cycle keeps on the host
+    state_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fakehost-state-"))
     def __post_init__(self) -> None:
         self.console = FakeConsole()
         self.power = FakePower(on_action=self._power_action, nmi_supported=self.nmi_supported)
@@ -109,7 +112,11 @@ class FakeLabHost:
         return self._state_answer(command)
 
     def _state_answer(self, command: str) -> tuple[int, str]:
-        """The host's own state: the arm journal on its disk and whether a crash kernel is loaded."""
+        """The host's own state: its lease (the real scripts, run by this machine's sh in the
+        host's state folder), the arm journal on its disk and whether a crash kernel is loaded."""
+        if "lease" in command and self.state_dir in command:
+            done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=30)
+            return done.returncode, done.stdout
         if command == "cat /sys/kernel/kexec_crash_loaded":
             return 0, "1\n" if self.kdump_loaded else "0\n"
         if command.startswith("kexec -p -u"):
@@ -185,7 +192,7 @@ class FakeLabHost:
             vmcoreinfo={"CRASHTIME": str(EPOCH - 86400)})
 
     def handles(self, *, features=("hwpoison_inject", "kdump", "sol", "nmi"), destructive=True) -> HostHandles:
-        host = Host(name="fake1", arch="x86_64", platform="fake", destructive=destructive,
+        host = Host(name="fake1", arch="x86_64", platform="fake", destructive=destructive, state_dir=self.state_dir,
                     ssh=SshConfig(address="127.0.0.1", host_key="ssh-ed25519 AAAA"), bmc=None,
                     features=frozenset(features), kdump=KdumpConfig(layout="debian"))
         return HostHandles(host=host, shell=self.shell, poll_shell=self.shell, power=self.power,
