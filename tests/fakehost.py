@@ -197,3 +197,16 @@ class FakeLabHost:
                     features=frozenset(features), kdump=KdumpConfig(layout="debian"))
         return HostHandles(host=host, shell=self.shell, poll_shell=self.shell, power=self.power,
                            console=self.console, kdump=StubLayout(self))
+
+
+class StubInjector:
+    name = "hwpoison_inject"
+
+    def unavailable_reason(self, shell, *, arch):
+        return None
+
+    def prepare(self, shell):
+        shell.run("modprobe hwpoison_inject", timeout=10)
+
+    def command(self, target):
+        return f"echo {target.pfn:#x} > /sys/kernel/debug/hwpoison/corrupt-pfn"

@@ -7,38 +7,13 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.cycle import arm_journal
 from orchestrator.cycle import phases as cycle_mod
 from orchestrator.config.playbook import DEFAULT_DEADLINES, Case, Expectation, Limits
 from orchestrator.cycle.machine import CaseCycle
-from tests.fakehost import StubTarget, FakeLabHost
+from tests.fakehost import FakeLabHost
 
 
-class StubInjector:
-    name = "hwpoison_inject"
-
-    def unavailable_reason(self, shell, *, arch):
-        return None
-
-    def prepare(self, shell):
-        shell.run("modprobe hwpoison_inject", timeout=10)
-
-    def command(self, target):
-        return f"echo {target.pfn:#x} > /sys/kernel/debug/hwpoison/corrupt-pfn"
-
-
-@pytest.fixture(autouse=True)
-def stub_kernel_seams(monkeypatch):
-    """Target selection, injectors and sysctls have their own tests; here the scenario host
-    decides what the kernel does, so the state machine is what is under test."""
-    sysctls = {"vm.panic_on_unrecoverable_memory_failure": "0", "kernel.panic": "0"}
-    monkeypatch.setattr(cycle_mod, "make_injector", lambda name: StubInjector())
-    for module in (cycle_mod, arm_journal):     # the phases read and write; the journal records and restores
-        monkeypatch.setattr(module, "read_sysctls", lambda shell, names: {n: sysctls.get(n) for n in names})
-        monkeypatch.setattr(module, "write_sysctls", lambda shell, values: sysctls.update(values))
-    monkeypatch.setattr(cycle_mod, "select_target",
-                        lambda shell, cls, arch, page_size, timeout: StubTarget(cls, 0x38830, 0x38830000))
-    return sysctls
+pytestmark = pytest.mark.usefixtures("stub_kernel_seams")    # tests/conftest.py
 
 
 def make_case(outcome="panic", **overrides) -> Case:

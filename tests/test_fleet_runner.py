@@ -23,9 +23,10 @@ from orchestrator.fleet.runner import Runner
 from orchestrator.kernel.sysctl import SysctlRefused
 from orchestrator.results import store
 from tests.fakehost import FakeLabHost
-from tests.test_cycle import make_case, stub_kernel_seams  # noqa: F401 - the autouse kernel stubs
+from tests.test_cycle import make_case
 
 PANIC = "vm.panic_on_unrecoverable_memory_failure"
+pytestmark = pytest.mark.usefixtures("stub_kernel_seams")    # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)
