@@ -108,6 +108,12 @@ def load_playbook(path: Path | str) -> Playbook:
                     digest=hashlib.sha256(raw).hexdigest())
 
 
+def build_case(data: dict, where: str) -> Case:
+    """One case from a mapping written in code (the pytest face's inline cases), checked as a
+    playbook's would be; ``where`` names it in errors (a test's file and line)."""
+    return _build_case(Fields(data, Path(where), "case"))
+
+
 def _build_case(f: Fields) -> Case:
     f.reject_unknown({"name", "description", "injector", "target", "sysctls", "expect", "limit", "deadlines", "kdump"})
     name = f.get("name", str)

@@ -1,5 +1,5 @@
 """pytest face of the orchestrator (labgrid-style): an inventory option, one test item per
-host, and markers that select hosts by platform and feature.
+host, markers that select hosts by platform and feature, and ``orch_case`` to run a case:
 
     @pytest.mark.platform("qemu-x86_64")
     @pytest.mark.needs("hwpoison_inject")
@@ -7,30 +7,45 @@ host, and markers that select hosts by platform and feature.
         result = orch_case(orch_host, "playbooks/smoke.yaml", "rodata-panic")
         assert result.verdict == "pass", result.reasons
 
+    @pytest.mark.parametrize("target", ["kernel-rodata", "slab"])
+    def test_inline(orch_host, orch_case, target):
+        result = orch_case(orch_host, injector="hwpoison_inject", target=target,
+                           sysctls={"vm.panic_on_unrecoverable_memory_failure": 1},
+                           expect={"outcome": "panic", "signature": "new"})
+
 ``--inventory`` (or ``ORCH_INVENTORY``) names the inventory; tests asking for ``orch_host``
-are skipped when none is given. Markers ``platform(name, ...)`` and ``needs(feature, ...)``
-skip the hosts that do not match, with the reason.
+are skipped when none is given. Cases run through the CLI's own code into one run folder
+per session (``--orch-results``, default results/), with its run.json, junit.xml and
+report.html. Under pytest-xdist ``--dist loadgroup`` each host is one group, so a host's
+tests stay on one worker; the host lease keeps any other run off it meanwhile.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack
+import sys
 from pathlib import Path
 
 import pytest
+
+_SESSION = pytest.StashKey["object"]()
+_RUN_DIR = "orch_run_dir"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("orchestrator", "memory-failure qualification")
     group.addoption("--inventory", default=os.environ.get("ORCH_INVENTORY"),
                     help="inventory YAML of the hosts to qualify (env ORCH_INVENTORY)")
-    group.addoption("--orch-results", default=None, help="folder for per-case results (default: pytest tmp)")
+    group.addoption("--orch-results", default=None,
+                    help="folder the session's run folder is made in (default: the results folder)")
+    group.addoption("--orch-lease-wait", type=float, default=0.0, metavar="SECONDS",
+                    help="wait up to this long for a host leased by another run (default: 0)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "platform(name, ...): run only on hosts of these platforms")
     config.addinivalue_line("markers", "needs(feature, ...): run only on hosts declaring all these features")
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist --dist loadgroup keeps a group on one worker")
 
 
 def _inventory(config: pytest.Config):
@@ -40,6 +55,29 @@ def _inventory(config: pytest.Config):
     return load_inventory(Path(path)) if path else None
 
 
+def _session(config: pytest.Config):
+    """The session's run folder, made on first use (by the xdist controller, when there is one)."""
+    if _SESSION not in config.stash:
+        from orchestrator import paths
+        from orchestrator.faces.pytest_session import OrchSession
+
+        inventory, wait = _inventory(config), config.getoption("--orch-lease-wait")
+        run_dir = getattr(config, "workerinput", {}).get(_RUN_DIR)
+        if run_dir:
+            config.stash[_SESSION] = OrchSession.join(inventory, Path(run_dir), wait)
+        else:
+            base = Path(config.getoption("--orch-results") or paths.results_dir())
+            config.stash[_SESSION] = OrchSession.create(inventory, base, tuple(sys.argv[1:]), wait)
+    return config.stash[_SESSION]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """pytest-xdist: every worker writes into the controller's one run folder."""
+    if node.config.getoption("--inventory"):
+        node.workerinput[_RUN_DIR] = str(_session(node.config).folder.run_dir)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "orch_host" not in metafunc.fixturenames:
         return
@@ -47,7 +85,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if inventory is None:
         metafunc.parametrize("orch_host", [pytest.param(None, marks=pytest.mark.skip(reason="no --inventory given"))])
         return
-    metafunc.parametrize("orch_host", list(inventory.hosts), ids=[h.name for h in inventory.hosts])
+    metafunc.parametrize("orch_host", [pytest.param(h, marks=pytest.mark.xdist_group(h.name)) for h in inventory.hosts],
+                         ids=[h.name for h in inventory.hosts])
 
 
 def host_skip_reason(host, markers) -> str | None:
@@ -62,34 +101,54 @@ def host_skip_reason(host, markers) -> str | None:
     return None
 
 
+def _skip(why: str):
+    """A skip reported at the user's test, not at this plugin's line."""
+    return pytest.skip.Exception(why, _use_item_location=True)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     callspec = getattr(item, "callspec", None)
     host = callspec.params.get("orch_host") if callspec else None
     if host is not None:
         why = host_skip_reason(host, list(item.iter_markers()))
         if why:
-            pytest.skip(why)
+            raise _skip(why)
 
 
 @pytest.fixture
-def orch_case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Run one playbook case on one host through the real backends, the way ``orchestrator
-    run`` runs it (fleet/case_run.py); returns its CaseResult, artifacts written."""
+def orch_case(request: pytest.FixtureRequest):
+    """Run a case on a host through the CLI's own code, recorded in the session's run folder;
+    returns its CaseResult. Name a playbook case, ``orch_case(host, PLAYBOOK, CASE)``, or
+    write one inline with the playbook's fields, ``orch_case(host, injector=..., target=...,
+    sysctls=..., expect=...)``. A case whose limits exclude the host is skipped."""
     from orchestrator.config.applicability import skip_reason
-    from orchestrator.config.playbook import load_playbook
-    from orchestrator.cycle.expectations import ExpectationResolver
-    from orchestrator.fleet.case_run import run_case
-    from orchestrator.fleet.host_handles import open_host
 
-    with ExitStack() as opened:       # hosts stay open until the test ends, then close
-        def run(host, playbook: str, case_name: str):
-            case = load_playbook(playbook).select((case_name,)).cases[0]
-            why = skip_reason(host, case)
-            if why:
-                pytest.skip(why)
-            base = request.config.getoption("--orch-results")
-            folder = Path(base) if base else tmp_path_factory.mktemp(f"{host.name}-{case_name}")
-            session = opened.enter_context(open_host(host, folder))
-            return run_case(session, case, ExpectationResolver(), folder, run_dir=folder)
+    def run(host, playbook: str | None = None, case_name: str | None = None, **inline):
+        case = _case(request, playbook, case_name, inline)
+        why = skip_reason(host, case)
+        if why:
+            raise _skip(why)
+        return _session(request.config).run(host, case)
 
-        yield run
+    return run
+
+
+def _case(request: pytest.FixtureRequest, playbook: str | None, case_name: str | None, inline: dict):
+    from orchestrator.config.playbook import build_case, load_playbook
+
+    if playbook is not None:
+        return load_playbook(playbook).select((case_name,)).cases[0]
+    name = inline.pop("name", None) or request.node.name
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "case"
+    return build_case({"name": safe, **inline}, f"{request.node.nodeid}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _SESSION in session.config.stash:
+        session.config.stash[_SESSION].close()
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if _SESSION in config.stash and not hasattr(config, "workerinput"):
+        run_dir = config.stash[_SESSION].folder.run_dir
+        terminalreporter.write_line(f"orchestrator run folder: {run_dir} (report.html, run.json, junit.xml)")

@@ -11,8 +11,9 @@ instead of each waiting out its own deadlines.
 from __future__ import annotations
 
 import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Iterator
 
 from orchestrator.config.applicability import skip_reason
 from orchestrator.config.model import Host
@@ -50,30 +51,40 @@ class HostRun:
         self.on_state = on_state or (lambda host, case, state: None)
         self.lease_wait_s = folder.plan.lease_wait_s if lease_wait_s is None else lease_wait_s
         self.holder = Holder.for_run(folder.run_id)
+        self.resolver = ExpectationResolver()       # the host's semantics, probed once
+        self.session: HostSession | None = None
         self.lost: _Lost | None = None
 
     def run(self, cases: list[Case]) -> None:
         """Open the host once, record its facts, then its cases one after another."""
-        host_dir = self.folder.run_dir / store.safe_name(self.host.name)
-        try:
-            with self.open_host(self.host, host_dir, commands_log=store.case_dir(
-                    self.folder.run_dir, self.host.name, "_host") / "commands.log") as session:
-                resolver = ExpectationResolver()
-                self.folder.record_facts(probe_host_facts(session.handles, resolver))
-                for case in cases:
-                    self._finish(self._one_case(session, case, resolver), case)
-        except OrchestratorError as exc:
-            self.folder.record_facts(HostFacts(host=self.host.name, arch=self.host.arch, platform=self.host.platform,
-                                               features=tuple(sorted(self.host.features)), error=str(exc)))
-            self.lost = _Lost("preflight", str(exc))
+        with self.opened():
             for case in cases:
-                if (self.host.name, case.name) not in self.folder.finished():
-                    self._finish(self._without_cycle(case), case)
+                self.run_one(case)
 
-    def _finish(self, result: tuple[CaseResult, bool], case: Case) -> None:
-        result, durable = result
+    @contextmanager
+    def opened(self) -> Iterator["HostRun"]:
+        """The host's handles, open until the block ends, its facts recorded. A host that
+        cannot be reached is lost from the start: every case run meanwhile is an error."""
+        host_dir = self.folder.run_dir / store.safe_name(self.host.name)
+        log = store.case_dir(self.folder.run_dir, self.host.name, "_host") / "commands.log"
+        with ExitStack() as stack:
+            try:
+                self.session = stack.enter_context(self.open_host(self.host, host_dir, commands_log=log))
+                self.folder.record_facts(probe_host_facts(self.session.handles, self.resolver))
+            except OrchestratorError as exc:
+                self.folder.record_facts(HostFacts(host=self.host.name, arch=self.host.arch,
+                                                   platform=self.host.platform,
+                                                   features=tuple(sorted(self.host.features)), error=str(exc)))
+                self.lost = _Lost("preflight", str(exc))
+            yield self
+        self.session = None
+
+    def run_one(self, case: Case) -> CaseResult:
+        """One case, recorded in the run folder; the host must be ``opened``."""
+        result, durable = self._one_case(case)
         self.folder.record(result, durable=durable)
         self.on_state(self.host.name, case.name, f"done:{result.verdict}")
+        return result
 
     def _without_cycle(self, case: Case) -> tuple[CaseResult, bool]:
         """A case that cannot start a cycle, and whether a resumed run keeps its verdict."""
@@ -86,7 +97,8 @@ class HostRun:
         where = "preflight" if lost.case == "preflight" else f"host lost in case {lost.case}"
         return no_cycle_result(self.host.name, case, ERROR, f"{where}: {lost.why}", LAB), True
 
-    def _one_case(self, session: HostSession, case: Case, resolver: ExpectationResolver) -> tuple[CaseResult, bool]:
+    def _one_case(self, case: Case) -> tuple[CaseResult, bool]:
+        session = self.session
         if self.stop.is_set() or skip_reason(self.host, case) is not None or self.lost is not None:
             return self._without_cycle(case)
         folder = store.case_dir(self.folder.run_dir, self.host.name, case.name)
@@ -98,7 +110,7 @@ class HostRun:
                         keeper.stretch(injection_stretch(case))
                     self.on_state(host, case.name, state)
 
-                result = run_case(session, case, resolver, folder, run_dir=self.folder.run_dir,
+                result = run_case(session, case, self.resolver, folder, run_dir=self.folder.run_dir,
                                   on_state=on_state, run_id=self.folder.run_id)
         except LeaseHeld as held:
             return no_cycle_result(self.host.name, case, ERROR, f"{held}; nothing was injected", LAB), True

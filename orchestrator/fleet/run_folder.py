@@ -37,8 +37,9 @@ FACTS_JSON = "facts.json"
 
 
 class RunFolder:
-    def __init__(self, run_dir: Path, run_id: str, started_at: str, plan: RunPlan):
+    def __init__(self, run_dir: Path, run_id: str, started_at: str, plan: RunPlan, *, shared: bool = False):
         self.run_dir, self.run_id, self.started_at, self.plan = Path(run_dir), run_id, started_at, plan
+        self.shared = shared        # other processes write cases here too: read theirs before assembling
         self._lock = threading.Lock()
         self._results: dict[tuple[str, str], CaseResult] = {}
         self._facts: dict[str, HostFacts] = {}
@@ -52,12 +53,12 @@ class RunFolder:
         return cls(run_dir, run_id, started_at, plan)
 
     @classmethod
-    def open(cls, run_dir: Path) -> "RunFolder":
+    def open(cls, run_dir: Path, *, shared: bool = False) -> "RunFolder":
         """An existing run folder, with every case that had finished in it."""
         run_dir = Path(run_dir)
         data = store.read_request(run_dir)
         folder = cls(run_dir, data.get("run_id", run_dir.name), data.get("started_at", ""),
-                     RunPlan.from_request(data, run_dir / store.REQUEST_JSON))
+                     RunPlan.from_request(data, run_dir / store.REQUEST_JSON), shared=shared)
         folder.reload()
         return folder
 
@@ -84,6 +85,8 @@ class RunFolder:
         started because of Ctrl-C is shown, but not kept: resume runs it)."""
         if durable:
             store.write_case_result(self.run_dir, result)
+        if self.shared:
+            self.reload()
         with self._lock:
             self._results[(result.host, result.case)] = result
             due = time.monotonic() - self._last_reports >= REPORT_INTERVAL_S

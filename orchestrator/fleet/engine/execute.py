@@ -15,7 +15,7 @@ def run_case_in_folder(run_dir: str, host: str, case: str) -> None:
     """Run ``case`` on ``host`` into the run's folder (its request names the inventory and
     playbook). A retried job of a dead worker waits for that worker's lease to expire: at
     most the stretch it took over the injection."""
-    folder = RunFolder.open(Path(run_dir))
+    folder = RunFolder.open(Path(run_dir), shared=True)     # other workers write here too
     plan = folder.plan
     try:
         target = plan.inventory.host(host)
