@@ -103,3 +103,22 @@ def test_of_many_controllers_racing_for_one_host_exactly_one_wins(shell, tmp_pat
     winners = [o for o in outcomes if not o.startswith("refused:")]
     assert len(winners) == 1, outcomes
     assert all(o == f"refused:{winners[0]}" for o in outcomes if o not in winners)
+
+
+def test_a_dead_holder_on_this_machine_is_taken_over_at_once_and_only_its_lease(shell, tmp_path):
+    import socket
+    import subprocess
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+
+    state = str(tmp_path / "state")
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                   # a pid that no longer runs
+    dead = Holder(run_id="killed", controller=f"{socket.gethostname()}:{gone.pid}", user="u", token="dead")
+    lease.take(shell, "srv1", state, dead, ttl_s=600)
+    keeper = LeaseKeeper(shell, "srv1", state, holder("run-2", "bbbb"))
+    assert keeper.take(wait_s=0)["run_id"] == "run-2"
+    # a live holder is never stolen from, even by a caller naming some other token
+    with pytest.raises(LeaseHeld):
+        lease.take(shell, "srv1", state, holder("run-3", "cccc"), ttl_s=60, steal="dead")
+    alive = Holder(run_id="alive", controller=f"{socket.gethostname()}:{os.getpid()}", user="u", token="live")
+    assert not lease.holder_died_here({"controller": alive.controller})

@@ -62,6 +62,21 @@ def _safe_user() -> str:
         return str(os.getuid())
 
 
+def holder_died_here(holder: dict[str, str]) -> bool:
+    """The holder was a process of this machine that no longer exists (a killed controller or
+    worker): its lease need not be waited out. A holder elsewhere can only expire."""
+    name, _, pid = holder.get("controller", "").rpartition(":")
+    if name != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:      # alive, someone else's
+        return False
+    return False
+
+
 def describe(holder: dict[str, str]) -> str:
     return (f"{holder.get('user', '?')} on {holder.get('controller', '?')} (run {holder.get('run_id', '?')}, "
             f"since {holder.get('since', '?')}, expires {holder.get('expires', '?')}, host clock)")
@@ -94,15 +109,18 @@ def _write(holder: Holder, ttl_s: float) -> str:
             f"> \"$lease.tmp\" && mv \"$lease.tmp\" \"$lease\" && cat \"$lease\"")
 
 
-def take(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, ttl_s: float) -> dict[str, str]:
+def take(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, ttl_s: float, *,
+         steal: str = "") -> dict[str, str]:
     """Take (or renew, for the same token) the host's lease for ``ttl_s`` seconds; returns what
-    it says now, with ``taken_over`` set when an expired lease of someone else was replaced."""
-    token = shlex.quote(holder.token)
+    it says now, with ``taken_over`` set when an expired lease of someone else was replaced.
+    ``steal``: the token of a holder known to be dead, whose lease is taken over at once
+    (only if it is still that holder's: compare and swap, under the lock)."""
+    token, stolen = shlex.quote(holder.token), shlex.quote(steal or "-")
     body = (f"since=''; over=''\n"
             f"if [ -f \"$lease\" ]; then\n"
             f"  tok=$(sed -n 's/^token=//p' \"$lease\"); exp=$(sed -n 's/^expires=//p' \"$lease\")\n"
             f"  if [ \"$tok\" = {token} ]; then since=$(sed -n 's/^since=//p' \"$lease\")\n"
-            f"  elif [ \"${{exp:-0}}\" -gt \"$now\" ]; then cat \"$lease\"; exit {HELD}\n"
+            f"  elif [ \"${{exp:-0}}\" -gt \"$now\" ] && [ \"$tok\" != {stolen} ]; then cat \"$lease\"; exit {HELD}\n"
             f"  else over=$(tr '\\n' ' ' < \"$lease\"); fi\n"
             f"fi\n{_write(holder, ttl_s)}\n[ -z \"$over\" ] || echo \"taken_over=$over\"")
     result = _run(shell, host, _locked(state_dir, body))

@@ -37,12 +37,15 @@ class LeaseKeeper:
 
     def take(self, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
         """Take the lease, waiting up to ``wait_s`` for its holder to give it back or die."""
-        end = time.monotonic() + wait_s
+        end, steal = time.monotonic() + wait_s, ""
         while True:
             try:
-                self.taken = lease.take(self.shell, self.host, self.state_dir, self.holder, LEASE_TTL_S)
+                self.taken = lease.take(self.shell, self.host, self.state_dir, self.holder, LEASE_TTL_S, steal=steal)
                 return self.taken
-            except LeaseHeld:
+            except LeaseHeld as held:
+                if lease.holder_died_here(held.holder) and held.holder.get("token") != steal:
+                    steal = held.holder.get("token", "")      # a dead process of this machine: take over now
+                    continue
                 if time.monotonic() + LEASE_WAIT_POLL_S > end:
                     raise
                 sleep(LEASE_WAIT_POLL_S)
