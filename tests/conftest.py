@@ -87,3 +87,14 @@ def pytest_configure(config) -> None:
         found = _fetch_test_busybox()
         if found:
             os.environ["ORCH_TEST_BUSYBOX"] = found
+
+
+@pytest.fixture(scope="session")
+def pg_dsn():
+    """A private PostgreSQL cluster with procrastinate's schema; always stopped."""
+    from orchestrator.fleet.engine.app import prepare_database
+    from pgcluster import private_postgres
+
+    with private_postgres() as dsn:
+        prepare_database(dsn)       # applies procrastinate's schema on the empty database
+        yield dsn

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from engine_fake import read_intervals
-from pgcluster import private_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 INVENTORY = REPO / "inventories" / "example-rack.yaml"
@@ -31,16 +30,6 @@ HOSTS = ("altra-01", "altra-02", "spr-07")
 CASES = ("rodata-on-hwpoison", "rodata-on-hardoff", "text-on-hwpoison")
 #: Short engine timings for tests: a worker silent 2 s is dead, its job waits 0.5 s more.
 FAST_WORKER = ["--heartbeat", "0.4", "--stalled-after", "2", "--retry-delay", "0.5"]
-
-
-@pytest.fixture(scope="session")
-def pg_dsn():
-    """A private PostgreSQL cluster with procrastinate's schema; always stopped."""
-    from orchestrator.fleet.engine.app import prepare_database
-
-    with private_postgres() as dsn:
-        prepare_database(dsn)       # applies procrastinate's schema on the empty database
-        yield dsn
 
 
 def _env(**extra: str) -> dict[str, str]:
