@@ -132,3 +132,6 @@ LEASE_WAIT_POLL_S = 5.0
 #: After an infrastructure error, one quick look decides whether the host is still there; a
 #: host that does not answer it is lost, and its remaining cases end at once.
 HOST_ALIVE_PROBE_S = 10.0
+#: The pytest face under pytest-xdist: a test whose host a sibling worker holds waits for it
+#: (every default deadline of one case adds up to ~1,100 s), rather than failing.
+XDIST_LEASE_WAIT_S = 1800.0

@@ -163,6 +163,43 @@ def test_a_dump_that_never_comes_is_an_error_blamed_on_kdump_not_a_kernel_fail(l
     assert any(e.source == "console" and "unrecoverable page" in e.text for e in case.evidence)
 
 
+PYTEST_FACE_TESTS = """
+import pytest
+
+@pytest.mark.needs("hwpoison_inject")
+@pytest.mark.parametrize("early_kill", [0, 1])
+def test_rodata_is_ignored_with_the_sysctl_off(orch_host, orch_case, early_kill):
+    result = orch_case(orch_host, injector="hwpoison_inject", target="kernel-rodata",
+                       sysctls={"vm.panic_on_unrecoverable_memory_failure": 0,
+                                "vm.memory_failure_early_kill": early_kill},
+                       expect={"outcome": "survive", "action": {"label": "reserved kernel page", "result": "Ignored"}})
+    assert result.verdict == "pass", result.reasons
+
+def test_a_case_limited_to_arm_is_skipped_here(orch_host, orch_case):
+    orch_case(orch_host, injector="hwpoison_inject", target="slab", limit={"arches": ["aarch64"]},
+              expect={"outcome": "panic"})
+"""
+
+
+def test_the_pytest_face_spreads_hosts_over_xdist_workers_into_one_run_folder(lab, tmp_path):
+    (tmp_path / "test_lab.py").write_text(PYTEST_FACE_TESTS)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "-n", "2",
+                           "--dist", "loadgroup", f"--inventory={lab}", f"--orch-results={tmp_path / 'results'}",
+                           "test_lab.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 passed, 2 skipped" in done.stdout, done.stdout
+    assert "test_lab.py:" in done.stdout and "pytest_plugin.py" not in done.stdout   # skips point at the test
+    run_dir = only_run(tmp_path / "results")
+    run = load_run(run_dir)
+    assert sorted((c.host, c.verdict) for c in run.cases) == sorted(
+        [(h, "pass") for h in (H1, H2) for _ in range(2)] + [(h, "skip") for h in (H1, H2)])
+    assert (run_dir / "junit.xml").is_file() and (run_dir / "report.html").is_file()
+    for host in (H1, H2):       # whichever worker ran them, one host's cases one after another
+        spans = sorted(host_interval(p.parent) for p in (run_dir / host).glob("*/commands.log")
+                       if p.parent.name != "_host")      # the host's facts, read when a worker opens it
+        assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), spans
+
+
 def test_a_host_that_dies_mid_run_ends_its_remaining_cases_at_once_while_the_other_goes_on(lab, tmp_path):
     machine_dir = Path(os.environ["ORCH_LAB_DIR"]) / "machines" / H2
 

@@ -44,7 +44,8 @@ def plan_for(host: FakeLabHost, cases, tmp_path) -> RunPlan:
 def opener(host: FakeLabHost, **handle_changes):
     @contextmanager
     def open_host(h, host_dir, *, commands_log=None):
-        yield HostSession(handles=replace(host.handles(), **handle_changes), commands=CommandLog(commands_log))
+        yield HostSession(handles=replace(host.handles(), **handle_changes), commands=CommandLog(commands_log),
+                          lease_shell=host.shell)
     return open_host
 
 

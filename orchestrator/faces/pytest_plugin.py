@@ -16,8 +16,9 @@ host, markers that select hosts by platform and feature, and ``orch_case`` to ru
 ``--inventory`` (or ``ORCH_INVENTORY``) names the inventory; tests asking for ``orch_host``
 are skipped when none is given. Cases run through the CLI's own code into one run folder
 per session (``--orch-results``, default results/), with its run.json, junit.xml and
-report.html. Under pytest-xdist ``--dist loadgroup`` each host is one group, so a host's
-tests stay on one worker; the host lease keeps any other run off it meanwhile.
+report.html. Under pytest-xdist the host lease keeps each host to one case at a time (a
+worker waits for a sibling's case), and ``--dist loadgroup`` asks xdist to keep a host's
+tests on one worker.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="inventory YAML of the hosts to qualify (env ORCH_INVENTORY)")
     group.addoption("--orch-results", default=None,
                     help="folder the session's run folder is made in (default: the results folder)")
-    group.addoption("--orch-lease-wait", type=float, default=0.0, metavar="SECONDS",
-                    help="wait up to this long for a host leased by another run (default: 0)")
+    group.addoption("--orch-lease-wait", type=float, default=None, metavar="SECONDS",
+                    help="wait up to this long for a host leased by another run (default: 0; under "
+                         "pytest-xdist, long enough for a sibling worker's case)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,8 +63,12 @@ def _session(config: pytest.Config):
         from orchestrator import paths
         from orchestrator.faces.pytest_session import OrchSession
 
-        inventory, wait = _inventory(config), config.getoption("--orch-lease-wait")
+        from orchestrator.tunables import XDIST_LEASE_WAIT_S
+
         run_dir = getattr(config, "workerinput", {}).get(_RUN_DIR)
+        inventory, wait = _inventory(config), config.getoption("--orch-lease-wait")
+        if wait is None:        # a sibling worker may hold the host: wait for it, do not fail
+            wait = XDIST_LEASE_WAIT_S if run_dir else 0.0
         if run_dir:
             config.stash[_SESSION] = OrchSession.join(inventory, Path(run_dir), wait)
         else:
@@ -85,8 +91,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if inventory is None:
         metafunc.parametrize("orch_host", [pytest.param(None, marks=pytest.mark.skip(reason="no --inventory given"))])
         return
-    metafunc.parametrize("orch_host", [pytest.param(h, marks=pytest.mark.xdist_group(h.name)) for h in inventory.hosts],
-                         ids=[h.name for h in inventory.hosts])
+    metafunc.parametrize("orch_host", list(inventory.hosts), ids=[h.name for h in inventory.hosts])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One xdist group per host (``--dist loadgroup``): a host's tests stay on one worker.
+    (pytest 9.2 made node ids read-only and xdist 3.8's grouping silently stopped working;
+    the host lease, waited for under xdist, keeps each host to one case at a time anyway.)"""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        host = callspec.params.get("orch_host") if callspec else None
+        if host is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(host.name))
 
 
 def host_skip_reason(host, markers) -> str | None:
@@ -120,15 +137,13 @@ def orch_case(request: pytest.FixtureRequest):
     """Run a case on a host through the CLI's own code, recorded in the session's run folder;
     returns its CaseResult. Name a playbook case, ``orch_case(host, PLAYBOOK, CASE)``, or
     write one inline with the playbook's fields, ``orch_case(host, injector=..., target=...,
-    sysctls=..., expect=...)``. A case whose limits exclude the host is skipped."""
-    from orchestrator.config.applicability import skip_reason
-
+    sysctls=..., expect=...)``. A case whose limits exclude the host is skipped (and recorded
+    as skipped in the run folder, as the CLI records it)."""
     def run(host, playbook: str | None = None, case_name: str | None = None, **inline):
-        case = _case(request, playbook, case_name, inline)
-        why = skip_reason(host, case)
-        if why:
-            raise _skip(why)
-        return _session(request.config).run(host, case)
+        result = _session(request.config).run(host, _case(request, playbook, case_name, inline))
+        if result.verdict == "skip":
+            raise _skip(result.reasons[0])
+        return result
 
     return run
 

@@ -17,6 +17,7 @@ from typing import Iterator
 from orchestrator.config.model import Host
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.kernel.kdump import layout_for
+from orchestrator.protocols.shell import ShellProtocol
 from orchestrator.transports.ipmi import IpmiPower
 from orchestrator.transports.sol import SolConsole
 from orchestrator.transports.ssh import FabricShell
@@ -47,6 +48,8 @@ class HostSession:
 
     handles: HostHandles
     commands: CommandLog
+    lease_shell: ShellProtocol          # its own connection and log (<host>/lease.log): leases are
+                                        # renewed while the case's shell waits, and kept out of its log
 
     @property
     def host(self) -> Host:
@@ -60,11 +63,13 @@ def open_host(host: Host, host_dir: Path, *, commands_log: Path | None = None) -
     ``commands_log`` until the session's log is pointed elsewhere."""
     host_dir.mkdir(parents=True, exist_ok=True)
     log = CommandLog(commands_log)
-    session = HostSession(handles=build_handles(host, log, host_dir), commands=log)
+    session = HostSession(handles=build_handles(host, log, host_dir), commands=log,
+                          lease_shell=FabricShell(host.ssh, log=CommandLog(host_dir / "lease.log")))
     try:
         yield session
     finally:
         close_handles(session.handles)
+        session.lease_shell.close()
 
 
 def build_handles(host: Host, command_log: CommandLog, host_dir: Path) -> HostHandles:

@@ -103,7 +103,7 @@ class HostRun:
             return self._without_cycle(case)
         folder = store.case_dir(self.folder.run_dir, self.host.name, case.name)
         try:
-            with held_for_case(session.handles.shell.fresh(), self.host.name, self.host.state_dir, self.holder,
+            with held_for_case(session.lease_shell, self.host.name, self.host.state_dir, self.holder,
                                case, self.lease_wait_s) as keeper:
                 def on_state(host: str, state: str) -> None:
                     if state == "targeted":            # the next step injects: cover the host going dark
