@@ -123,9 +123,9 @@ ENGINE_POLL_S = 1.0
 ENGINE_CONNECT_TIMEOUT_S = 5.0
 
 # -- the run folder (fleet/run_folder.py) ----------------------------------------------------
-#: Each case's result.json is written the moment it ends; run.json too. junit.xml and
-#: report.html are re-rendered at most this often while a run goes on (and always at its end):
-#: rendering grows with the run, and a 1,000-host run would spend its controller on it.
+#: Each case's result.json is written the moment it ends. run.json, junit.xml and report.html
+#: are assembled from them at most this often while a run goes on (and always at its end):
+#: assembling grows with the run, and a 1,000-host run would spend its controller on it.
 REPORT_INTERVAL_S = 5.0
 #: How often a case waiting for a host leased by someone else (--lease-wait) looks again.
 LEASE_WAIT_POLL_S = 5.0

@@ -25,18 +25,12 @@ def vlab_arm(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def stub_kernel_seams(monkeypatch):
-    """Target selection, injectors and sysctls have their own tests; here the scenario host
-    (tests/fakehost.py) decides what the kernel does, so the state machine is what is under test."""
-    from orchestrator.cycle import arm_journal, phases
-    from tests.fakehost import StubInjector, StubTarget
+    """The scenario host (tests/fakehost.py) decides what the kernel does, so the state
+    machine is what is under test; returns the stub kernel's sysctls."""
+    from tests.fakehost import install_kernel_stubs
 
     sysctls = {"vm.panic_on_unrecoverable_memory_failure": "0", "kernel.panic": "0"}
-    monkeypatch.setattr(phases, "make_injector", lambda name: StubInjector())
-    for module in (phases, arm_journal):     # the phases read and write; the journal records and restores
-        monkeypatch.setattr(module, "read_sysctls", lambda shell, names: {n: sysctls.get(n) for n in names})
-        monkeypatch.setattr(module, "write_sysctls", lambda shell, values: sysctls.update(values))
-    monkeypatch.setattr(phases, "select_target",
-                        lambda shell, cls, arch, page_size, timeout: StubTarget(cls, 0x38830, 0x38830000))
+    install_kernel_stubs(monkeypatch.setattr, sysctls)
     return sysctls
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -88,14 +89,21 @@ class FakeLabHost:
     kdump_loaded: bool = True
     journal: str | None = None              # the arm journal the cycle keeps on the host
     state_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fakehost-state-"))
+    # Real time, for benchmarks of many simulated hosts: each SSH command takes this long, and
+    # a panicked host answers again this many seconds after it went down (None: after
+    # ``reboot_after_probes`` failed probes, no time passing, for fast unit tests).
+    command_s: float = 0.0
+    reboot_after_s: float | None = None
     def __post_init__(self) -> None:
         self.console = FakeConsole()
         self.power = FakePower(on_action=self._power_action, nmi_supported=self.nmi_supported)
-        self._probes_down = 0
+        self._probes_down, self._down_since = 0, 0.0
         self.shell = FakeShell(self._answer, reachable=self._reachable, on_detached=self._inject)
 
     # -- what the host answers -------------------------------------------------------------
     def _answer(self, command: str) -> tuple[int, str]:
+        if self.command_s:
+            time.sleep(self.command_s)
         if command == BOOT_FACTS_CMD:
             return 0, f"{self.boot_id}\n7.3.4+deb13-cloud-amd64\n1\n{EPOCH}\n"
         if command.endswith("date +%s"):
@@ -138,6 +146,10 @@ class FakeLabHost:
             return True
         if self.wedged:
             return False
+        if self.reboot_after_s is not None:
+            if time.monotonic() - self._down_since >= self.reboot_after_s:
+                self._boot()
+            return self.up
         self._probes_down += 1
         if self._probes_down >= self.reboot_after_probes:
             self._boot()
@@ -171,6 +183,7 @@ class FakeLabHost:
         self.console.feed("/ # \x1b[6n" + "\n".join(lines))
         if self.behaviour in ("panic", "hang"):
             self.up, self.kdump_loaded = False, False     # a panic ends this boot and its crash kernel
+            self._down_since = time.monotonic()
             self.wedged = self.behaviour == "hang"
             if self.writes_dump and self.behaviour == "panic":
                 stamp = self.dump_stamp
@@ -210,3 +223,17 @@ class StubInjector:
 
     def command(self, target):
         return f"echo {target.pfn:#x} > /sys/kernel/debug/hwpoison/corrupt-pfn"
+
+
+def install_kernel_stubs(setattr_, sysctls: dict) -> None:
+    """Target selection, injectors and sysctls have their own tests; with these stubs the
+    scenario host decides what the kernel does. ``setattr_``: monkeypatch.setattr in tests."""
+    from orchestrator.cycle import arm_journal, phases
+    from orchestrator.fleet import facts
+
+    setattr_(phases, "make_injector", lambda name: StubInjector())
+    for module in (phases, arm_journal, facts):     # the phases, the journal and the host facts read them
+        setattr_(module, "read_sysctls", lambda shell, names: {n: sysctls.get(n) for n in names})
+    for module in (phases, arm_journal):
+        setattr_(module, "write_sysctls", lambda shell, values: sysctls.update(values))
+    setattr_(phases, "select_target", lambda shell, cls, arch, page_size, timeout: StubTarget(cls, 0x38830, 0x38830000))

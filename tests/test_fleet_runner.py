@@ -29,12 +29,6 @@ PANIC = "vm.panic_on_unrecoverable_memory_failure"
 pytestmark = pytest.mark.usefixtures("stub_kernel_seams")    # tests/conftest.py
 
 
-@pytest.fixture(autouse=True)
-def host_facts_from_the_stub_kernel(monkeypatch, stub_kernel_seams):
-    from orchestrator.fleet import facts
-    monkeypatch.setattr(facts, "read_sysctls", lambda shell, names: {n: stub_kernel_seams.get(n) for n in names})
-
-
 def plan_for(host: FakeLabHost, cases, tmp_path) -> RunPlan:
     inventory = Inventory(path=tmp_path / "inv.yaml", hosts=(host.handles().host,), digest="i" * 64)
     return RunPlan(inventory=inventory, playbook=Playbook(path=tmp_path / "pb.yaml", name="pb",

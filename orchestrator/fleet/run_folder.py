@@ -3,7 +3,8 @@
     results/<run_id>/run-request.json        what was asked (fleet/plan.py), written once
     results/<run_id>/<host>/<case>/result.json   each finished case, written as it finishes
     results/<run_id>/<host>/_host/facts.json     what the host said when first reached
-    results/<run_id>/run.json, junit.xml, report.html   assembled from the above
+    results/<run_id>/run.json, junit.xml, report.html   assembled from the above (within
+                                                        REPORT_INTERVAL_S, and at the end)
 
 A local run, a resumed run and the fleet engine's workers (several processes, maybe several
 machines on a shared filesystem) all write units and assemble the rest from the folder, so
@@ -24,7 +25,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from orchestrator import __version__
 from orchestrator.errors import ConfigError
@@ -90,18 +91,18 @@ class RunFolder:
         with self._lock:
             self._results[(result.host, result.case)] = result
             due = time.monotonic() - self._last_reports >= REPORT_INTERVAL_S
-        self.assemble(reports=due)
+        if due:
+            self.assemble()
 
-    def assemble(self, *, reports: bool = True, extra: Iterable[CaseResult] = ()) -> RunResult:
-        """run.json from every case known, in the plan's order; junit and the report too when
-        ``reports`` (they are re-rendered at most every REPORT_INTERVAL_S while a run goes on)."""
+    def assemble(self) -> RunResult:
+        """run.json, junit.xml and report.html from every case known, in the plan's order.
+        While a run goes on this happens at most every REPORT_INTERVAL_S (each case's own
+        result.json is written at once): assembling grows with the run."""
         with self._lock:
-            known = {**self._results, **{(r.host, r.case): r for r in extra}}
             order = {pair: i for i, pair in enumerate(self.plan.pairs())}
-            cases = tuple(sorted(known.values(), key=lambda r: order.get((r.host, r.case), len(order))))
+            cases = tuple(sorted(self._results.values(), key=lambda r: order.get((r.host, r.case), len(order))))
             hosts = tuple(self._facts[h.name] for h in self.plan.inventory.hosts if h.name in self._facts)
-            if reports:
-                self._last_reports = time.monotonic()
+            self._last_reports = time.monotonic()
         run = RunResult(
             run_id=self.run_id, started_at=self.started_at,
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -111,7 +112,7 @@ class RunFolder:
             controller={"version": __version__, "python": sys.version.split()[0], "argv": list(self.plan.argv),
                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
         with self._folder_lock():
-            store.write_run(self.run_dir, run, reports=reports)
+            store.write_run(self.run_dir, run)
         return run
 
     @contextmanager

@@ -27,8 +27,8 @@ _NESTED: dict[type, dict[str, type]] = {
 
 def run_to_dict(run: RunResult) -> dict[str, Any]:
     """The run as JSON-ready data, ``schema_version`` first so a reader sees it at once."""
-    body = dataclasses.asdict(run)
-    return {"schema_version": body.pop("schema_version"), **_lists_for_tuples(body)}
+    body = _plain(run)
+    return {"schema_version": body.pop("schema_version"), **body}
 
 
 def run_from_dict(data: dict[str, Any]) -> RunResult:
@@ -47,7 +47,7 @@ def run_from_dict(data: dict[str, Any]) -> RunResult:
 
 def case_to_dict(case: CaseResult) -> dict[str, Any]:
     """One case as JSON-ready data: a case's own result.json (a run's unit of progress)."""
-    return _lists_for_tuples(dataclasses.asdict(case))
+    return _plain(case)
 
 
 def case_from_dict(data: dict[str, Any]) -> CaseResult:
@@ -57,13 +57,16 @@ def case_from_dict(data: dict[str, Any]) -> CaseResult:
     return case
 
 
-def _lists_for_tuples(value: Any) -> Any:
-    """asdict keeps tuples; JSON has only lists. Converting here keeps the output identical
-    whether it goes through json.dumps or is compared as a dict."""
+def _plain(value: Any) -> Any:
+    """Model objects as dicts, tuples as lists (JSON has only lists), so the output is the
+    same whether it goes through json.dumps or is compared as a dict. Not dataclasses.asdict:
+    its deep copies made assembling a 1,000-case run.json the controller's main cost."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {key: _lists_for_tuples(item) for key, item in value.items()}
+        return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_lists_for_tuples(item) for item in value]
+        return [_plain(item) for item in value]
     return value
 
 

@@ -90,12 +90,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_run(run_dir: Path, run: RunResult, *, reports: bool = True) -> dict[str, Path]:
+def write_run(run_dir: Path, run: RunResult) -> dict[str, Path]:
     """run.json first: if a renderer has a bug, the record that can re-render it is safe."""
     paths = {RUN_JSON: run_dir / RUN_JSON}
     write_atomic(paths[RUN_JSON], json.dumps(run_to_dict(run), indent=2) + "\n")
-    if reports:
-        paths.update(render_reports(run_dir, run))
+    paths.update(render_reports(run_dir, run))
     return paths
 
 

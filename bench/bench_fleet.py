@@ -1,0 +1,114 @@
+"""One controller driving a fleet of simulated hosts, and resuming a big run folder.
+
+Each simulated host (tests/fakehost.py) answers SSH commands after 5 ms and BMC calls after
+2 ms (the lab's measured round trips), and comes back 12 s after it panics (the lab's
+panic -> kdump -> SSH). Every host runs one panic case through the real runner: lease,
+arm journal, cycle, results. Printed: wall time against the slowest host's own time (target
+within 5 %), controller CPU (target <= 1 core) and peak RSS (target <= 2 GiB); then the
+time to reload a run folder of that many finished cases, as ``run --resume`` does (target
+<= 2 s for 1,000).
+
+    .venv/bin/python bench/bench_fleet.py [--hosts 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from orchestrator.config.model import Inventory  # noqa: E402
+from orchestrator.config.playbook import Playbook  # noqa: E402
+from orchestrator.fleet.host_handles import CommandLog, HostSession  # noqa: E402
+from orchestrator.fleet.plan import RunPlan  # noqa: E402
+from orchestrator.fleet.run_folder import RunFolder  # noqa: E402
+from orchestrator.fleet.runner import Runner  # noqa: E402
+from orchestrator.transports.fake import FakePower, FakeShell  # noqa: E402
+from fakehost import FakeLabHost, install_kernel_stubs  # noqa: E402
+from test_cycle import make_case  # noqa: E402
+
+SSH_COMMAND_S, BMC_CALL_S, PANIC_TO_BACK_S = 0.005, 0.002, 12.0
+
+
+class SlowPower(FakePower):
+    """The lab BMC's measured round trip on every call."""
+
+    def _act(self, action: str) -> None:
+        time.sleep(BMC_CALL_S)
+        super()._act(action)
+
+    def status(self) -> str:
+        time.sleep(BMC_CALL_S)
+        return super().status()
+
+
+def simulated_fleet(count: int) -> dict[str, FakeLabHost]:
+    hosts = {}
+    for i in range(count):
+        host = FakeLabHost(command_s=SSH_COMMAND_S, reboot_after_s=PANIC_TO_BACK_S)
+        host.power = SlowPower(on_action=host._power_action)
+        hosts[f"sim{i:04d}"] = host
+    return hosts
+
+
+def remote_lease_shell() -> FakeShell:
+    """The lease's commands cost one SSH round trip, as on a real host (the unit tests run the
+    real scripts; here forking a local sh per call would measure the simulator, not us)."""
+    def answer(command: str) -> tuple[int, str]:
+        time.sleep(SSH_COMMAND_S)
+        return 0, ""
+    return FakeShell(answer)
+
+
+def opener(fleet: dict[str, FakeLabHost]):
+    @contextmanager
+    def open_host(h, host_dir, *, commands_log=None):
+        fake = fleet[h.name]
+        handles = dataclasses.replace(fake.handles(), host=h)
+        yield HostSession(handles=handles, commands=CommandLog(commands_log), lease_shell=remote_lease_shell())
+    return open_host
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=1000)
+    args = parser.parse_args()
+    install_kernel_stubs(setattr, {"vm.panic_on_unrecoverable_memory_failure": "0", "kernel.panic": "0"})
+    fleet = simulated_fleet(args.hosts)
+    template = next(iter(fleet.values())).handles().host
+    hosts = tuple(dataclasses.replace(template, name=name, state_dir=fake.state_dir) for name, fake in fleet.items())
+    case = make_case(name="rodata-panic", deadlines={**make_case().deadlines, "dump": 60.0, "panic": 10.0})
+    work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    plan = RunPlan(inventory=Inventory(path=work / "fleet.yaml", hosts=hosts, digest="sim"),
+                   playbook=Playbook(path=work / "bench.yaml", name="bench", cases=(case,), digest="sim"))
+    runner = Runner(RunFolder.create(work / "results", plan), open_host=opener(fleet))
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    run = runner.run()
+    wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+    slowest = max(c.seconds for c in run.cases)
+    verdicts = {v: n for v, n in run.verdict_counts().items() if n}
+    print(f"{args.hosts} simulated hosts, one panic case each: {verdicts}")
+    print(f"  wall {wall:.1f} s; slowest host's own case {slowest:.1f} s: wall is {100 * (wall / slowest - 1):+.1f} % "
+          f"of it  [target within 5 %]")
+    print(f"  controller CPU {cpu:.1f} s = {cpu / wall:.2f} cores on average  [target <= 1 core]")
+    print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB  [target <= 2048 MB]")
+    t0 = time.monotonic()
+    folder = RunFolder(runner.run_dir, runner.folder.run_id, runner.folder.started_at, plan)
+    folder.reload()
+    left = [pair for pair in plan.pairs() if pair not in folder.finished()]
+    reload_s = time.monotonic() - t0
+    print(f"  resume: reloading {len(folder.finished())} finished cases took {reload_s:.2f} s "
+          f"({len(left)} left to run)  [target <= 2 s for 1,000]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
