@@ -9,6 +9,10 @@ Measures, against the issue's targets:
   * panic noticed after its line reached the console (target <= 0.2 s);
   * reboot noticed after the guest's sshd started (console "VLAB: sshd started"; target <= 1 s);
   * smoke.yaml wall time (target <= 3 min) and, with --nightly, nightly.yaml (<= 12 min);
+  * what the orchestrator adds to each case, through the real runner (lease, arm journal,
+    cycle, results): a panic case's wall time against its `dumped` phase (the host's own
+    panic -> dump -> reboot -> SSH; target <= 1.15x), a survive case's wall time (target
+    <= 3 s), SSH commands per case, and the lease's own cost per case (target <= 50 ms);
   * controller peak memory (target <= 150 MB).
 """
 
@@ -69,6 +73,47 @@ def one_panic_case(inventory: Path, work: Path) -> None:
         print(f"  reboot noticed {noticed - sshd[-1].t:.2f} s after the guest's sshd started  [target <= 1 s]")
 
 
+def case_costs(inventory: Path, work: Path) -> None:
+    """Smoke's two cases through the runner, with the lease's calls timed."""
+    from orchestrator.fleet import lease_keeper
+    from orchestrator.fleet.plan import RunPlan
+    from orchestrator.fleet.runner import Runner
+
+    spent, real_take, real_release = [0.0], lease_keeper.lease.take, lease_keeper.lease.release
+
+    def timed(call):
+        def wrapper(*args, **kw):
+            t0 = time.monotonic()
+            try:
+                return call(*args, **kw)
+            finally:
+                spent[0] += time.monotonic() - t0
+        return wrapper
+
+    lease_keeper.lease.take, lease_keeper.lease.release = timed(real_take), timed(real_release)
+    ends = {}
+    try:
+        plan = RunPlan.load(inventory, REPO / "playbooks/smoke.yaml")
+        runner = Runner.new(plan, work / "costs", on_state=lambda h, c, s: ends.setdefault(
+            (c, s.split(":")[0]), time.monotonic()))
+        t0 = time.monotonic()
+        run = runner.run()
+    finally:
+        lease_keeper.lease.take, lease_keeper.lease.release = real_take, real_release
+    print("\nper case through the runner (lease + arm journal + cycle + results):")
+    begin = t0
+    for case in run.cases:
+        wall = ends[(case.case, "done")] - begin
+        begin = ends[(case.case, "done")]
+        dumped = sum(t.seconds for t in case.timings if t.state == "dumped")
+        log = runner.run_dir / case.host / case.case / "commands.log"
+        commands = sum(1 for line in log.read_text().splitlines() if " $ " in line[:40]) if log.exists() else 0
+        ratio = f"{wall / dumped:.2f}x its dumped phase ({dumped:.1f} s) [target <= 1.15x]" if dumped else \
+            "[target <= 3 s]"
+        print(f"  {case.case:<16} {case.verdict:<5} wall {wall:5.1f} s = {ratio}; {commands} SSH commands")
+    print(f"  lease take/renew/release: {1000 * spent[0] / len(run.cases):.0f} ms per case [target <= 50 ms]")
+
+
 def timed_playbook(inventory: Path, playbook: str, results: Path) -> None:
     t0 = time.monotonic()
     code = cli_main(["run", "-i", str(inventory), str(REPO / playbook), "--results", str(results)])
@@ -90,6 +135,7 @@ def main() -> int:
     print(f"lab up (one x86_64 machine, ready with kdump armed): {time.monotonic() - t0:.1f} s")
     try:
         one_panic_case(inventory, work)
+        case_costs(inventory, work)
         timed_playbook(inventory, "playbooks/smoke.yaml", work / "results")
         if args.nightly:
             timed_playbook(inventory, "playbooks/nightly.yaml", work / "results")

@@ -6,15 +6,34 @@ tests; the cycle never knows which.
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
 
 from orchestrator.config.model import Host
 from orchestrator.kernel.kdump import KdumpLayout
 from orchestrator.protocols.console import ConsoleProtocol
 from orchestrator.protocols.power import PowerProtocol
 from orchestrator.protocols.shell import ShellProtocol
+
+
+class PerBoot:
+    """What cannot change within one boot of a host (arch, page size, whether an injector is
+    usable), learned once per boot_id instead of once per case: a round trip saved each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._boot_id: str | None = None
+        self._known: dict[Hashable, Any] = {}
+
+    def get(self, boot_id: str, key: Hashable, learn: Callable[[], Any]) -> Any:
+        with self._lock:
+            if boot_id != self._boot_id:
+                self._boot_id, self._known = boot_id, {}
+            if key not in self._known:
+                self._known[key] = learn()
+            return self._known[key]
 
 
 @dataclass
@@ -26,3 +45,4 @@ class HostHandles:
     console: ConsoleProtocol | None
     kdump: KdumpLayout
     pause: Callable[[float], None] = time.sleep   # between polls of the host
+    per_boot: PerBoot = field(default_factory=PerBoot)

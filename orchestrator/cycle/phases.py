@@ -47,14 +47,16 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
     facts = wait_for_boot(h.poll_shell, deadline_s=deadline_s, state="preflight",
                           kdump_loaded=case.kdump == "required" and case.expect.outcome != "survive",
                           sleep=h.pause)
-    kernel = probe_facts(h.shell)      # page size: 4K, 16K or 64K arm64 kernels differ
+    # page size: 4K, 16K or 64K arm64 kernels differ; neither it nor the arch changes in a boot
+    kernel = h.per_boot.get(facts.boot_id, "kernel", lambda: probe_facts(h.shell))
     if kernel.arch != host.arch:
         raise FatalInfraError(f"the inventory says {host.name} is {host.arch}, the host says {kernel.arch}")
     _restore_left_armed(h, facts, record)
     present = read_sysctls(h.shell, case.limits.sysctls_present)
     missing = [name for name, value in present.items() if value is None]
     skip = f"kernel {facts.kernel_release} lacks sysctl {', '.join(missing)}" if missing else None
-    why = make_injector(case.injector).unavailable_reason(h.shell, arch=host.arch)
+    why = h.per_boot.get(facts.boot_id, ("injector", case.injector),
+                         lambda: make_injector(case.injector).unavailable_reason(h.shell, arch=host.arch))
     if why and not skip:
         raise FatalInfraError(f"injector {case.injector} unusable on {host.name}: {why}")
     if skip:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from orchestrator.config.playbook import Case
-from orchestrator.errors import InfraError
+from orchestrator.errors import InfraError, RetryableInfraError
 from orchestrator.fleet import lease
 from orchestrator.fleet.lease import Holder, LeaseHeld
 from orchestrator.protocols.shell import ShellProtocol
@@ -40,7 +40,8 @@ class LeaseKeeper:
         end, steal = time.monotonic() + wait_s, ""
         while True:
             try:
-                self.taken = lease.take(self.shell, self.host, self.state_dir, self.holder, LEASE_TTL_S, steal=steal)
+                self.taken = self._once(lease.take, self.shell, self.host, self.state_dir, self.holder,
+                                        LEASE_TTL_S, steal=steal)
                 return self.taken
             except LeaseHeld as held:
                 if lease.holder_died_here(held.holder) and held.holder.get("token") != steal:
@@ -65,11 +66,18 @@ class LeaseKeeper:
             self._thread.join(timeout=LEASE_RENEW_S)
         with self._renewing:
             try:
-                lease.release(self.shell, self.host, self.state_dir, self.holder)
+                self._once(lease.release, self.shell, self.host, self.state_dir, self.holder)
             except InfraError:
                 pass            # a host that is down keeps the lease until it expires by itself
-            finally:
-                self.shell.close()
+
+    def _once(self, call, *args, **kw):
+        """The lease's shell stays connected from case to case (one SSH handshake per host,
+        not per case); a connection the host's reboot broke is made again, once."""
+        try:
+            return call(*args, **kw)
+        except RetryableInfraError:
+            self.shell.close()
+            return call(*args, **kw)
 
     def _renew_forever(self) -> None:
         while not self._stop.wait(LEASE_RENEW_S):
