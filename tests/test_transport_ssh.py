@@ -42,7 +42,8 @@ class LoopbackSshd:
     def __init__(self, root: Path):
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_tcp_port()
-        self.host_pub = keygen(root / "host_key")
+        self.host_key_file = root / "host_key"
+        self.host_pub = keygen(self.host_key_file)
         self.client_key = root / "client_key"
         (root / "authorized_keys").write_text(keygen(self.client_key) + "\n")
         (root / "sshd_config").write_text(
@@ -135,6 +136,21 @@ def test_mismatching_pinned_host_key_is_fatal(sshd, tmp_path):
     shell = FabricShell(sshd.config(host_key=impostor))
     with pytest.raises(FatalInfraError, match="host key mismatch"):
         shell.run("true", timeout=10)
+
+
+def test_mismatch_names_both_fingerprints_and_no_known_hosts_of_the_user_overrides_the_pin(
+        sshd, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh/known_hosts").write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_pub}\n")  # the real key
+    monkeypatch.setenv("HOME", str(home))
+    impostor = keygen(tmp_path / "other_host_key")
+    with pytest.raises(FatalInfraError) as info:
+        FabricShell(sshd.config(host_key=impostor)).run("true", timeout=10)
+    fingerprints = [subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                                   check=True).stdout.split()[1]
+                    for pub in (tmp_path / "other_host_key.pub", sshd.host_key_file.with_suffix(".pub"))]
+    assert f"the host offers ssh-ed25519 {fingerprints[1]}, the inventory pins {fingerprints[0]}" in str(info.value)
 
 
 def test_host_without_pinned_key_is_refused_before_connecting(sshd, tmp_path):

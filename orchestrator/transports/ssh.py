@@ -220,8 +220,10 @@ class FabricShell(ShellProtocol):
         if isinstance(exc, InfraError):
             return exc
         if isinstance(exc, BadHostKeyException):
-            return FatalInfraError(f"{self._where()}: host key mismatch (got {exc.key.get_name()} "
-                                   f"{exc.key.get_base64()[:24]}..., pinned differs)")
+            # Fingerprints as `ssh-keygen -lf` prints them, so the two can be checked by hand:
+            # a reinstalled host, or someone else answering on its address.
+            return FatalInfraError(f"{self._where()}: host key mismatch: the host offers {exc.key.get_name()} "
+                                   f"{exc.key.fingerprint}, the inventory pins {exc.expected_key.fingerprint}")
         if isinstance(exc, AuthenticationException):
             return FatalInfraError(f"{self._where()}: authentication refused: {exc}")
         if isinstance(exc, FileNotFoundError) and getattr(exc, "filename", None):
