@@ -116,7 +116,7 @@ def test_secrets_from_the_environment_appear_nowhere(lab, tmp_path):
     assert {"console.log", "commands.log", "bmc.log", "run.json"} <= {p.name for p in scanned}
     assert len([p for p in scanned if p.name == "commands.log"]) >= 2     # one per case at least
     leaks = {str(p): n for p in scanned + [inv] if (n := occurrences(p, needles))}
-    leaks.update({f"cmdline of pid {pid}": cmd.count(b"\0") for (pid, cmd), _ in procs.seen.items()
+    leaks.update({f"cmdline of pid {pid}": 1 for pid, cmd in procs.seen
                   if any(n in cmd for n in needles)})
     leaks.update({f"run's {name}": 1 for name, text in (("stdout", done.stdout), ("stderr", done.stderr))
                   if any(n in text for n in needles)})
@@ -146,7 +146,6 @@ def test_a_changed_host_key_is_an_error_naming_the_host_and_nothing_is_injected(
         assert (case.verdict, case.blame) == ("error", "lab"), (case.case, case.verdict, case.reasons)
         assert case.host == host["name"]
         assert any(where in r and "host key mismatch" in r for r in case.reasons), case.reasons
-        print(f"{case.host} {case.case}: {case.verdict} ({case.blame}): {case.reasons[0]}")
     assert not any("corrupt-pfn" in p.read_text() for p in run_dir.rglob("commands.log"))
 
     capsys.readouterr()
