@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError
 
-from orchestrator.config.model import SshConfig
-from orchestrator.errors import FatalInfraError, RetryableInfraError
+from orchestrator.config.inventory import load_inventory
+from orchestrator.config.model import SecretRef, SshConfig
+from orchestrator.errors import ConfigError, FatalInfraError, RetryableInfraError
 from orchestrator.protocols.shell import CommandResult
 from orchestrator.transports.ssh import CommandFailed, FabricShell
 
@@ -41,7 +42,8 @@ class LoopbackSshd:
     def __init__(self, root: Path):
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_tcp_port()
-        self.host_pub = keygen(root / "host_key")
+        self.host_key_file = root / "host_key"
+        self.host_pub = keygen(self.host_key_file)
         self.client_key = root / "client_key"
         (root / "authorized_keys").write_text(keygen(self.client_key) + "\n")
         (root / "sshd_config").write_text(
@@ -136,6 +138,21 @@ def test_mismatching_pinned_host_key_is_fatal(sshd, tmp_path):
         shell.run("true", timeout=10)
 
 
+def test_mismatch_names_both_fingerprints_and_no_known_hosts_of_the_user_overrides_the_pin(
+        sshd, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh/known_hosts").write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_pub}\n")  # the real key
+    monkeypatch.setenv("HOME", str(home))
+    impostor = keygen(tmp_path / "other_host_key")
+    with pytest.raises(FatalInfraError) as info:
+        FabricShell(sshd.config(host_key=impostor)).run("true", timeout=10)
+    fingerprints = [subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                                   check=True).stdout.split()[1]
+                    for pub in (tmp_path / "other_host_key.pub", sshd.host_key_file.with_suffix(".pub"))]
+    assert f"the host offers ssh-ed25519 {fingerprints[1]}, the inventory pins {fingerprints[0]}" in str(info.value)
+
+
 def test_host_without_pinned_key_is_refused_before_connecting(sshd, tmp_path):
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:1 {sshd.host_pub}\n")   # pinned for another port
@@ -213,6 +230,119 @@ def test_silent_peer_times_out_as_retryable():
         shell.run("true", timeout=5)
     assert time.monotonic() - started < 4
     server.close()
+
+
+# -- an encrypted client key, its passphrase by reference --------------------------------
+
+@pytest.fixture
+def encrypted_key(sshd, tmp_path):
+    """A copy of the sshd's authorized client key, encrypted with a passphrase."""
+    key = tmp_path / "client_key_encrypted"
+    shutil.copyfile(sshd.client_key, key)
+    key.chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-N", "correct horse", "-f", str(key)], check=True,
+                   capture_output=True)
+    return key
+
+
+def test_encrypted_key_with_its_passphrase_from_the_environment_logs_in(sshd, encrypted_key, monkeypatch):
+    monkeypatch.setenv("TEST_KEY_PASSPHRASE", "correct horse")
+    log: list[str] = []
+    shell = FabricShell(sshd.config(key_file=encrypted_key, key_passphrase=SecretRef(env="TEST_KEY_PASSPHRASE")),
+                        log=log.append)
+    assert shell.run("echo in", timeout=10).stdout == "in\n"
+    assert shell.fresh().run("true", timeout=10).ok      # the decrypted key is shared, not re-derived
+    shell.close()
+    assert not any("correct horse" in line for line in log)
+
+
+def test_encrypted_key_with_its_passphrase_from_a_file_logs_in(sshd, encrypted_key, tmp_path):
+    (tmp_path / "passphrase").write_text("correct horse\n")
+    shell = FabricShell(sshd.config(key_file=encrypted_key, key_passphrase=SecretRef(file=tmp_path / "passphrase")))
+    assert shell.run("true", timeout=10).ok
+    shell.close()
+
+
+def test_wrong_passphrase_is_fatal_and_does_not_echo_it(sshd, encrypted_key, monkeypatch):
+    monkeypatch.setenv("TEST_KEY_PASSPHRASE", "battery staple")
+    shell = FabricShell(sshd.config(key_file=encrypted_key, key_passphrase=SecretRef(env="TEST_KEY_PASSPHRASE")))
+    with pytest.raises(FatalInfraError, match=r"cannot decrypt key_file .* \(wrong passphrase\?\)") as info:
+        shell.run("true", timeout=10)
+    assert "battery staple" not in str(info.value)
+
+
+def test_encrypted_key_without_a_passphrase_is_fatal(sshd, encrypted_key):
+    shell = FabricShell(sshd.config(key_file=encrypted_key))
+    with pytest.raises(FatalInfraError, match="authentication refused.*encrypted"):
+        shell.run("true", timeout=10)
+
+
+def test_passphrase_variable_unset_when_connecting_is_bad_input(sshd, encrypted_key, monkeypatch):
+    monkeypatch.delenv("TEST_KEY_PASSPHRASE", raising=False)
+    shell = FabricShell(sshd.config(key_file=encrypted_key, key_passphrase=SecretRef(env="TEST_KEY_PASSPHRASE")))
+    with pytest.raises(ConfigError, match="TEST_KEY_PASSPHRASE is not set"):
+        shell.run("true", timeout=10)
+
+
+INVENTORY = """\
+version: 1
+hosts:
+  - name: h1
+    arch: x86_64
+    platform: qemu-x86_64
+    destructive: true
+    ssh: {address: 127.0.0.1, key_file: key, host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample"%s}
+    bmc: null
+"""
+
+
+def inventory(tmp_path: Path, ssh_extra: str) -> Path:
+    (tmp_path / "key").write_text("an encrypted key\n")
+    path = tmp_path / "inv.yaml"
+    path.write_text(INVENTORY % ssh_extra)
+    return path
+
+
+def test_inventory_takes_the_passphrase_by_reference_and_resolves_it_only_later(tmp_path, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_PASSPHRASE", raising=False)
+    host = load_inventory(inventory(tmp_path, ", key_passphrase: {env: NO_SUCH_PASSPHRASE}")).host("h1")
+    assert host.ssh.key_passphrase == SecretRef(env="NO_SUCH_PASSPHRASE", origin=f"{tmp_path / 'inv.yaml'}:7")
+    (tmp_path / "pp").write_text("from a file\n")
+    host = load_inventory(inventory(tmp_path, ", key_passphrase: {file: pp}")).host("h1")
+    assert host.ssh.key_passphrase.resolve() == "from a file"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (", key_passphrase: hunter2", "inline passphrases are refused: use {env: VAR} or {file: PATH}"),
+    (", key_passphrase: {env: A, file: pp}", "give exactly one of env or file"),
+    (", key_passphrase: {}", "give exactly one of env or file"),
+    (", key_passphrase: {vault: x}", "unknown field"),
+    (", key_passphrase: {file: nope}", "passphrase file"),
+])
+def test_inventory_passphrase_errors_are_one_line_bad_input(tmp_path, extra, message):
+    (tmp_path / "pp").write_text("x\n")
+    with pytest.raises(ConfigError) as info:
+        load_inventory(inventory(tmp_path, extra))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert info.value.line == 7 and "hunter2" not in str(info.value)
+
+
+def test_inventory_passphrase_without_a_key_file_is_bad_input(tmp_path):
+    path = inventory(tmp_path, ", key_passphrase: {env: A}")
+    path.write_text(path.read_text().replace("key_file: key, ", ""))
+    with pytest.raises(ConfigError, match="key_passphrase: a passphrase without key_file"):
+        load_inventory(path)
+
+
+def test_run_with_the_passphrase_variable_unset_is_bad_input_before_any_host(tmp_path, capsys, monkeypatch):
+    from orchestrator.faces.cli.main import main
+
+    monkeypatch.delenv("NO_SUCH_PASSPHRASE", raising=False)
+    path = inventory(tmp_path, ", key_passphrase: {env: NO_SUCH_PASSPHRASE}")
+    code = main(["run", "-i", str(path), str(Path(__file__).parent.parent / "playbooks/smoke.yaml"),
+                 "--results", str(tmp_path / "r")])
+    assert code == 2 and "NO_SUCH_PASSPHRASE is not set" in capsys.readouterr().err
+    assert not any((tmp_path / "r").glob("*/cases"))
 
 
 # -- unit: error mapping ------------------------------------------------------------------

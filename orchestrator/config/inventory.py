@@ -131,9 +131,12 @@ def _existing_file(f: Fields, key: str, what: str) -> Path | None:
 
 
 def _build_ssh(f: Fields) -> SshConfig:
-    f.reject_unknown({"address", "port", "user", "key_file", "known_hosts", "host_key",
+    f.reject_unknown({"address", "port", "user", "key_file", "key_passphrase", "known_hosts", "host_key",
                       "connect_timeout", "banner_timeout", "keepalive", "command_timeout"})
     key_file = _existing_file(f, "key_file", "key file")
+    key_passphrase = _key_passphrase(f)
+    if key_passphrase is not None and key_file is None:
+        raise f.error("key_passphrase", "a passphrase without key_file: give the encrypted key's file")
     known_hosts = _existing_file(f, "known_hosts", "known_hosts file")
     host_key = f.get("host_key", str, None)
     if host_key is None and known_hosts is None:
@@ -142,11 +145,27 @@ def _build_ssh(f: Fields) -> SshConfig:
         raise f.error("host_key", "expected '<type> <base64 key>' as in a known_hosts line")
     return SshConfig(
         address=f.get("address", str), port=f.port("port", 22), user=f.get("user", str, "root"),
-        key_file=key_file, known_hosts=known_hosts, host_key=host_key,
+        key_file=key_file, key_passphrase=key_passphrase, known_hosts=known_hosts, host_key=host_key,
         connect_timeout=_positive(f, "connect_timeout", 10.0), keepalive=int(_positive(f, "keepalive", 5.0)),
         banner_timeout=_positive(f, "banner_timeout", 10.0),
         command_timeout=_positive(f, "command_timeout", 60.0),
     )
+
+
+def _key_passphrase(f: Fields) -> SecretRef | None:
+    """The key's passphrase by reference, as the BMC password: an inline value would sit in
+    a file that is copied, diffed and recorded (its digest) with every run."""
+    if f.data.get("key_passphrase") is None:
+        return None
+    if isinstance(f.data["key_passphrase"], str):
+        raise f.error("key_passphrase", "inline passphrases are refused: use {env: VAR} or {file: PATH}")
+    ref = f.sub("key_passphrase")
+    ref.reject_unknown({"env", "file"})
+    env = ref.get("env", str, None)
+    if (env is None) == (ref.get("file", str, None) is None):
+        raise f.error("key_passphrase", "give exactly one of env or file")
+    return SecretRef(env=env, file=_existing_file(ref, "file", "passphrase file"),
+                     origin=f"{f.path}:{f.line_of('key_passphrase')}")
 
 
 def _valid_host_key(text: str) -> bool:

@@ -39,6 +39,7 @@ class SshConfig:
     port: int = 22
     user: str = "root"
     key_file: Path | None = None
+    key_passphrase: SecretRef | None = None   # for an encrypted key_file; resolved only when connecting
     known_hosts: Path | None = None     # OpenSSH known_hosts holding the pinned host key
     host_key: str | None = None         # or the pinned key inline: "ssh-ed25519 AAAA..."
     connect_timeout: float = 10.0

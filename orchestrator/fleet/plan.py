@@ -34,9 +34,11 @@ class RunPlan:
         inventory = _select_hosts(load_inventory(inventory_path), hosts)
         if cases:
             playbook = playbook.select(cases)
-        for host in inventory.hosts:
+        for host in inventory.hosts:        # an unset variable is bad input, not a lab failure
             if host.bmc is not None:
-                host.bmc.password.resolve()     # an unset variable is bad input, not a lab failure
+                host.bmc.password.resolve()
+            if host.ssh.key_passphrase is not None:
+                host.ssh.key_passphrase.resolve()
         refused = [h.name for h in inventory.hosts if not h.destructive]
         if refused:
             raise ConfigError(f"host(s) {', '.join(refused)} lack 'destructive: true'; refusing to inject",

@@ -52,6 +52,7 @@ class FabricShell(ShellProtocol):
         self.detach_delay = detach_delay
         self._log = log or (lambda line: None)
         self._connection: Connection | None = None
+        self._pkey: paramiko.PKey | None = None      # the decrypted key_file, when it has a passphrase
 
     # -- ShellProtocol ------------------------------------------------------------------
 
@@ -99,7 +100,9 @@ class FabricShell(ShellProtocol):
         return result
 
     def fresh(self) -> "FabricShell":
-        return FabricShell(self.cfg, log=self._log, detach_delay=self.detach_delay)
+        shell = FabricShell(self.cfg, log=self._log, detach_delay=self.detach_delay)
+        shell._pkey = self._pkey      # decrypting again would only repeat the key's KDF
+        return shell
 
     def fire_detached(self, command: str, *, timeout: float, output: str,
                       delay: float | None = None) -> None:
@@ -133,7 +136,9 @@ class FabricShell(ShellProtocol):
         connect_kwargs = {"look_for_keys": False, "allow_agent": False,   # only the lab key
                           "banner_timeout": self.cfg.banner_timeout or self.cfg.connect_timeout,
                           "auth_timeout": self.cfg.connect_timeout}
-        if self.cfg.key_file:
+        if self.cfg.key_passphrase is not None:
+            connect_kwargs["pkey"] = self._decrypted_key()
+        elif self.cfg.key_file:
             connect_kwargs["key_filename"] = [str(self.cfg.key_file)]
         connection = Connection(
             self.cfg.address, user=self.cfg.user, port=self.cfg.port,
@@ -149,6 +154,26 @@ class FabricShell(ShellProtocol):
         self._detect_dead_peers(connection.transport)
         self._connection = connection
         return connection
+
+    def _decrypted_key(self) -> paramiko.PKey:
+        """The encrypted key_file, decrypted once per shell. Not paramiko's ``passphrase``: it
+        runs the key's KDF once per key type it guesses (three times per connect, and a host
+        being polled through a reboot reconnects often), and a wrong passphrase comes back as a
+        retryable "Invalid key". The passphrase is resolved here, when a connection needs it,
+        and kept nowhere: not in a log, a result or a command line."""
+        if self._pkey is None:
+            passphrase = self.cfg.key_passphrase.resolve().encode()
+            try:
+                self._pkey = paramiko.PKey.from_path(self.cfg.key_file, passphrase)
+            except OSError as exc:
+                raise FatalInfraError(f"{self._where()}: cannot read key_file {self.cfg.key_file}: "
+                                      f"{exc.strerror}") from None
+            except TypeError as exc:    # cryptography: "Password was given but ... not encrypted"
+                raise FatalInfraError(f"{self._where()}: key_file {self.cfg.key_file}: {exc}") from None
+            except (ValueError, SSHException):
+                raise FatalInfraError(f"{self._where()}: cannot decrypt key_file {self.cfg.key_file} "
+                                      f"with its key_passphrase (wrong passphrase?)") from None
+        return self._pkey
 
     def _pin_host_key(self, client: paramiko.SSHClient) -> None:
         name = self.cfg.address if self.cfg.port == 22 else f"[{self.cfg.address}]:{self.cfg.port}"
@@ -195,8 +220,10 @@ class FabricShell(ShellProtocol):
         if isinstance(exc, InfraError):
             return exc
         if isinstance(exc, BadHostKeyException):
-            return FatalInfraError(f"{self._where()}: host key mismatch (got {exc.key.get_name()} "
-                                   f"{exc.key.get_base64()[:24]}..., pinned differs)")
+            # Fingerprints as `ssh-keygen -lf` prints them, so the two can be checked by hand:
+            # a reinstalled host, or someone else answering on its address.
+            return FatalInfraError(f"{self._where()}: host key mismatch: the host offers {exc.key.get_name()} "
+                                   f"{exc.key.fingerprint}, the inventory pins {exc.expected_key.fingerprint}")
         if isinstance(exc, AuthenticationException):
             return FatalInfraError(f"{self._where()}: authentication refused: {exc}")
         if isinstance(exc, FileNotFoundError) and getattr(exc, "filename", None):
