@@ -116,9 +116,28 @@ def test_a_dead_holder_on_this_machine_is_taken_over_at_once_and_only_its_lease(
     dead = Holder(run_id="killed", controller=f"{socket.gethostname()}:{gone.pid}", user="u", token="dead")
     lease.take(shell, "srv1", state, dead, ttl_s=600)
     keeper = LeaseKeeper(shell, "srv1", state, holder("run-2", "bbbb"))
-    assert keeper.take(wait_s=0)["run_id"] == "run-2"
+    assert keeper.take(60, wait_s=0)["run_id"] == "run-2"
     # a live holder is never stolen from, even by a caller naming some other token
     with pytest.raises(LeaseHeld):
         lease.take(shell, "srv1", state, holder("run-3", "cccc"), ttl_s=60, steal="dead")
     alive = Holder(run_id="alive", controller=f"{socket.gethostname()}:{os.getpid()}", user="u", token="live")
     assert not lease.holder_died_here({"controller": alive.controller})
+    keeper.release()
+    assert lease.read(shell, "srv1", state) == {}
+
+
+def test_a_keeper_renews_its_own_lease_without_waiting_and_waits_for_others(shell, tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+
+    state = str(tmp_path / "state")
+    keeper = LeaseKeeper(shell, "srv1", state, holder("run-1", "aaaa"))
+    first = keeper.take(60, wait_s=0)
+    assert keeper.take(600, wait_s=0)["since"] == first["since"]        # renewed, not a new lease
+    other = LeaseKeeper(shell, "srv1", state, holder("run-2", "bbbb"))
+    slept = []
+    with pytest.raises(LeaseHeld):
+        other.take(60, wait_s=12, sleep=slept.append)     # polls, then gives up naming the holder
+    assert slept == [5.0, 5.0]
+    keeper.release()
+    assert other.take(60, wait_s=0)["run_id"] == "run-2"
+    other.release()

@@ -50,7 +50,7 @@ class OrchSession:
     def _host_run(self, host: Host) -> HostRun:
         with self._lock:
             if host.name not in self._hosts:
-                host_run = HostRun(self.folder, host)
+                host_run = HostRun(self.folder, host, release_between_cases=True)
                 self._stack.enter_context(host_run.opened())
                 self._hosts[host.name] = host_run
             return self._hosts[host.name]

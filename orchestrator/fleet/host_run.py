@@ -26,7 +26,7 @@ from orchestrator.fleet.case_run import run_case
 from orchestrator.fleet.facts import probe_host_facts
 from orchestrator.fleet.host_handles import HostSession, open_host
 from orchestrator.fleet.lease import Holder, LeaseHeld
-from orchestrator.fleet.lease_keeper import held_for_case, injection_stretch
+from orchestrator.fleet.lease_keeper import LeaseKeeper, case_budget
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.results import store
 from orchestrator.results.model import ERROR, SKIP, CaseResult, HostFacts
@@ -44,15 +44,18 @@ class _Lost:
 class HostRun:
     def __init__(self, folder: RunFolder, host: Host, *, stop: threading.Event | None = None,
                  open_host: Callable[..., ContextManager[HostSession]] = open_host,
-                 on_state: OnState | None = None, lease_wait_s: float | None = None):
+                 on_state: OnState | None = None, lease_wait_s: float | None = None,
+                 release_between_cases: bool = False):
         self.folder, self.host = folder, host
         self.stop = stop or threading.Event()
         self.open_host = open_host
         self.on_state = on_state or (lambda host, case, state: None)
         self.lease_wait_s = folder.plan.lease_wait_s if lease_wait_s is None else lease_wait_s
+        self.release_between_cases = release_between_cases     # the pytest face: siblings take turns
         self.holder = Holder.for_run(folder.run_id)
         self.resolver = ExpectationResolver()       # the host's semantics, probed once
         self.session: HostSession | None = None
+        self.keeper: LeaseKeeper | None = None
         self.lost: _Lost | None = None
 
     def run(self, cases: list[Case]) -> None:
@@ -70,6 +73,8 @@ class HostRun:
         with ExitStack() as stack:
             try:
                 self.session = stack.enter_context(self.open_host(self.host, host_dir, commands_log=log))
+                self.keeper = LeaseKeeper(self.session.lease_shell, self.host.name, self.host.state_dir, self.holder)
+                stack.callback(self.keeper.release)
                 self.folder.record_facts(probe_host_facts(self.session.handles, self.resolver))
             except OrchestratorError as exc:
                 self.folder.record_facts(HostFacts(host=self.host.name, arch=self.host.arch,
@@ -103,19 +108,18 @@ class HostRun:
             return self._without_cycle(case)
         folder = store.case_dir(self.folder.run_dir, self.host.name, case.name)
         try:
-            with held_for_case(session.lease_shell, self.host.name, self.host.state_dir, self.holder,
-                               case, self.lease_wait_s) as keeper:
-                def on_state(host: str, state: str) -> None:
-                    if state == "targeted":            # the next step injects: cover the host going dark
-                        keeper.stretch(injection_stretch(case))
-                    self.on_state(host, case.name, state)
-
-                result = run_case(session, case, self.resolver, folder, run_dir=self.folder.run_dir,
-                                  on_state=on_state, run_id=self.folder.run_id)
+            self.keeper.take(case_budget(case), self.lease_wait_s)
         except LeaseHeld as held:
             return no_cycle_result(self.host.name, case, ERROR, f"{held}; nothing was injected", LAB), True
         except InfraError as exc:
-            result = no_cycle_result(self.host.name, case, ERROR, f"lease: {exc}", LAB)
+            return no_cycle_result(self.host.name, case, ERROR, f"lease: {exc}", LAB), True
+        try:
+            result = run_case(session, case, self.resolver, folder, run_dir=self.folder.run_dir,
+                              on_state=lambda host, state: self.on_state(host, case.name, state),
+                              run_id=self.folder.run_id)
+        finally:
+            if self.release_between_cases:
+                self.keeper.release()
         if result.verdict == ERROR and result.blame in (LAB, KDUMP) and not self._answers(session):
             self.lost = _Lost(case.name, result.reasons[0] if result.reasons else "no answer")
         return result, True

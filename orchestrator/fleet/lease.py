@@ -87,26 +87,30 @@ def parse(text: str) -> dict[str, str]:
     return {k: v for k, v in fields.items() if k in FIELDS}
 
 
+#: Shell helpers every lease script starts with. Builtins only (read, case, echo, printf):
+#: on a slow host (a lab guest under emulation) every forked program costs milliseconds, and
+#: a lease command runs on the critical path of every case. Left: mkdir, date, mv, rm.
+_HELPERS = """\
+fields() { tok=''; exp=0; since0=''; lines=''; [ -f "$lease" ] || return 1
+  while IFS='=' read -r k v; do lines="$lines$k=$v "
+    case $k in token) tok=$v ;; expires) exp=$v ;; since) since0=$v ;; esac; done < "$lease"; }
+show() { for kv in $lines; do echo "$kv"; done; }
+"""
+
+
 def _locked(state_dir: str, body: str) -> str:
     """``body`` run under the host-wide lease lock, a directory made with ``mkdir`` (atomic on
     every filesystem and in every shell; busybox guests have no flock). A lock left by a
     command killed mid-way is older than LEASE_LOCK_STALE_S and is removed; one that stays
     busy past 10 s exits LOCKED."""
     d = shlex.quote(state_dir)
-    return (f"umask 077; mkdir -p {d} || exit 1; lock={d}/lease.lock; lease={d}/lease; n=0\n"
+    return (f"{_HELPERS}umask 077; lock={d}/lease.lock; lease={d}/lease; n=0\n"
             f"until mkdir \"$lock\" 2>/dev/null; do\n"
-            f"  at=$(cat \"$lock/at\" 2>/dev/null); now=$(date +%s)\n"
+            f"  [ -d {d} ] || mkdir -p {d} || exit 1\n"
+            f"  at=''; read -r at < \"$lock/at\" 2>/dev/null; now=$(date +%s)\n"
             f"  if [ -n \"$at\" ] && [ $((now - at)) -gt {int(LEASE_LOCK_STALE_S)} ]; then rm -rf \"$lock\"; fi\n"
             f"  n=$((n + 1)); [ $n -le 100 ] || exit {LOCKED}; sleep 0.1\n"
             f"done\ntrap 'rm -rf \"$lock\"' EXIT; now=$(date +%s); echo \"$now\" > \"$lock/at\"\n{body}")
-
-
-def _write(holder: Holder, ttl_s: float) -> str:
-    values = {"token": holder.token, "controller": holder.controller, "user": holder.user,
-              "run_id": holder.run_id}
-    lines = "".join(f"{k}={_UNSAFE.sub('_', v)}\\n" for k, v in values.items())
-    return (f"printf '{lines}since=%s\\nexpires=%s\\n' \"${{since:-$now}}\" $((now + {int(ttl_s)})) "
-            f"> \"$lease.tmp\" && mv \"$lease.tmp\" \"$lease\" && cat \"$lease\"")
 
 
 def take(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, ttl_s: float, *,
@@ -116,13 +120,19 @@ def take(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, ttl_s:
     ``steal``: the token of a holder known to be dead, whose lease is taken over at once
     (only if it is still that holder's: compare and swap, under the lock)."""
     token, stolen = shlex.quote(holder.token), shlex.quote(steal or "-")
-    body = (f"since=''; over=''\n"
-            f"if [ -f \"$lease\" ]; then\n"
-            f"  tok=$(sed -n 's/^token=//p' \"$lease\"); exp=$(sed -n 's/^expires=//p' \"$lease\")\n"
-            f"  if [ \"$tok\" = {token} ]; then since=$(sed -n 's/^since=//p' \"$lease\")\n"
-            f"  elif [ \"${{exp:-0}}\" -gt \"$now\" ] && [ \"$tok\" != {stolen} ]; then cat \"$lease\"; exit {HELD}\n"
-            f"  else over=$(tr '\\n' ' ' < \"$lease\"); fi\n"
-            f"fi\n{_write(holder, ttl_s)}\n[ -z \"$over\" ] || echo \"taken_over=$over\"")
+    values = {"token": holder.token, "controller": holder.controller, "user": holder.user,
+              "run_id": holder.run_id}
+    text = "".join(f"{k}={_UNSAFE.sub('_', v)}\\n" for k, v in values.items())
+    body = (f"since=$now; over=''\n"
+            f"if fields; then\n"
+            f"  if [ \"$tok\" = {token} ]; then since=$since0\n"
+            f"  elif [ \"${{exp:-0}}\" -gt \"$now\" ] && [ \"$tok\" != {stolen} ]; then show; exit {HELD}\n"
+            f"  else over=$lines; fi\n"
+            f"fi\n"
+            f"printf '{text}since=%s\\nexpires=%s\\n' \"$since\" $((now + {int(ttl_s)})) > \"$lease.tmp\" "
+            f"&& mv \"$lease.tmp\" \"$lease\" || exit 1\n"
+            f"printf '{text}since=%s\\nexpires=%s\\n' \"$since\" $((now + {int(ttl_s)}))\n"
+            f"[ -z \"$over\" ] || echo \"taken_over=$over\"")
     result = _run(shell, host, _locked(state_dir, body))
     if result.exit_code == HELD:
         raise LeaseHeld(host, parse(result.stdout))
@@ -134,8 +144,7 @@ def take(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, ttl_s:
 
 def release(shell: ShellProtocol, host: str, state_dir: str, holder: Holder) -> bool:
     """Give the lease back if it is still ours; False if it was not (expired and taken)."""
-    body = (f"tok=$(sed -n 's/^token=//p' \"$lease\" 2>/dev/null)\n"
-            f"[ \"$tok\" = {shlex.quote(holder.token)} ] || exit {LOST}\nrm -f \"$lease\"")
+    body = f"fields; [ \"$tok\" = {shlex.quote(holder.token)} ] || exit {LOST}\nrm -f \"$lease\""
     result = _run(shell, host, _locked(state_dir, body))
     if result.exit_code == LOST:
         return False
@@ -159,7 +168,7 @@ def read(shell: ShellProtocol, host: str, state_dir: str) -> dict[str, str]:
 
 def break_lease(shell: ShellProtocol, host: str, state_dir: str) -> dict[str, str]:
     """An operator's override: remove whatever lease the host has; returns what it said."""
-    result = _run(shell, host, _locked(state_dir, "cat \"$lease\" 2>/dev/null; rm -f \"$lease\"; true"))
+    result = _run(shell, host, _locked(state_dir, "fields && show; rm -f \"$lease\"; true"))
     _check(result, host, "break the lease")
     return parse(result.stdout)
 

@@ -1,19 +1,23 @@
-"""Holding a host's lease for one case: take it (or wait for it), renew it while the case
-runs, stretch it over the injection, give it back.
+"""Holding a host's lease while a run works on it: take it (or wait for it) before each case,
+keep it renewed, give it back.
 
-Renewal runs on its own SSH connection in a background thread, so a cycle busy waiting for
-a panic never lets its lease lapse. A host that has just panicked cannot be renewed on until
-it is back: before the injection the lease is therefore stretched over everything the case
-may still wait for (its panic, dump, wedge and NMI deadlines); a controller killed after
-that leaves the host leased until the stretch ends, and no longer.
+Before each case the lease is taken (or, when this run already holds it, renewed) for the
+whole case's deadline budget: a host that panics cannot be renewed on until it is back, so
+the lease must outlast everything the case may still wait for without the controller's
+help. A background thread renews it meanwhile (a case that overruns its budget keeps it),
+on its own SSH connection, so a cycle busy waiting for a panic never lets it lapse. A
+controller killed mid-case leaves the host leased until that budget ends, no longer (and a
+dead holder on the same machine is taken over at once: fleet/lease.py).
+
+A local run keeps the lease from one case of a host to the next (one command per case);
+the pytest face gives it back after every case, so sibling workers can take turns.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 from orchestrator.config.playbook import Case
 from orchestrator.errors import InfraError, RetryableInfraError
@@ -22,53 +26,56 @@ from orchestrator.fleet.lease import Holder, LeaseHeld
 from orchestrator.protocols.shell import ShellProtocol
 from orchestrator.tunables import LEASE_RENEW_S, LEASE_TTL_S, LEASE_WAIT_POLL_S
 
-#: deadlines a case may still spend after its injection, while the host may not answer
-AFTER_INJECTION = ("inject", "panic", "survive", "dump", "wedge", "nmi", "collect", "restore")
-
 
 class LeaseKeeper:
     def __init__(self, shell: ShellProtocol, host: str, state_dir: str, holder: Holder):
         self.shell, self.host, self.state_dir, self.holder = shell, host, state_dir, holder
-        self._floor = 0.0                   # monotonic time the lease must last until, at least
+        self._ttl = LEASE_TTL_S
         self._stop = threading.Event()
-        self._renewing = threading.Lock()   # the renewal thread and stretch() share one connection
+        self._renewing = threading.Lock()   # the renewal thread and take() share one connection
         self._thread: threading.Thread | None = None
         self.taken: dict[str, str] = {}
 
-    def take(self, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
-        """Take the lease, waiting up to ``wait_s`` for its holder to give it back or die."""
-        end, steal = time.monotonic() + wait_s, ""
+    def take(self, ttl_s: float, wait_s: float, sleep: Callable[[float], None] = time.sleep) -> dict[str, str]:
+        """Take (or renew) the lease for ``ttl_s``, waiting up to ``wait_s`` for a holder
+        that is someone else to give it back or die; ``LeaseHeld`` names that holder."""
+        polls_left, steal = int(wait_s // LEASE_WAIT_POLL_S), ""
         while True:
             try:
-                self.taken = self._once(lease.take, self.shell, self.host, self.state_dir, self.holder,
-                                        LEASE_TTL_S, steal=steal)
+                with self._renewing:
+                    self._ttl = ttl_s
+                    self.taken = self._once(lease.take, self.shell, self.host, self.state_dir, self.holder,
+                                            ttl_s, steal=steal)
+                self._start_renewing()
                 return self.taken
             except LeaseHeld as held:
                 if lease.holder_died_here(held.holder) and held.holder.get("token") != steal:
                     steal = held.holder.get("token", "")      # a dead process of this machine: take over now
                     continue
-                if time.monotonic() + LEASE_WAIT_POLL_S > end:
+                if polls_left <= 0:
                     raise
+                polls_left -= 1
                 sleep(LEASE_WAIT_POLL_S)
 
-    def stretch(self, seconds: float) -> None:
-        """From now on the lease lasts at least ``seconds`` (renewed at once)."""
-        self._floor = max(self._floor, time.monotonic() + seconds)
-        self._renew()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._renew_forever, name=f"lease {self.host}", daemon=True)
-        self._thread.start()
-
     def release(self) -> None:
+        """Give the lease back (a host that is down keeps it until it expires by itself)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=LEASE_RENEW_S)
+            self._thread = None
         with self._renewing:
-            try:
-                self._once(lease.release, self.shell, self.host, self.state_dir, self.holder)
-            except InfraError:
-                pass            # a host that is down keeps the lease until it expires by itself
+            if self.taken:
+                try:
+                    self._once(lease.release, self.shell, self.host, self.state_dir, self.holder)
+                except InfraError:
+                    pass
+                self.taken = {}
+
+    def _start_renewing(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._renew_forever, name=f"lease {self.host}", daemon=True)
+            self._thread.start()
 
     def _once(self, call, *args, **kw):
         """The lease's shell stays connected from case to case (one SSH handshake per host,
@@ -81,30 +88,14 @@ class LeaseKeeper:
 
     def _renew_forever(self) -> None:
         while not self._stop.wait(LEASE_RENEW_S):
-            self._renew()
-
-    def _renew(self) -> None:
-        with self._renewing:
-            ttl = max(LEASE_TTL_S, self._floor - time.monotonic())
-            try:
-                lease.take(self.shell, self.host, self.state_dir, self.holder, ttl)
-            except InfraError:
-                self.shell.close()     # the host is rebooting: the stretch covers it; try again later
+            with self._renewing:
+                try:
+                    lease.take(self.shell, self.host, self.state_dir, self.holder, self._ttl)
+                except InfraError:
+                    self.shell.close()     # the host is rebooting: the TTL covers it; try again later
 
 
-@contextmanager
-def held_for_case(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, case: Case,
-                  wait_s: float) -> Iterator[LeaseKeeper]:
-    """The host's lease for one case; ``LeaseHeld`` (naming the holder) if it cannot be had."""
-    keeper = LeaseKeeper(shell, host, state_dir, holder)
-    keeper.take(wait_s)
-    keeper.start()
-    try:
-        yield keeper
-    finally:
-        keeper.release()
-
-
-def injection_stretch(case: Case) -> float:
-    """How long the lease must hold from the injection on without renewal."""
-    return sum(float(case.deadlines.get(name, 0.0)) for name in AFTER_INJECTION) + LEASE_TTL_S
+def case_budget(case: Case) -> float:
+    """How long the lease must hold for one case without renewal: all its deadlines (the
+    host may be dark for the panic, dump, wedge and NMI ones) and one renewal period's TTL."""
+    return sum(float(v) for v in case.deadlines.values()) + LEASE_TTL_S
