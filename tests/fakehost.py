@@ -214,6 +214,7 @@ class FakeLabHost:
 
 class StubInjector:
     name = "hwpoison_inject"
+    reports_late = False
 
     def unavailable_reason(self, shell, *, arch):
         return None

@@ -166,7 +166,8 @@ class CaseCycle:
         return S.INJECTED, note
 
     def _observe(self, d: dict) -> tuple[State, str]:
-        observed, note = observe.observe(self.h, self.trail.preflight.expect, self.trail.injected, d, self.record)
+        observed, note = observe.observe(self.h, self.trail.preflight.expect, self.trail.injected, d, self.record,
+                                         settle_s=phases.settle_time(self.case))
         self._keep(observed=observed)
         return {PANICKED: S.PANICKED, LOST: S.LOST, RETURNED: S.SURVIVED}[observed.how], note
 

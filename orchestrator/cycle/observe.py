@@ -47,7 +47,7 @@ class _PanicWatch:
 
 
 def observe(h: HostHandles, expect: Expectation, injected: Injected, deadlines: dict,
-            record: CaseRecord) -> tuple[Observed, str]:
+            record: CaseRecord, *, settle_s: float = SETTLE_S) -> tuple[Observed, str]:
     """How the injection ended (steps.PANICKED, RETURNED or LOST) and the timing note."""
     watch = _PanicWatch(h, injected, record)
     panic_case = expect.outcome == "panic"
@@ -55,7 +55,7 @@ def observe(h: HostHandles, expect: Expectation, injected: Injected, deadlines: 
         how = PANICKED
     else:
         how = _injection_outcome(h, watch, injected.output, deadlines["panic" if panic_case else "survive"])
-        if how == RETURNED and watch.wait(SETTLE_S):
+        if how == RETURNED and watch.wait(settle_s):
             how = PANICKED
     note = {PANICKED: "seen on console", RETURNED: "injection returned; host answers",
             LOST: "host stopped answering" + ("" if watch.console_ok() else "; no console")}[how]

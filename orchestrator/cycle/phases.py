@@ -13,7 +13,7 @@ from orchestrator.config.playbook import Case
 from orchestrator.cycle import arm_journal
 from orchestrator.cycle.bounded import BoundedShell
 from orchestrator.cycle.handles import HostHandles
-from orchestrator.cycle.hostwait import BootFacts, wait_for_boot
+from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, wait_for_boot
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import Armed, Injected, Preflight, Targeted
 from orchestrator.errors import FatalInfraError, OrchestratorError, RetryableInfraError
@@ -23,7 +23,7 @@ from orchestrator.kernel.pages import explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
 from orchestrator.results.store import safe_name
 from orchestrator.protocols.shell import detached_files
-from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S
+from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S, SETTLE_S, SETTLE_SYNC_S
 
 #: Where a case's detached injection leaves its .rc/.out/.err (ShellProtocol.fire_detached):
 #: per run and per case, so two runs on one host can never read each other's outcome.
@@ -44,9 +44,7 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
     if h.power is not None and h.power.status() != "on":
         record.note_recovery("preflight: BMC reported power off; powered on")
         h.power.on()
-    facts = wait_for_boot(h.poll_shell, deadline_s=deadline_s, state="preflight",
-                          kdump_loaded=case.kdump == "required" and case.expect.outcome != "survive",
-                          sleep=h.pause)
+    facts = _host_up(h, deadline_s, kdump=case.kdump == "required" and case.expect.outcome != "survive")
     # page size: 4K, 16K or 64K arm64 kernels differ; neither it nor the arch changes in a boot
     kernel = h.per_boot.get(facts.boot_id, "kernel", lambda: probe_facts(h.shell))
     if kernel.arch != host.arch:
@@ -63,6 +61,18 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
         return Preflight(before=facts, page_size=kernel.page_size, expect=None, dumps_before=(), skip_reason=skip)
     return Preflight(before=facts, page_size=kernel.page_size, expect=resolve_expect(case, h.shell),
                      dumps_before=tuple(h.kdump.list_dumps(h.shell)))
+
+
+def _host_up(h: HostHandles, deadline_s: float, *, kdump: bool) -> BootFacts:
+    """The host's boot now: one command on the connection the last case left open (a new SSH
+    handshake costs ~0.3 s on a lab guest), else hedged probes until it answers."""
+    try:
+        facts = read_boot_facts(h.shell)
+        if facts.kdump_loaded or not kdump:
+            return facts
+    except RetryableInfraError:
+        h.shell.close()
+    return wait_for_boot(h.poll_shell, deadline_s=deadline_s, state="preflight", kdump_loaded=kdump, sleep=h.pause)
 
 
 def _restore_left_armed(h: HostHandles, facts: BootFacts, record: CaseRecord) -> None:
@@ -99,6 +109,11 @@ def pick_target(h: HostHandles, case: Case, page_size: int, deadline_s: float, r
     record.add_evidence("target", f"{target.page_class} pfn {target.pfn:#x} kpageflags {target.kpageflags:#x}: "
                                   f"{target.how}")
     return Targeted(target)
+
+
+def settle_time(case: Case) -> float:
+    """How long a host that kept running may still panic after the injection returned."""
+    return SETTLE_S if make_injector(case.injector).reports_late else SETTLE_SYNC_S
 
 
 def inject(h: HostHandles, case: Case, targeted: Targeted, deadline_s: float, record: CaseRecord, *,

@@ -24,6 +24,10 @@ class Injector(abc.ABC):
     name: str
     feature: str                      # inventory feature that declares it usable
     needs: str                        # the file (after prepare) whose absence means "unusable"
+    #: The kernel handles the error inside the injecting write (hwpoison, hard_offline), or
+    #: later, when the platform's machine check or firmware report arrives (EINJ, mce-inject):
+    #: how long a host that kept running may still panic after the injection returned.
+    reports_late: bool = False
     module: str | None = None         # loadable module providing it, if any
     setup: str | None = None          # sh run after the file exists (hwpoison's page filter)
 
@@ -85,6 +89,7 @@ class Einj(Injector):
     """ACPI APEI EINJ: memory uncorrectable non-fatal (0x10) at param1 with a page mask, reported
     back by firmware through GHES. Needs firmware with an EINJ table (QEMU x86 has none)."""
     name = feature = module = "einj"
+    reports_late = True
     needs = f"{DEBUGFS}/apei/einj/error_inject"
     table = "/sys/firmware/acpi/tables/EINJ"
 
@@ -113,6 +118,7 @@ class MceInject(Injector):
     MCIP|EIPV, plus RIPV because PCC is clear. Writing ``bank`` last fires the injection."""
     name, feature, module = "mce_inject", "mce_inject", "mce_inject"
     needs = f"{DEBUGFS}/mce-inject/bank"
+    reports_late = True
     status, misc, bank = 0xbd000000000000c0, 0x8c, 1
 
     def unavailable_reason(self, shell, *, arch):
