@@ -74,6 +74,7 @@ class HostRun:
             try:
                 self.session = stack.enter_context(self.open_host(self.host, host_dir, commands_log=log))
                 self.keeper = LeaseKeeper(self.session.lease_shell, self.host.name, self.host.state_dir, self.holder)
+                self.keeper.warm_up()
                 stack.callback(self.keeper.release)
                 self.folder.record_facts(probe_host_facts(self.session.handles, self.resolver))
             except OrchestratorError as exc:
