@@ -18,6 +18,7 @@ from orchestrator.fleet import lease
 from orchestrator.results.store import load_run
 from orchestrator.transports.ssh import FabricShell
 from test_e2e_fleet import H1, H2, PLAYBOOK, host_interval
+from test_engine import _stop as stop_workers
 from vlabs import private_lab
 
 pytestmark = [pytest.mark.vlab, pytest.mark.x86_64]
@@ -67,14 +68,7 @@ def test_a_worker_killed_mid_case_is_replaced_and_each_host_stays_serial(lab, pg
             time.sleep(1)
         assert all(p.exists() for p in expected), [str(p) for p in expected if not p.exists()]
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.send_signal(signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        stop_workers(workers)
     run = load_run(run_dir)
     assert sorted((c.host, c.case, c.verdict) for c in run.cases) == \
         sorted((h, c, "pass") for h in (H1, H2) for c in CASES), [c.reasons for c in run.cases]
