@@ -122,3 +122,26 @@ def test_a_dead_holder_on_this_machine_is_taken_over_at_once_and_only_its_lease(
         lease.take(shell, "srv1", state, holder("run-3", "cccc"), ttl_s=60, steal="dead")
     alive = Holder(run_id="alive", controller=f"{socket.gethostname()}:{os.getpid()}", user="u", token="live")
     assert not lease.holder_died_here({"controller": alive.controller})
+
+
+def test_a_lease_is_given_back_over_a_fresh_connection_when_the_one_it_held_died_with_a_reboot(tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+
+    class StaleThenFresh(LocalShell):
+        """Its connection belonged to the boot that panicked: the first command after fails."""
+        stale = False
+
+        def run(self, command, *, timeout, check=True):
+            if self.stale:
+                raise RetryableInfraError("ssh: connection reset by peer")
+            return super().run(command, timeout=timeout, check=check)
+
+        def close(self):
+            self.stale = False
+
+    shell, state = StaleThenFresh(), str(tmp_path / "state")
+    keeper = LeaseKeeper(shell, "srv1", state, holder("run-1", "aaaa"))
+    keeper.take(wait_s=0)
+    shell.stale = True              # the host panicked and came back; no renewal fell since
+    keeper.release()
+    assert lease.read(LocalShell(), "srv1", state) == {}

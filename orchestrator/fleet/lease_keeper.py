@@ -65,11 +65,20 @@ class LeaseKeeper:
             self._thread.join(timeout=LEASE_RENEW_S)
         with self._renewing:
             try:
-                lease.release(self.shell, self.host, self.state_dir, self.holder)
-            except InfraError:
-                pass            # a host that is down keeps the lease until it expires by itself
+                self._give_back()
             finally:
                 self.shell.close()
+
+    def _give_back(self) -> None:
+        """Right after a panic the lease connection may still be the one to the boot that died
+        (no renewal fell since the host came back): a second try goes over a fresh connection,
+        or the host stays leased for the whole injection stretch."""
+        for _ in range(2):
+            try:
+                lease.release(self.shell, self.host, self.state_dir, self.holder)
+                return
+            except InfraError:
+                self.shell.close()      # a host that is down keeps the lease until it expires by itself
 
     def _renew_forever(self) -> None:
         while not self._stop.wait(LEASE_RENEW_S):
