@@ -141,3 +141,26 @@ def test_a_keeper_renews_its_own_lease_without_waiting_and_waits_for_others(shel
     keeper.release()
     assert other.take(60, wait_s=0)["run_id"] == "run-2"
     other.release()
+
+
+def test_a_lease_is_given_back_over_a_fresh_connection_when_the_one_it_held_died_with_a_reboot(tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+
+    class StaleThenFresh(LocalShell):
+        """Its connection belonged to the boot that panicked: the first command after fails."""
+        stale = False
+
+        def run(self, command, *, timeout, check=True):
+            if self.stale:
+                raise RetryableInfraError("ssh: connection reset by peer")
+            return super().run(command, timeout=timeout, check=check)
+
+        def close(self):
+            self.stale = False
+
+    shell, state = StaleThenFresh(), str(tmp_path / "state")
+    keeper = LeaseKeeper(shell, "srv1", state, holder("run-1", "aaaa"))
+    keeper.take(60, wait_s=0)
+    shell.stale = True              # the host panicked and came back; no renewal fell since
+    keeper.release()
+    assert lease.read(LocalShell(), "srv1", state) == {}

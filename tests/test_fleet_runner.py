@@ -137,3 +137,35 @@ def test_a_changed_playbook_refuses_to_resume(tmp_path):
     playbook.write_text(GOOD_PLAYBOOK.replace("panic: 30", "panic: 31"))
     with pytest.raises(Exception, match="changed since this run started"):
         RunFolder.open(folder.run_dir)
+
+
+def test_a_results_folder_that_refuses_writes_stops_the_run_after_the_case_in_flight_restored_its_host(
+        tmp_path, stub_kernel_seams, monkeypatch):
+    import errno
+
+    host = FakeLabHost()
+    folder = RunFolder.create(tmp_path / "results", plan_for(host, cases("c1", "c2", "c3"), tmp_path))
+    real_replace, seen = store._replace_atomically, []
+
+    def full_disk_from_c2_on(path, payload):
+        if any(c == "c2" for c, _ in seen):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(path, payload)
+
+    monkeypatch.setattr(store, "_replace_atomically", full_disk_from_c2_on)
+    runner = Runner(folder, open_host=opener(host), on_state=lambda h, case, state: seen.append((case, state)))
+    c1 = (folder.run_dir / "fake1" / "c1" / "result.json")
+    with pytest.raises(store.ResultsWriteError, match="No space left on device"):
+        runner.run()
+    assert ("c2", "restored") in seen and not any(c == "c3" for c, _ in seen)    # nothing new started
+    assert host.journal is None and stub_kernel_seams[PANIC] == "0"             # not left armed
+    store.load_run(folder.run_dir)                                               # still readable
+    assert [r.case for r in store.load_case_results(folder.run_dir)] == ["c1"] and c1.is_file()
+    assert not list(folder.run_dir.rglob("*.tmp"))
+
+
+def test_a_command_log_the_results_disk_refuses_costs_the_log_never_the_command(tmp_path):
+    log = CommandLog(tmp_path / "gone" / "commands.log")     # its folder does not exist: every write fails
+    log("$ echo 0 > /proc/sys/vm/panic_on_unrecoverable_memory_failure")
+    log("-> exit 0")
+    assert isinstance(log.error, OSError) and not (tmp_path / "gone").exists()

@@ -185,13 +185,42 @@ def test_write_atomic_never_leaves_a_half_file_or_temp(tmp_path, monkeypatch):
     def crash_after_writing(fd):     # data is in the temp file, the rename has not happened
         raise OSError("disk gone")
     monkeypatch.setattr(store.os, "fsync", crash_after_writing)
-    with pytest.raises(OSError, match="disk gone"):
+    with pytest.raises(store.ResultsWriteError, match="disk gone"):
         store.write_atomic(target, "new content " * 10_000)
     monkeypatch.setattr(store.os, "fsync", real_fsync)
     assert target.read_text() == "old content"
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     store.write_atomic(target, b"new")
     assert target.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_a_full_results_disk_is_a_results_write_error_naming_the_file_and_the_old_file_stays(tmp_path, monkeypatch):
+    import errno
+
+    target = tmp_path / "run.json"
+    store.write_atomic(target, "old content")
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.handle = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):      # part of it lands, then the disk is full
+            self.handle.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "fdopen", FullDisk)
+    with pytest.raises(store.ResultsWriteError) as caught:
+        store.write_atomic(target, "new content " * 10_000)
+    assert str(caught.value) == f"cannot write {target}: No space left on device"
+    assert caught.value.blame == "lab" and not caught.value.retryable
+    assert target.read_text() == "old content" and [p.name for p in tmp_path.iterdir()] == ["run.json"]
 
 
 def test_write_run_then_load_run(tmp_path):

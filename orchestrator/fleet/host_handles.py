@@ -30,6 +30,7 @@ class CommandLog:
     def __init__(self, path: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._file = path
+        self.error: OSError | None = None     # the first write the results folder refused
 
     def point_at(self, path: Path | None) -> None:
         with self._lock:
@@ -37,9 +38,15 @@ class CommandLog:
 
     def __call__(self, text: str) -> None:
         with self._lock:
-            if self._file is not None:
+            if self._file is None:
+                return
+            # Logging runs inside every SSH call, restores too: a full results disk must cost
+            # the log, never the command (an armed host would stay armed).
+            try:
                 with self._file.open("a") as fh:
                     fh.write(f"{datetime.now(timezone.utc).isoformat(timespec='milliseconds')} {text}\n")
+            except OSError as exc:
+                self.error = self.error or exc
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,11 @@ class LeaseKeeper:
 
     def _start_renewing(self) -> None:
         if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._renew_forever, name=f"lease {self.host}", daemon=True)
+            # A stop of its own for each renewal thread: one that outlived its release (stuck
+            # on a dead host) must never be woken again by a later take.
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._renew_forever, args=(self._stop,),
+                                            name=f"lease {self.host}", daemon=True)
             self._thread.start()
 
     def _once(self, call, *args, **kw):
@@ -97,9 +100,11 @@ class LeaseKeeper:
             self.shell.close()
             return call(*args, **kw)
 
-    def _renew_forever(self) -> None:
-        while not self._stop.wait(LEASE_RENEW_S):
+    def _renew_forever(self, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_RENEW_S):
             with self._renewing:
+                if stop.is_set() or not self.taken:
+                    return          # released meanwhile: a renewal now would take the lease back
                 try:
                     lease.take(self.shell, self.host, self.state_dir, self.holder, self._ttl)
                 except InfraError:

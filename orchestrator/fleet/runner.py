@@ -17,6 +17,7 @@ from orchestrator.fleet.host_run import HostRun, OnState
 from orchestrator.fleet.plan import RunPlan
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.results.model import RunResult
+from orchestrator.results.store import ResultsWriteError
 
 
 class Runner:
@@ -42,8 +43,9 @@ class Runner:
         return self.folder.run_dir
 
     def run(self) -> RunResult:
-        """Run every host's remaining cases. On Ctrl-C no new case starts: the cases in flight
-        finish (a host mid-panic is left rebooted and restored, not half-armed)."""
+        """Run every host's remaining cases. On Ctrl-C, or a results folder that refuses writes,
+        no new case starts: the cases in flight finish (a host mid-panic is left rebooted and
+        restored, not half-armed)."""
         hosts = self.folder.plan.inventory.hosts
         self.folder.assemble()
         pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="host")
@@ -55,6 +57,12 @@ class Runner:
             self._stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
             self.folder.assemble()
+            raise
+        except ResultsWriteError:
+            # Nothing more can be recorded: no case starts that could not be, and the cases
+            # in flight still finish and restore their hosts before the run ends.
+            self._stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
         return self.folder.assemble()

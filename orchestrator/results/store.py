@@ -19,7 +19,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import LAB, ConfigError, FatalInfraError
 from .html import report_html
 from .junit import junit_xml
 from .model import CaseResult, RunResult
@@ -56,12 +56,34 @@ def safe_name(name: str) -> str:
 
 def case_dir(run_dir: Path, host: str, case: str) -> Path:
     path = run_dir / safe_name(host) / safe_name(case)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultsWriteError(path, exc) from None
     return path
 
 
+class ResultsWriteError(FatalInfraError):
+    """The results folder refused a write (full, read-only, gone). The file it was meant to
+    replace is untouched; a run stops starting cases it could not record."""
+
+    def __init__(self, path: Path, exc: OSError):
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}", blame=LAB)
+        self.path = path
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
+    """Old file or new file, never half of one; a refused write is a ``ResultsWriteError``
+    (an OSError from deep in a host thread would read as this program's bug)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        _replace_atomically(path, payload)
+    except OSError as exc:
+        raise ResultsWriteError(path, exc) from None
+    _fsync_dir(path.parent)
+
+
+def _replace_atomically(path: Path, payload: bytes) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -73,7 +95,6 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

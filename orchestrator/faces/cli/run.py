@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Iterator
 
 from orchestrator import paths
-from orchestrator.errors import EXIT_INTERRUPTED, ConfigError
+from orchestrator.errors import EXIT_INFRA, EXIT_INTERRUPTED, ConfigError
 from orchestrator.faces.cli.summary import print_summary
 from orchestrator.faces.progress import Progress
 from orchestrator.fleet.plan import RunPlan
 from orchestrator.fleet.runner import Runner
+from orchestrator.results.store import ResultsWriteError
 
 
 def add_run_command(sub) -> None:
@@ -61,6 +62,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"orchestrator: interrupted; finished cases are kept in {runner.run_dir}\n"
                   f"carry on with: orchestrator run --resume {runner.run_dir}", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except ResultsWriteError as exc:
+            print(f"orchestrator: results folder refused a write, run stopped: {exc}; "
+                  f"what was written before is kept in {runner.run_dir}", file=sys.stderr)
+            return EXIT_INFRA
     print_summary(result, runner.run_dir)
     return result.exit_code()
 
