@@ -65,7 +65,7 @@ def _group_membership(top: Fields, path: Path) -> dict[str, list[tuple[str, dict
         return membership
     for group_name in groups.data:
         if not isinstance(group_name, str):
-            raise groups.error(str(group_name), f"group name must be a string, got {describe(group_name)}")
+            raise groups.error(group_name, f"group name must be a string, got {describe(group_name)}")
         group = groups.sub(group_name)
         group.reject_unknown({"defaults", "hosts"})
         gdefaults = group.get("defaults", dict, LocDict())
@@ -139,7 +139,8 @@ def _build_ssh(f: Fields) -> SshConfig:
     if host_key is None and known_hosts is None:
         raise f.error("known_hosts", "no pinned host key: give known_hosts (a file) or host_key")
     if host_key is not None and not _valid_host_key(host_key):
-        raise f.error("host_key", "expected '<type> <base64 key>' as in a known_hosts line")
+        raise f.error("host_key", "expected '<type> <base64 key>' as in a known_hosts line, e.g. the output of "
+                                  "'ssh-keyscan -t ed25519 HOST' without the host name")
     return SshConfig(
         address=f.get("address", str), port=f.port("port", 22), user=f.get("user", str, "root"),
         key_file=key_file, known_hosts=known_hosts, host_key=host_key,
@@ -155,7 +156,7 @@ def _valid_host_key(text: str) -> bool:
         return False
     try:
         paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
-    except (binascii.Error, ValueError, paramiko.SSHException, TypeError):
+    except (binascii.Error, ValueError, paramiko.SSHException, paramiko.UnknownKeyType, TypeError):
         return False
     return True
 

@@ -159,7 +159,7 @@ def _build_sysctls(f: Fields) -> tuple[tuple[str, str], ...]:
     out = []
     for key, value in sub.data.items():
         if not isinstance(key, str) or not _SYSCTL_RE.match(key):
-            raise sub.error(str(key), "not a sysctl name (dotted, like vm.memory_failure_recovery)")
+            raise sub.error(key, "not a sysctl name (dotted, like vm.memory_failure_recovery)")
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise sub.error(key, f"value must be an integer or a string, got {describe(value)}")
         out.append((key, str(value)))
