@@ -4,6 +4,7 @@ describes values in the words of the person who wrote the file."""
 from __future__ import annotations
 
 import datetime
+import difflib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,7 +16,7 @@ class Fields:
 
     def __init__(self, data: Any, path: Path, where: str, line: int = 0):
         if not isinstance(data, dict):
-            raise ConfigError(f"{'must' if where else 'the file must'} be a mapping, got {describe(data)}",
+            raise ConfigError(f"{'must' if where else 'the file must'} be a mapping (key: value), got {describe(data)}",
                               path=str(path), line=getattr(data, "line", line) or None, field=where or None)
         self.data, self.path, self.where = data, path, where
         self.line = getattr(data, "line", line)
@@ -33,8 +34,9 @@ class Fields:
     def reject_unknown(self, allowed: set[str]) -> None:
         for key in self.data:
             if key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                raise self.error(key, f"unknown field (expected one of: {hint})")
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                guess = f"did you mean {close[0]!r}? " if close else ""
+                raise self.error(key, f"unknown field ({guess}expected one of: {', '.join(sorted(allowed))})")
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices=None) -> Any:
         if key not in self.data or self.data[key] is None:

@@ -42,8 +42,8 @@ def load_inventory(path: Path | str) -> Inventory:
     for where, line, entry in top.mappings("hosts", "host"):
         name = entry.get("name")
         if not isinstance(name, str):
-            raise ConfigError(f"host name must be a string, got {describe(name)}", path=str(path), line=line,
-                              field=f"{where}.name")
+            what = "every host needs a name" if name is None else f"host name must be a string, got {describe(name)}"
+            raise ConfigError(what, path=str(path), line=line, field=f"{where}.name")
         groups = membership.get(name, [])
         merged = defaults
         for group_name, group_defaults in groups:
@@ -54,7 +54,8 @@ def load_inventory(path: Path | str) -> Inventory:
         hosts.append(host)
     for name in membership:
         if name not in names:
-            raise ConfigError(f"group lists unknown host {name!r}", path=str(path), line=top.line_of("groups"), field="groups")
+            raise ConfigError(f"group lists unknown host {name!r}: add it under hosts or remove it from the group",
+                              path=str(path), line=top.line_of("groups"), field="groups")
     return Inventory(path=path, hosts=tuple(hosts), digest=hashlib.sha256(raw).hexdigest())
 
 
@@ -126,7 +127,9 @@ def _existing_file(f: Fields, key: str, what: str) -> Path | None:
     except (RuntimeError, ValueError, OSError):     # "~nosuchuser/...", a NUL in the name
         raise f.error(key, f"{value!r} is not a usable file name") from None
     if not exists:
-        raise f.error(key, f"{what} {file} does not exist")
+        # relative names are the usual slip: say where this one was looked for
+        raise f.error(key, f"{what} {file} does not exist or is not a file (a relative path is relative to "
+                           "the inventory's folder)")
     return file
 
 
@@ -178,7 +181,7 @@ def _build_bmc(f: Fields | None) -> BmcConfig | None:
     pw.reject_unknown({"env", "file"})
     env = pw.get("env", str, None)
     if (env is None) == (pw.get("file", str, None) is None):
-        raise f.error("password", "give exactly one of env or file")
+        raise f.error("password", "give exactly one of env or file, e.g. {env: LAB_BMC_PASSWORD}")
     secret = SecretRef(env=env, file=_existing_file(pw, "file", "password file"),
                        origin=f"{f.path}:{f.line_of('password')}")
     return BmcConfig(address=f.get("address", str), port=f.port("port", 623), user=f.get("user", str),

@@ -65,25 +65,32 @@ class _LineLoader(yaml.SafeLoader):
             # ("!!int abc", the date 2026-13-45): bad input, reported at its line.
             what = f"{node.value!r}" if isinstance(node, yaml.ScalarNode) else "this value"
             raise yaml.constructor.ConstructorError(
-                None, None, f"{what} cannot be read as a YAML {node.tag.rsplit(':', 1)[-1]}",
-                node.start_mark) from None
+                None, None, f"{what} cannot be read as a YAML {node.tag.rsplit(':', 1)[-1]} "
+                            "(quote it if it is meant as text)", node.start_mark) from None
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> LocDict:
     out = LocDict()
     out.line = node.start_mark.line + 1
     out.key_lines = {}
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
+    written = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+    loader.flatten_mapping(node)        # "<<: *anchor" pairs come first, the mapping's own last
+    merged, from_anchor = len(node.value) - written, set()
+    for index, (key_node, value_node) in enumerate(node.value):
+        key, line = loader.construct_object(key_node, deep=True), key_node.start_mark.line + 1
         try:
             hash(key)
         except TypeError:
-            raise ConfigError("mapping key must be a plain value", path=loader.name, line=key_node.start_mark.line + 1)
-        if key in out:
-            raise ConfigError(f"duplicate key {key!r}", path=loader.name, line=key_node.start_mark.line + 1)
+            raise ConfigError("a mapping key must be a plain value, not a list or a mapping",
+                              path=loader.name, line=line) from None
+        # A key merged in from an anchor may be overridden (that is what merging is for);
+        # a key written twice in the same mapping is a silent trap and refused.
+        if key in out and key not in from_anchor:
+            raise ConfigError(f"duplicate key {key!r} (first at line {out.key_lines[key]}); keep one of them",
+                              path=loader.name, line=line)
+        (from_anchor.add if index < merged else from_anchor.discard)(key)
         out[key] = loader.construct_object(value_node, deep=True)
-        out.key_lines[key] = key_node.start_mark.line + 1
+        out.key_lines[key] = line
     return out
 
 
@@ -94,6 +101,7 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode, deep: bool
     return out
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
@@ -114,7 +122,7 @@ def load_located(path: Path) -> tuple[dict, bytes]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"invalid YAML: not UTF-8 text (byte {raw[exc.start]:#04x})",
+        raise ConfigError(f"invalid YAML: not UTF-8 text (byte {raw[exc.start]:#04x}); save the file as UTF-8",
                           path=str(path), line=raw.count(b"\n", 0, exc.start) + 1)
     try:
         loader = _LineLoader(text)      # the reader refuses control characters here already
@@ -126,7 +134,8 @@ def load_located(path: Path) -> tuple[dict, bytes]:
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", path=str(path)) from None
     except yaml.reader.ReaderError as exc:
-        raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed in YAML text",
+        raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed in YAML text; remove it "
+                          "(control characters and NUL come from binary files or bad copies)",
                           path=str(path), line=text.count("\n", 0, exc.position) + 1)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, path)
@@ -141,6 +150,8 @@ def _syntax_error(exc: yaml.MarkedYAMLError, path: Path) -> ConfigError:
     message = (exc.problem or exc.context or "").replace("'<stream end>'", "the end of the file")
     if "'\\t'" in message:
         message += " (YAML indents with spaces, not tabs)"
+    elif message.startswith("mapping values are not allowed here"):
+        message += " (a value containing ': ' must be quoted, or the line is indented too far)"
     if exc.context and exc.problem and exc.context_mark and exc.context_mark.line != mark.line:
         message += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
     return ConfigError(f"invalid YAML: {message}", path=str(path), line=mark.line + 1 if mark else None)
