@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.faces.cli.main import main
 from orchestrator.config.inventory import load_inventory
-from orchestrator.config.playbook import DEFAULT_DEADLINES, load_playbook
+from orchestrator.config.playbook import DEFAULT_DEADLINES, PAGE_CLASSES, load_playbook
 from orchestrator.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -275,7 +275,7 @@ def test_cli_unreadable_yaml_is_bad_input_not_an_internal_error(files, capsys, d
     ("version: !!int one\n", 1, "'one' cannot be read as a YAML int"),
     ("version: 1\nhosts: [{destructive: !!bool maybe}]\n", 2, "'maybe' cannot be read as a YAML bool"),
     ("version: 1\nhosts: 2026-13-45\n", 2, "cannot be read as a YAML timestamp"),
-    ("hosts: " + "[" * 5000 + "]" * 5000 + "\n", None, "nested too deeply"),
+    ("hosts: " + "[" * 5000 + "]" * 5000 + "\n", 1, "nested too deeply (more than 64 levels"),
 ])
 def test_values_yaml_itself_cannot_read_are_bad_input(tmp_path, text, line, message) -> None:
     with pytest.raises(ConfigError) as info:
@@ -284,8 +284,8 @@ def test_values_yaml_itself_cannot_read_are_bad_input(tmp_path, text, line, mess
 
 
 @pytest.mark.parametrize("text, message", [
-    ("", "the file must be a mapping, got nothing"),
-    ("- a\n", "the file must be a mapping, got a list"),
+    ("", "the file is empty (or only comments)"),
+    ("- a\n", "the file must be a mapping ('key: value' lines), got a list"),
     ("version: 1\nhosts: [3]\n", "each host must be a mapping, got the number 3"),
     ("version: 1\nhosts: {a: 1}\n", "hosts: must be a list, got a mapping"),
     ("version: 1\nhosts:\n  - name: [a]\n", "host name must be a string, got a list"),
@@ -309,3 +309,56 @@ def test_values_python_cannot_use_are_bad_input(files, old, new, message) -> Non
     with pytest.raises(ConfigError) as info:
         load_inventory(write(files, "inv.yaml", text))
     assert message in str(info.value)
+
+
+def test_merge_keys_may_be_overridden_but_a_key_written_twice_may_not(files) -> None:
+    text = GOOD_INVENTORY.replace("  ssh: {user: root,", "  ssh: &ssh {user: root,").replace(
+        "ssh: {address: 10.1.2.3, port: 22}", "ssh: {<<: *ssh, address: 10.1.2.3, user: admin}")
+    assert load_inventory(write(files, "inv.yaml", text)).host("srv1").ssh.user == "admin"
+    with pytest.raises(ConfigError) as info:
+        load_inventory(write(files, "inv.yaml", text.replace("user: admin}", "user: admin, user: root}")))
+    assert info.value.line == 13 and "duplicate key 'user' (first at line 13)" in str(info.value)
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("a: &a [x, x]\n" + "".join(f"a{n}: &a{n} [{', '.join([f'*a{n - 1}' if n > 1 else '*a'] * 10)}]\n"
+                                for n in range(1, 9)) + "hosts: *a8\n", 5, "more than 100000 values"),
+    ("m: &m {x: 1}\n" + "".join(f"m{n}: &m{n} {{<<: [{', '.join([f'*m{n - 1}' if n > 1 else '*m'] * 10)}]}}\n"
+                                for n in range(1, 9)) + "hosts: *m8\n", 5, "more than 100000 values"),
+    ("hosts: &h [*h]\n", 1, "inside the value of its own anchor"),
+    ("hosts:\n" + "".join("  " * d + "-\n" for d in range(1, 100)), 65, "nested too deeply"),
+])
+def test_yaml_bombs_and_deep_nesting_are_refused_before_they_are_built(tmp_path, text, line, message) -> None:
+    path = write(tmp_path, "inv.yaml", text)
+    with pytest.raises(ConfigError) as info:
+        load_inventory(path)
+    assert message in str(info.value) and info.value.line == line, str(info.value)
+
+
+def test_a_file_too_large_to_be_an_inventory_is_refused_unread(tmp_path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"# padding\n" * 300_000)
+    with pytest.raises(ConfigError, match="larger than 2 MiB"):
+        load_inventory(path)
+
+
+def test_unknown_field_suggests_the_field_meant(files) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'platform'"):
+        load_inventory(write(files, "inv.yaml", GOOD_INVENTORY.replace("platform: qemu", "platfrom: qemu")))
+
+
+def test_cli_playbook_check_lists_cases_and_touches_no_host(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")        # one row per case, nothing wrapped
+    code = main(["playbook", "check", str(write(tmp_path, "pb.yaml", GOOD_PLAYBOOK.replace("name: t", "name: '[/]t'")))])
+    out = capsys.readouterr().out
+    assert code == 0 and ": [/]t (2" in out      # the name as written, not read as markup
+    assert "hwpoison_inject" in out and "kernel-rodata" in out and "pfn 0x1234" in out
+    assert "panic, new signature" in out and "survive" in out and "arch x86_64" in out
+
+
+def test_cli_playbook_check_bad_input_is_one_line_and_exit_2(tmp_path, capsys) -> None:
+    path = write(tmp_path, "pb.yaml", GOOD_PLAYBOOK.replace("target: kernel-rodata", "target: kernel-bss"))
+    assert main(["playbook", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"orchestrator: error: {path}:8: cases[0].target: unknown page class 'kernel-bss' " \
+                  f"(known: {', '.join(PAGE_CLASSES)}, or {{pfn: N}})\n"

@@ -42,8 +42,8 @@ def load_inventory(path: Path | str) -> Inventory:
     for where, line, entry in top.mappings("hosts", "host"):
         name = entry.get("name")
         if not isinstance(name, str):
-            raise ConfigError(f"host name must be a string, got {describe(name)}", path=str(path), line=line,
-                              field=f"{where}.name")
+            what = "every host needs a name" if name is None else f"host name must be a string, got {describe(name)}"
+            raise ConfigError(what, path=str(path), line=line, field=f"{where}.name")
         groups = membership.get(name, [])
         merged = defaults
         for group_name, group_defaults in groups:
@@ -54,7 +54,8 @@ def load_inventory(path: Path | str) -> Inventory:
         hosts.append(host)
     for name in membership:
         if name not in names:
-            raise ConfigError(f"group lists unknown host {name!r}", path=str(path), line=top.line_of("groups"), field="groups")
+            raise ConfigError(f"group lists unknown host {name!r}: add it under hosts or remove it from the group",
+                              path=str(path), line=top.line_of("groups"), field="groups")
     return Inventory(path=path, hosts=tuple(hosts), digest=hashlib.sha256(raw).hexdigest())
 
 
@@ -65,7 +66,7 @@ def _group_membership(top: Fields, path: Path) -> dict[str, list[tuple[str, dict
         return membership
     for group_name in groups.data:
         if not isinstance(group_name, str):
-            raise groups.error(str(group_name), f"group name must be a string, got {describe(group_name)}")
+            raise groups.error(group_name, f"group name must be a string, got {describe(group_name)}")
         group = groups.sub(group_name)
         group.reject_unknown({"defaults", "hosts"})
         gdefaults = group.get("defaults", dict, LocDict())
@@ -126,7 +127,9 @@ def _existing_file(f: Fields, key: str, what: str) -> Path | None:
     except (RuntimeError, ValueError, OSError):     # "~nosuchuser/...", a NUL in the name
         raise f.error(key, f"{value!r} is not a usable file name") from None
     if not exists:
-        raise f.error(key, f"{what} {file} does not exist")
+        # relative names are the usual slip: say where this one was looked for
+        raise f.error(key, f"{what} {file} does not exist or is not a file (a relative path is relative to "
+                           "the inventory's folder)")
     return file
 
 
@@ -142,7 +145,8 @@ def _build_ssh(f: Fields) -> SshConfig:
     if host_key is None and known_hosts is None:
         raise f.error("known_hosts", "no pinned host key: give known_hosts (a file) or host_key")
     if host_key is not None and not _valid_host_key(host_key):
-        raise f.error("host_key", "expected '<type> <base64 key>' as in a known_hosts line")
+        raise f.error("host_key", "expected '<type> <base64 key>' as in a known_hosts line, e.g. the output of "
+                                  "'ssh-keyscan -t ed25519 HOST' without the host name")
     return SshConfig(
         address=f.get("address", str), port=f.port("port", 22), user=f.get("user", str, "root"),
         key_file=key_file, key_passphrase=key_passphrase, known_hosts=known_hosts, host_key=host_key,
@@ -174,7 +178,7 @@ def _valid_host_key(text: str) -> bool:
         return False
     try:
         paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1], validate=True))
-    except (binascii.Error, ValueError, paramiko.SSHException, TypeError):
+    except (binascii.Error, ValueError, paramiko.SSHException, paramiko.UnknownKeyType, TypeError):
         return False
     return True
 
@@ -196,7 +200,7 @@ def _build_bmc(f: Fields | None) -> BmcConfig | None:
     pw.reject_unknown({"env", "file"})
     env = pw.get("env", str, None)
     if (env is None) == (pw.get("file", str, None) is None):
-        raise f.error("password", "give exactly one of env or file")
+        raise f.error("password", "give exactly one of env or file, e.g. {env: LAB_BMC_PASSWORD}")
     secret = SecretRef(env=env, file=_existing_file(pw, "file", "password file"),
                        origin=f"{f.path}:{f.line_of('password')}")
     return BmcConfig(address=f.get("address", str), port=f.port("port", 623), user=f.get("user", str),

@@ -24,7 +24,8 @@ class SecretRef:
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
-                raise ConfigError(f"environment variable {self.env} is not set", path=self.origin or None)
+                raise ConfigError(f"environment variable {self.env} is not set: export it before the run, or "
+                                  "give the password as {file: PATH}", path=self.origin or None)
             return value
         assert self.file is not None
         try:

@@ -85,7 +85,8 @@ class Playbook:
     def select(self, names: tuple[str, ...]) -> "Playbook":
         unknown = [n for n in names if n not in {c.name for c in self.cases}]
         if unknown:
-            raise ConfigError(f"no such case(s): {', '.join(unknown)}", path=str(self.path))
+            raise ConfigError(f"no such case(s): {', '.join(unknown)} (the playbook has: "
+                              f"{', '.join(c.name for c in self.cases)})", path=str(self.path))
         return replace(self, cases=tuple(c for c in self.cases if c.name in names))
 
 
@@ -94,8 +95,9 @@ def load_playbook(path: Path | str) -> Playbook:
     data, raw = load_located(path)
     top = Fields(data, path, "")
     top.reject_unknown({"version", "name", "description", "defaults", "cases"})
-    if top.get("version", int, 1) != 1:
-        raise top.error("version", "unsupported playbook version (this orchestrator reads version 1)")
+    version = top.get("version", int, 1)
+    if version != 1:
+        raise top.error("version", f"unsupported playbook version {version} (this orchestrator reads version 1)")
     defaults = top.get("defaults", dict, LocDict())
     if not top.get("cases", list):
         raise top.error("cases", "a playbook needs at least one case")
@@ -146,7 +148,7 @@ def _build_target(f: Fields) -> tuple[str, int | None]:
         try:
             pfn = int(pfn, 0)
         except ValueError:
-            raise sub.error("pfn", f"{pfn!r} is not a number")
+            raise sub.error("pfn", f"{pfn!r} is not a number (write a page frame number as 0x1234 or 4660)")
     if pfn < 0:
         raise sub.error("pfn", "must not be negative")
     return "pfn", pfn
@@ -159,7 +161,7 @@ def _build_sysctls(f: Fields) -> tuple[tuple[str, str], ...]:
     out = []
     for key, value in sub.data.items():
         if not isinstance(key, str) or not _SYSCTL_RE.match(key):
-            raise sub.error(str(key), "not a sysctl name (dotted, like vm.memory_failure_recovery)")
+            raise sub.error(key, "not a sysctl name (dotted, like vm.memory_failure_recovery)")
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise sub.error(key, f"value must be an integer or a string, got {describe(value)}")
         out.append((key, str(value)))
@@ -181,7 +183,7 @@ def _build_expect(f: Fields, kdump: str) -> Expectation:
         raise sub.error("signature", "a survive case expects no panic, so it has no signature")
     dump = sub.get("dump", bool, outcome != "survive" and kdump != "unload")
     if dump and kdump == "unload":
-        raise sub.error("dump", "kdump: unload leaves no crash kernel to write a dump")
+        raise sub.error("dump", "kdump: unload leaves no crash kernel to write a dump; set dump: false")
     return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature, dump=dump)
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
+from orchestrator.config.fields import Fields, UniqueNames, describe
+from orchestrator.config.yamllimits import MAX_DEPTH, MAX_DOCUMENT_BYTES, check_node_graph, too_deep
 from orchestrator.errors import ConfigError
+
+# Fields, UniqueNames and describe live in fields.py; the loaders import them from here too.
+__all__ = ["Fields", "LocDict", "LocList", "UniqueNames", "deep_merge", "describe", "load_located"]
 
 
 class LocDict(dict):
@@ -26,6 +30,33 @@ class LocList(list):
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records lines and refuses duplicate keys (a silent YAML trap)."""
 
+    # PyYAML's scanner slows down with the square of the nesting (it keeps a possible key per
+    # flow level), so depth is refused while scanning, long before the composer would see it.
+    def fetch_flow_collection_start(self, TokenClass) -> None:
+        self._check_depth()
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        self._check_depth()
+        return super().add_indent(column)
+
+    def _check_depth(self) -> None:
+        if self.flow_level + len(self.indents) >= MAX_DEPTH:
+            raise too_deep(self.name, self.line + 1)
+
+    def get_single_data(self) -> dict:
+        """The file's one document, which must be a mapping (inventories and playbooks are)."""
+        node = self.get_single_node()
+        if node is None:
+            raise ConfigError("the file is empty (or only comments): expected 'key: value' lines, "
+                              "starting with 'version: 1'", path=self.name)
+        check_node_graph(node, self.name)   # before any alias is followed: bombs stay small
+        data = self.construct_document(node)
+        if not isinstance(data, dict):
+            raise ConfigError(f"the file must be a mapping ('key: value' lines), got {describe(data)}",
+                              path=self.name, line=node.start_mark.line + 1)
+        return data
+
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
@@ -34,25 +65,32 @@ class _LineLoader(yaml.SafeLoader):
             # ("!!int abc", the date 2026-13-45): bad input, reported at its line.
             what = f"{node.value!r}" if isinstance(node, yaml.ScalarNode) else "this value"
             raise yaml.constructor.ConstructorError(
-                None, None, f"{what} cannot be read as a YAML {node.tag.rsplit(':', 1)[-1]}",
-                node.start_mark) from None
+                None, None, f"{what} cannot be read as a YAML {node.tag.rsplit(':', 1)[-1]} "
+                            "(quote it if it is meant as text)", node.start_mark) from None
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> LocDict:
     out = LocDict()
     out.line = node.start_mark.line + 1
     out.key_lines = {}
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
+    written = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+    loader.flatten_mapping(node)        # "<<: *anchor" pairs come first, the mapping's own last
+    merged, from_anchor = len(node.value) - written, set()
+    for index, (key_node, value_node) in enumerate(node.value):
+        key, line = loader.construct_object(key_node, deep=True), key_node.start_mark.line + 1
         try:
             hash(key)
         except TypeError:
-            raise ConfigError("mapping key must be a plain value", path=loader.name, line=key_node.start_mark.line + 1)
-        if key in out:
-            raise ConfigError(f"duplicate key {key!r}", path=loader.name, line=key_node.start_mark.line + 1)
+            raise ConfigError("a mapping key must be a plain value, not a list or a mapping",
+                              path=loader.name, line=line) from None
+        # A key merged in from an anchor may be overridden (that is what merging is for);
+        # a key written twice in the same mapping is a silent trap and refused.
+        if key in out and key not in from_anchor:
+            raise ConfigError(f"duplicate key {key!r} (first at line {out.key_lines[key]}); keep one of them",
+                              path=loader.name, line=line)
+        (from_anchor.add if index < merged else from_anchor.discard)(key)
         out[key] = loader.construct_object(value_node, deep=True)
-        out.key_lines[key] = key_node.start_mark.line + 1
+        out.key_lines[key] = line
     return out
 
 
@@ -63,23 +101,28 @@ def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode, deep: bool
     return out
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
-def load_located(path: Path) -> tuple[Any, bytes]:
-    """Parse ``path``; returns the located data and the raw bytes (for the digest).
+def load_located(path: Path) -> tuple[dict, bytes]:
+    """Parse ``path``; returns the located mapping and the raw bytes (for the digest).
 
     Whatever is wrong with the file itself (unreadable, not UTF-8, characters or syntax YAML
     refuses) is bad input: a ConfigError naming the line, never a parser's exception."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:       # at most one byte past the bound: /dev/zero ends too
+            raw = file.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path=str(path))
+        raise ConfigError(f"cannot read: {exc.strerror}; check the path and its permissions", path=str(path))
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(f"the file is larger than {MAX_DOCUMENT_BYTES // 1024 // 1024} MiB; an inventory or "
+                          "playbook is a few kilobytes: is this the right file?", path=str(path))
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"invalid YAML: not UTF-8 text (byte {raw[exc.start]:#04x})",
+        raise ConfigError(f"invalid YAML: not UTF-8 text (byte {raw[exc.start]:#04x}); save the file as UTF-8",
                           path=str(path), line=raw.count(b"\n", 0, exc.start) + 1)
     try:
         loader = _LineLoader(text)      # the reader refuses control characters here already
@@ -91,7 +134,8 @@ def load_located(path: Path) -> tuple[Any, bytes]:
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", path=str(path)) from None
     except yaml.reader.ReaderError as exc:
-        raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed in YAML text",
+        raise ConfigError(f"invalid YAML: character U+{exc.character:04X} is not allowed in YAML text; remove it "
+                          "(control characters and NUL come from binary files or bad copies)",
                           path=str(path), line=text.count("\n", 0, exc.position) + 1)
     except yaml.MarkedYAMLError as exc:
         raise _syntax_error(exc, path)
@@ -106,120 +150,11 @@ def _syntax_error(exc: yaml.MarkedYAMLError, path: Path) -> ConfigError:
     message = (exc.problem or exc.context or "").replace("'<stream end>'", "the end of the file")
     if "'\\t'" in message:
         message += " (YAML indents with spaces, not tabs)"
+    elif message.startswith("mapping values are not allowed here"):
+        message += " (a value containing ': ' must be quoted, or the line is indented too far)"
     if exc.context and exc.problem and exc.context_mark and exc.context_mark.line != mark.line:
         message += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
     return ConfigError(f"invalid YAML: {message}", path=str(path), line=mark.line + 1 if mark else None)
-
-
-class Fields:
-    """Typed accessors over one located mapping; every error names file, line and field path."""
-
-    def __init__(self, data: Any, path: Path, where: str, line: int = 0):
-        if not isinstance(data, dict):
-            raise ConfigError(f"{'must' if where else 'the file must'} be a mapping, got {describe(data)}",
-                              path=str(path), line=getattr(data, "line", line) or None, field=where or None)
-        self.data, self.path, self.where = data, path, where
-        self.line = getattr(data, "line", line)
-
-    def _field(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def line_of(self, key: str) -> int:
-        return getattr(self.data, "key_lines", {}).get(key, self.line)
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, path=str(self.path), line=self.line_of(key), field=self._field(key))
-
-    def reject_unknown(self, allowed: set[str]) -> None:
-        for key in self.data:
-            if key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                raise self.error(str(key), f"unknown field (expected one of: {hint})")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, choices=None) -> Any:
-        if key not in self.data or self.data[key] is None:
-            if default is ...:
-                raise ConfigError("required field is missing", path=str(self.path), line=self.line, field=self._field(key))
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
-            raise self.error(key, f"must be {_names(kinds)}, got {describe(value)}")
-        if choices is not None and value not in choices:
-            raise self.error(key, f"{value!r} is not one of: {', '.join(map(str, choices))}")
-        return value
-
-    def port(self, key: str, default: Any = ...) -> int:
-        value = self.get(key, int, default)
-        if value is not None and not 1 <= value <= 65535:
-            raise self.error(key, f"port {value} is out of range 1-65535")
-        return value
-
-    def str_list(self, key: str, default: Any = ()) -> tuple[str, ...]:
-        value = self.get(key, list, None)
-        if value is None:
-            return tuple(default)
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                line = getattr(value, "item_lines", [self.line_of(key)] * len(value))[i]
-                raise ConfigError(f"item {i} must be a string, got {describe(item)}",
-                                  path=str(self.path), line=line, field=self._field(key))
-        return tuple(value)
-
-    def mappings(self, key: str, what: str) -> Iterator[tuple[str, int, dict]]:
-        """(field path, line, item) of each item of the list ``key``; each must be a mapping."""
-        items = self.get(key, list)
-        for i, item in enumerate(items):
-            where, line = f"{self._field(key)}[{i}]", items.item_lines[i]
-            if not isinstance(item, dict):
-                raise ConfigError(f"each {what} must be a mapping, got {describe(item)}",
-                                  path=str(self.path), line=line, field=where)
-            yield where, line, item
-
-    def sub(self, key: str, default: Any = ...) -> "Fields | None":
-        value = self.get(key, dict, default)
-        if value is None:
-            return None
-        return Fields(value, self.path, self._field(key), self.line_of(key))
-
-
-class UniqueNames:
-    """The names given to the items of one list: a second use is refused, naming the first's line."""
-
-    def __init__(self, path: Path, what: str):
-        self.path, self.what = path, what
-        self.first_line: dict[str, int] = {}
-
-    def add(self, name: str, *, line: int, field: str) -> None:
-        if name in self.first_line:
-            raise ConfigError(f"duplicate {self.what} name {name!r} (first at line {self.first_line[name]})",
-                              path=str(self.path), line=line, field=field)
-        self.first_line[name] = line
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.first_line
-
-
-def _names(kinds: tuple[type, ...]) -> str:
-    words = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a mapping"}
-    return " or ".join(words.get(k, k.__name__) for k in kinds)
-
-
-def describe(value: Any) -> str:
-    """What a YAML value is, in the words of someone who wrote the file (never a type name)."""
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the text {value!r}"
-    kinds = ((dict, "a mapping"), (list, "a list"), (datetime.date, "a date"), (bytes, "binary data"),
-             (set, "a set"), (tuple, "a list"))
-    return next((words for kind, words in kinds if isinstance(value, kind)), "an unsupported value")
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.config.inventory import load_inventory
 from orchestrator.errors import EXIT_INFRA, EXIT_OK
@@ -23,7 +24,8 @@ def add_inventory_commands(sub) -> None:
 
 def cmd_inventory_check(args: argparse.Namespace) -> int:
     inventory = load_inventory(args.file)
-    table = Table(title=f"{inventory.path} ({len(inventory.hosts)} hosts, sha256 {inventory.digest[:12]})")
+    # Text, not markup, wherever the user's words are shown: a platform "[/]" is not a style.
+    table = Table(title=Text(f"{inventory.path} ({len(inventory.hosts)} hosts, sha256 {inventory.digest[:12]})"))
     for col in ("host", "arch", "platform", "destructive", "features", "ssh", "bmc"):
         table.add_column(col)
     if args.no_probe:
@@ -34,8 +36,8 @@ def cmd_inventory_check(args: argparse.Namespace) -> int:
     bad = False
     for host, ssh, bmc in rows:
         bad |= ssh.startswith("FAIL") or bmc.startswith("FAIL")
-        table.add_row(host.name, host.arch, host.platform, "yes" if host.destructive else "no",
-                      ",".join(sorted(host.features)), ssh, bmc)
+        table.add_row(*map(Text, (host.name, host.arch, host.platform, "yes" if host.destructive else "no",
+                                  ",".join(sorted(host.features)), ssh, bmc)))
     console = Console()
     console.print(table)
     armed = [h.name for h in inventory.hosts if h.destructive]

@@ -14,6 +14,7 @@ from orchestrator.errors import (EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, C
 from orchestrator.faces.cli.hosts import add_host_commands
 from orchestrator.faces.cli.inventory import add_inventory_commands
 from orchestrator.faces.cli.lab import add_lab_commands
+from orchestrator.faces.cli.playbook import add_playbook_commands
 from orchestrator.faces.cli.queue import add_queue_commands
 from orchestrator.faces.cli.report import add_report_command
 from orchestrator.faces.cli.run import add_run_command
@@ -28,8 +29,8 @@ DESCRIPTION = ("Qualify vm.panic_on_unrecoverable_memory_failure on lab servers 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_run_command, add_inventory_commands, add_host_commands, add_report_command, add_triage_command,
-                add_lab_commands, add_queue_commands):
+    for add in (add_run_command, add_inventory_commands, add_playbook_commands, add_host_commands, add_report_command,
+                add_triage_command, add_lab_commands, add_queue_commands):
         add(sub)
     return parser
 
