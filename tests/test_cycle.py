@@ -231,3 +231,23 @@ def test_the_cycle_returns_its_artifacts_with_the_result():
     assert any("unrecoverable page" in line.text for line in run.console)
     assert "unrecoverable page" in run.dump_dmesg
     assert run.panic is not None and run.panic.noticed_t >= run.panic.t
+
+
+def test_a_transient_ssh_failure_in_preflight_is_retried_within_its_deadline():
+    # A late sshd banner on the case's first connection (the drill in
+    # tests/drills/test_drills_transport.py) was an error verdict in 1.3 s.
+    from orchestrator.errors import RetryableInfraError
+    host = FakeLabHost(behaviour="survive")
+    answer, failed = host.shell.handler, []
+
+    def banner_late_once(command):
+        if "KernelPageSize" in command and not failed:
+            failed.append(command)
+            raise RetryableInfraError("Error reading SSH protocol banner")
+        return answer(command)
+
+    host.shell.handler = banner_late_once
+    result = CaseCycle(host.handles(), make_case(outcome="survive")).run().result
+    assert result.verdict == "pass", result.reasons
+    assert failed and any("retried" in note and "banner" in note for note in result.recovery), result.recovery
+

@@ -23,7 +23,7 @@ from orchestrator.kernel.pages import explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
 from orchestrator.results.store import safe_name
 from orchestrator.protocols.shell import detached_files
-from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S
+from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S, PREFLIGHT_RETRY_PAUSE_S
 
 #: Where a case's detached injection leaves its .rc/.out/.err (ShellProtocol.fire_detached):
 #: per run and per case, so two runs on one host can never read each other's outcome.
@@ -37,10 +37,30 @@ def inject_output(run_id: str, case: str) -> str:
 def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: float,
               record: CaseRecord) -> Preflight:
     """The host is up (and its crash kernel loaded when the case needs one), is what the
-    inventory says, and has what the case needs; else the case is skipped or an error."""
+    inventory says, and has what the case needs; else the case is skipped or an error.
+
+    Preflight changes nothing on the host (putting back a host left armed is idempotent),
+    so a transient failure (a banner that came late, a dropped connection, a BMC that
+    did not answer in time) is retried on a fresh connection until the preflight deadline:
+    one slow sshd banner must not cost the case (seen: "verdict error in 1.3 s ...
+    Error reading SSH protocol banner")."""
+    if not h.host.destructive:
+        raise FatalInfraError(f"host {h.host.name} is not marked destructive: true; refusing to inject")
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return _preflight_once(h, case, resolve_expect, max(1.0, end - time.monotonic()), record)
+        except RetryableInfraError as exc:
+            if end - time.monotonic() <= PREFLIGHT_RETRY_PAUSE_S:
+                raise
+            record.note_recovery(f"preflight: retried after a transient failure: {exc}")
+            h.shell.close()
+            h.pause(PREFLIGHT_RETRY_PAUSE_S)
+
+
+def _preflight_once(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: float,
+                    record: CaseRecord) -> Preflight:
     host = h.host
-    if not host.destructive:
-        raise FatalInfraError(f"host {host.name} is not marked destructive: true; refusing to inject")
     if h.power is not None and h.power.status() != "on":
         record.note_recovery("preflight: BMC reported power off; powered on")
         h.power.on()

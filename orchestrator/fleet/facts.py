@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from orchestrator.cycle.expectations import ExpectationResolver
 from orchestrator.cycle.handles import HostHandles
-from orchestrator.cycle.hostwait import read_boot_facts
+from orchestrator.cycle.hostwait import wait_for_boot
 from orchestrator.kernel.semantics import SemanticsUnknown
 from orchestrator.kernel.sysctl import read_sysctls
 from orchestrator.results.model import HostFacts
+from orchestrator.tunables import HOST_FACTS_DEADLINE_S
 
 WATCHED_SYSCTLS = ("vm.panic_on_unrecoverable_memory_failure", "vm.memory_failure_recovery",
                    "vm.memory_failure_early_kill", "kernel.panic")
 
 
 def probe_host_facts(handles: HostHandles, resolver: ExpectationResolver) -> HostFacts:
-    facts = read_boot_facts(handles.poll_shell)
+    # Waited for, not one probe: the run's first connection meeting a late sshd banner
+    # (2 s on the poll shell) lost the host for the whole run before anything was done.
+    facts = wait_for_boot(handles.poll_shell, deadline_s=HOST_FACTS_DEADLINE_S, state="host facts",
+                          sleep=handles.pause)
     sysctls = read_sysctls(handles.shell, WATCHED_SYSCTLS)
     host = handles.host
     try:
