@@ -251,3 +251,20 @@ def test_a_transient_ssh_failure_in_preflight_is_retried_within_its_deadline():
     assert result.verdict == "pass", result.reasons
     assert failed and any("retried" in note and "banner" in note for note in result.recovery), result.recovery
 
+
+def test_ssh_going_quiet_after_the_injection_under_a_healthy_silent_console_is_not_a_lost_host():
+    host = FakeLabHost(behaviour="survive")
+    reachable, refused = host.shell.reachable, []
+
+    def blackholed_for_a_while():   # the first polls after the injection find SSH gone
+        if host.injected and len(refused) < 3:
+            refused.append(1)
+            return False
+        return reachable()
+
+    host.shell.reachable = blackholed_for_a_while
+    case = make_case(outcome="survive", deadlines=dict(make_case().deadlines, survive=10.0))
+    result = CaseCycle(host.handles(), case).run().result
+    assert result.verdict == "pass", result.reasons
+    assert len(refused) == 3 and host.power.actions == [], "a live host is never power-cycled"
+    assert "survived" in states(result) and "lost" not in states(result)
