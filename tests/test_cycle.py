@@ -268,3 +268,26 @@ def test_ssh_going_quiet_after_the_injection_under_a_healthy_silent_console_is_n
     assert result.verdict == "pass", result.reasons
     assert len(refused) == 3 and host.power.actions == [], "a live host is never power-cycled"
     assert "survived" in states(result) and "lost" not in states(result)
+
+
+def test_a_host_that_answers_ssh_needs_no_bmc_in_preflight():
+    # A slow BMC (replies 2 s late: pyghmi's login never completes) failed every case in
+    # preflight although nothing in a survive case needs power.
+    from orchestrator.errors import RetryableInfraError
+    host = FakeLabHost(behaviour="survive")
+
+    def no_answer():
+        raise RetryableInfraError("BMC 127.0.0.1:623: get power: no answer (IpmiException)")
+
+    host.power.status = no_answer
+    result = CaseCycle(host.handles(), make_case(outcome="survive")).run().result
+    assert result.verdict == "pass", result.reasons
+
+
+def test_a_host_that_does_not_answer_ssh_is_powered_on_through_its_bmc_in_preflight():
+    host = FakeLabHost(behaviour="survive")
+    host.up, host.reboot_after_probes = False, 10**6       # off: only the BMC brings it up
+    host.power.state = "off"
+    result = CaseCycle(host.handles(), make_case(outcome="survive")).run().result
+    assert result.verdict == "pass", result.reasons
+    assert host.power.actions[:1] == ["on"] and any("powered on" in r for r in result.recovery)

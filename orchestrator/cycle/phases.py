@@ -13,7 +13,7 @@ from orchestrator.config.playbook import Case
 from orchestrator.cycle import arm_journal
 from orchestrator.cycle.bounded import BoundedShell
 from orchestrator.cycle.handles import HostHandles
-from orchestrator.cycle.hostwait import BootFacts, wait_for_boot
+from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, wait_for_boot
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import Armed, Injected, Preflight, Targeted
 from orchestrator.errors import FatalInfraError, OrchestratorError, RetryableInfraError
@@ -23,7 +23,7 @@ from orchestrator.kernel.pages import explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
 from orchestrator.results.store import safe_name
 from orchestrator.protocols.shell import detached_files
-from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S, PREFLIGHT_RETRY_PAUSE_S
+from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S, PREFLIGHT_RETRY_PAUSE_S, PROBE_TIMEOUT_S
 
 #: Where a case's detached injection leaves its .rc/.out/.err (ShellProtocol.fire_detached):
 #: per run and per case, so two runs on one host can never read each other's outcome.
@@ -61,7 +61,7 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
 def _preflight_once(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: float,
                     record: CaseRecord) -> Preflight:
     host = h.host
-    if h.power is not None and h.power.status() != "on":
+    if h.power is not None and not _answers_ssh(h) and h.power.status() != "on":
         record.note_recovery("preflight: BMC reported power off; powered on")
         h.power.on()
     facts = wait_for_boot(h.poll_shell, deadline_s=deadline_s, state="preflight",
@@ -81,6 +81,20 @@ def _preflight_once(h: HostHandles, case: Case, resolve_expect: Callable, deadli
         return Preflight(before=facts, page_size=kernel.page_size, expect=None, dumps_before=(), skip_reason=skip)
     return Preflight(before=facts, page_size=kernel.page_size, expect=resolve_expect(case, h.shell),
                      dumps_before=tuple(h.kdump.list_dumps(h.shell)))
+
+
+def _answers_ssh(h: HostHandles) -> bool:
+    """A host that answers SSH is powered on: its BMC is asked only when it does not. A slow
+    or hung BMC (one whose replies come 2 s late never completes pyghmi's login) must not
+    cost a case that needs no power action."""
+    probe = h.poll_shell.fresh()
+    try:
+        read_boot_facts(probe, timeout=PROBE_TIMEOUT_S)
+        return True
+    except RetryableInfraError:
+        return False
+    finally:
+        probe.close()
 
 
 def _restore_left_armed(h: HostHandles, facts: BootFacts, record: CaseRecord) -> None:
