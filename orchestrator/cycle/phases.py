@@ -13,7 +13,7 @@ from orchestrator.config.playbook import Case
 from orchestrator.cycle import arm_journal
 from orchestrator.cycle.bounded import BoundedShell
 from orchestrator.cycle.handles import HostHandles
-from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, wait_for_boot
+from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, retry_until, wait_for_boot
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import Armed, Injected, Preflight, Targeted
 from orchestrator.errors import FatalInfraError, OrchestratorError, RetryableInfraError
@@ -23,7 +23,7 @@ from orchestrator.kernel.pages import explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
 from orchestrator.results.store import safe_name
 from orchestrator.protocols.shell import detached_files
-from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S, PREFLIGHT_RETRY_PAUSE_S, PROBE_TIMEOUT_S
+from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S, PROBE_TIMEOUT_S
 
 #: Where a case's detached injection leaves its .rc/.out/.err (ShellProtocol.fire_detached):
 #: per run and per case, so two runs on one host can never read each other's outcome.
@@ -46,16 +46,12 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
     Error reading SSH protocol banner")."""
     if not h.host.destructive:
         raise FatalInfraError(f"host {h.host.name} is not marked destructive: true; refusing to inject")
-    end = time.monotonic() + deadline_s
-    while True:
-        try:
-            return _preflight_once(h, case, resolve_expect, max(1.0, end - time.monotonic()), record)
-        except RetryableInfraError as exc:
-            if end - time.monotonic() <= PREFLIGHT_RETRY_PAUSE_S:
-                raise
-            record.note_recovery(f"preflight: retried after a transient failure: {exc}")
-            h.shell.close()
-            h.pause(PREFLIGHT_RETRY_PAUSE_S)
+    def again(exc: Exception) -> None:
+        record.note_recovery(f"preflight: retried after a transient failure: {exc}")
+        h.shell.close()
+
+    return retry_until(deadline_s, lambda left: _preflight_once(h, case, resolve_expect, left, record),
+                       sleep=h.pause, on_retry=again)
 
 
 def _preflight_once(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: float,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from orchestrator.cycle.expectations import ExpectationResolver
 from orchestrator.cycle.handles import HostHandles
-from orchestrator.cycle.hostwait import wait_for_boot
+from orchestrator.cycle.hostwait import read_boot_facts, retry_until
 from orchestrator.kernel.semantics import SemanticsUnknown
 from orchestrator.kernel.sysctl import read_sysctls
 from orchestrator.results.model import HostFacts
@@ -16,10 +16,14 @@ WATCHED_SYSCTLS = ("vm.panic_on_unrecoverable_memory_failure", "vm.memory_failur
 
 
 def probe_host_facts(handles: HostHandles, resolver: ExpectationResolver) -> HostFacts:
-    # Waited for, not one probe: the run's first connection meeting a late sshd banner
-    # (2 s on the poll shell) lost the host for the whole run before anything was done.
-    facts = wait_for_boot(handles.poll_shell, deadline_s=HOST_FACTS_DEADLINE_S, state="host facts",
-                          sleep=handles.pause)
+    # Read-only, so retried: the run's first connections meeting a late sshd banner (or an
+    # sshd refusing connections for a moment) lost the host for the whole run at once.
+    return retry_until(HOST_FACTS_DEADLINE_S, lambda _left: _probe_once(handles, resolver),
+                       sleep=handles.pause, on_retry=lambda _exc: handles.shell.close())
+
+
+def _probe_once(handles: HostHandles, resolver: ExpectationResolver) -> HostFacts:
+    facts = read_boot_facts(handles.poll_shell)
     sysctls = read_sysctls(handles.shell, WATCHED_SYSCTLS)
     host = handles.host
     try:
