@@ -33,6 +33,8 @@ def run_bmc(config: BmcConfig, machine: Machine) -> None:
     """Serve until SIGTERM/SIGINT, then stop the machine and remove the pid/port files."""
     install_reply_delay(config.machine_dir)     # fault drills only: bmc.reply_delay, default none
     bmc = QemuBmc(config, machine)
+    if getattr(machine, 'adopt', lambda: False)():
+        log.info('adopted the running QEMU of %s (its previous BMC died)', config.machine_dir.name)
     pid_file, port_file = config.machine_dir / 'bmc.pid', config.machine_dir / 'bmc.port'
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
