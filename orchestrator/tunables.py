@@ -22,6 +22,12 @@ PROBE_TIMEOUT_S = 5.0
 MAX_PROBES_IN_FLIGHT = 8
 #: How often finished probes are looked at: adds at most this to "reboot noticed".
 HEDGE_TICK_S = 0.02
+#: Between two preflight attempts after a transient failure (a late banner, a dropped
+#: connection): preflight changes nothing, so it is retried until its own deadline.
+PREFLIGHT_RETRY_PAUSE_S = 1.0
+#: The host's facts when a run first reaches it (fleet/facts.py): as long as a case's
+#: preflight may wait, so that one slow first connection does not lose the host for the run.
+HOST_FACTS_DEADLINE_S = 60.0
 
 # -- the shell used while a host reboots (fleet/host_handles.py) -----------------------------
 #: While a host reboots, SSH attempts are hedged (a new one every SSH_POLL_S), so a stalled

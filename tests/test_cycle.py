@@ -231,3 +231,63 @@ def test_the_cycle_returns_its_artifacts_with_the_result():
     assert any("unrecoverable page" in line.text for line in run.console)
     assert "unrecoverable page" in run.dump_dmesg
     assert run.panic is not None and run.panic.noticed_t >= run.panic.t
+
+
+def test_a_transient_ssh_failure_in_preflight_is_retried_within_its_deadline():
+    # A late sshd banner on the case's first connection (the drill in
+    # tests/drills/test_drills_transport.py) was an error verdict in 1.3 s.
+    from orchestrator.errors import RetryableInfraError
+    host = FakeLabHost(behaviour="survive")
+    answer, failed = host.shell.handler, []
+
+    def banner_late_once(command):
+        if "KernelPageSize" in command and not failed:
+            failed.append(command)
+            raise RetryableInfraError("Error reading SSH protocol banner")
+        return answer(command)
+
+    host.shell.handler = banner_late_once
+    result = CaseCycle(host.handles(), make_case(outcome="survive")).run().result
+    assert result.verdict == "pass", result.reasons
+    assert failed and any("retried" in note and "banner" in note for note in result.recovery), result.recovery
+
+
+def test_ssh_going_quiet_after_the_injection_under_a_healthy_silent_console_is_not_a_lost_host():
+    host = FakeLabHost(behaviour="survive")
+    reachable, refused = host.shell.reachable, []
+
+    def blackholed_for_a_while():   # the first polls after the injection find SSH gone
+        if host.injected and len(refused) < 3:
+            refused.append(1)
+            return False
+        return reachable()
+
+    host.shell.reachable = blackholed_for_a_while
+    case = make_case(outcome="survive", deadlines=dict(make_case().deadlines, survive=10.0))
+    result = CaseCycle(host.handles(), case).run().result
+    assert result.verdict == "pass", result.reasons
+    assert len(refused) == 3 and host.power.actions == [], "a live host is never power-cycled"
+    assert "survived" in states(result) and "lost" not in states(result)
+
+
+def test_a_host_that_answers_ssh_needs_no_bmc_in_preflight():
+    # A slow BMC (replies 2 s late: pyghmi's login never completes) failed every case in
+    # preflight although nothing in a survive case needs power.
+    from orchestrator.errors import RetryableInfraError
+    host = FakeLabHost(behaviour="survive")
+
+    def no_answer():
+        raise RetryableInfraError("BMC 127.0.0.1:623: get power: no answer (IpmiException)")
+
+    host.power.status = no_answer
+    result = CaseCycle(host.handles(), make_case(outcome="survive")).run().result
+    assert result.verdict == "pass", result.reasons
+
+
+def test_a_host_that_does_not_answer_ssh_is_powered_on_through_its_bmc_in_preflight():
+    host = FakeLabHost(behaviour="survive")
+    host.up, host.reboot_after_probes = False, 10**6       # off: only the BMC brings it up
+    host.power.state = "off"
+    result = CaseCycle(host.handles(), make_case(outcome="survive")).run().result
+    assert result.verdict == "pass", result.reasons
+    assert host.power.actions[:1] == ["on"] and any("powered on" in r for r in result.recovery)

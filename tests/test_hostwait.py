@@ -95,3 +95,33 @@ def test_probes_in_flight_are_bounded():
     # one poll period each, but never more than MAX_PROBES_IN_FLIGHT stalled at once
     from orchestrator.cycle.hostwait import MAX_PROBES_IN_FLIGHT
     assert host.connections - 1 == MAX_PROBES_IN_FLIGHT
+
+
+def test_retry_until_retries_transient_failures_within_the_deadline_and_nothing_else():
+    from orchestrator.cycle.hostwait import retry_until
+    from orchestrator.errors import FatalInfraError, RetryableInfraError
+    calls, slept, retried = [], [], []
+
+    def flaky(left):
+        calls.append(left)
+        if len(calls) < 3:
+            raise RetryableInfraError("Error reading SSH protocol banner")
+        return "facts"
+
+    assert retry_until(30.0, flaky, sleep=slept.append, on_retry=retried.append) == "facts"
+    assert len(calls) == 3 and len(slept) == 2 and all("banner" in str(e) for e in retried)
+
+    def fatal(left):
+        calls.append(left)
+        raise FatalInfraError("host key mismatch")
+
+    calls.clear()
+    with pytest.raises(FatalInfraError):
+        retry_until(30.0, fatal, sleep=slept.append)
+    assert len(calls) == 1
+
+    def never(left):
+        raise RetryableInfraError("still refused")
+
+    with pytest.raises(RetryableInfraError, match="still refused"):     # no time left for a pause
+        retry_until(0.5, never, sleep=lambda s: None)

@@ -9,15 +9,18 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from orchestrator.errors import DeadlineExceeded, RetryableInfraError
 from orchestrator.protocols.shell import ShellProtocol
-from orchestrator.tunables import HEDGE_TICK_S, MAX_PROBES_IN_FLIGHT, PROBE_TIMEOUT_S, SSH_POLL_S
+from orchestrator.tunables import (HEDGE_TICK_S, MAX_PROBES_IN_FLIGHT, PREFLIGHT_RETRY_PAUSE_S, PROBE_TIMEOUT_S,
+                                   SSH_POLL_S)
 
+
+T = TypeVar("T")
 
 BOOT_FACTS_CMD = (
     "cat /proc/sys/kernel/random/boot_id; uname -r; "
@@ -99,3 +102,20 @@ def retry_transient(call: Callable, *args):
                             retry=retry_if_exception_type(RetryableInfraError), reraise=True):
         with attempt:
             return call(*args)
+
+
+def retry_until(deadline_s: float, attempt: Callable[[float], T], *, sleep: Callable[[float], None] = time.sleep,
+                on_retry: Callable[[Exception], None] = lambda exc: None) -> T:
+    """``attempt(seconds_left)`` again after each ``RetryableInfraError`` until ``deadline_s``
+    is spent; for steps that change nothing on the host. The connections hedged probes leave
+    behind are why: a host's sshd refuses new ones for a moment (dropbear: 5 unauthenticated
+    per address), and the first command after a wait met "Error reading SSH protocol banner"."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            return attempt(max(1.0, end - time.monotonic()))
+        except RetryableInfraError as exc:
+            if end - time.monotonic() <= PREFLIGHT_RETRY_PAUSE_S:
+                raise
+            on_retry(exc)
+            sleep(PREFLIGHT_RETRY_PAUSE_S)

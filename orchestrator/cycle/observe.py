@@ -75,10 +75,20 @@ def _injection_outcome(h: HostHandles, watch: _PanicWatch, output: str, deadline
         except RetryableInfraError:
             failures += 1
             h.poll_shell.close()
-            if failures >= LOST_AFTER_FAILURES:
+            # With a console that stayed up and shows no panic, SSH going quiet is the
+            # network's trouble, not the kernel's death: keep looking until the deadline.
+            # Calling it lost at once sent a live host to wait out the dump deadline
+            # (240 s) for a reboot that never comes, then power-cycled it.
+            if failures >= LOST_AFTER_FAILURES and not _console_watching(watch):
                 return LOST
         h.pause(INJECTION_POLL_S)
-    return RETURNED   # still answering, the injection still running: judge what it did so far
+    # still answering, the injection still running: judge what it did so far
+    return LOST if failures >= LOST_AFTER_FAILURES else RETURNED
+
+
+def _console_watching(watch: _PanicWatch) -> bool:
+    """A console up now and all along since the injection: its silence means no panic."""
+    return watch.console_ok() and not watch.gap
 
 
 def read_survivor(h: HostHandles, injected: Injected, deadline_s: float,

@@ -13,7 +13,7 @@ from orchestrator.config.playbook import Case
 from orchestrator.cycle import arm_journal
 from orchestrator.cycle.bounded import BoundedShell
 from orchestrator.cycle.handles import HostHandles
-from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, wait_for_boot
+from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, retry_until, wait_for_boot
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import Armed, Injected, Preflight, Targeted
 from orchestrator.errors import FatalInfraError, OrchestratorError, RetryableInfraError
@@ -37,14 +37,36 @@ def inject_output(run_id: str, case: str) -> str:
 def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: float,
               record: CaseRecord) -> Preflight:
     """The host is up (and its crash kernel loaded when the case needs one), is what the
-    inventory says, and has what the case needs; else the case is skipped or an error."""
-    host = h.host
-    if not host.destructive:
-        raise FatalInfraError(f"host {host.name} is not marked destructive: true; refusing to inject")
-    if h.power is not None and h.power.status() != "on":
+    inventory says, and has what the case needs; else the case is skipped or an error.
+
+    Preflight changes nothing on the host (putting back a host left armed is idempotent),
+    so a transient failure (a banner that came late, a dropped connection, a BMC that
+    did not answer in time) is retried on a fresh connection until the preflight deadline:
+    one slow sshd banner must not cost the case (seen: "verdict error in 1.3 s ...
+    Error reading SSH protocol banner")."""
+    if not h.host.destructive:
+        raise FatalInfraError(f"host {h.host.name} is not marked destructive: true; refusing to inject")
+    def again(exc: Exception) -> None:
+        record.note_recovery(f"preflight: retried after a transient failure: {exc}")
+        h.shell.close()
+
+    return retry_until(deadline_s, lambda left: _preflight_once(h, case, resolve_expect, left, record),
+                       sleep=h.pause, on_retry=again)
+
+
+def _preflight_once(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: float,
+                    record: CaseRecord) -> Preflight:
+    host, kdump = h.host, case.kdump == "required" and case.expect.outcome != "survive"
+    facts = _answering(h)
+    # A host that answers SSH is powered on: the BMC is asked only when it does not (a slow
+    # BMC, whose replies come 2 s late, never completes pyghmi's login and must not cost a
+    # case that needs no power action).
+    if facts is None and h.power is not None and h.power.status() != "on":
         record.note_recovery("preflight: BMC reported power off; powered on")
         h.power.on()
-    facts = _host_up(h, deadline_s, kdump=case.kdump == "required" and case.expect.outcome != "survive")
+    if facts is None or (kdump and not facts.kdump_loaded):
+        facts = wait_for_boot(h.poll_shell, deadline_s=deadline_s, state="preflight", kdump_loaded=kdump,
+                              sleep=h.pause)
     # page size: 4K, 16K or 64K arm64 kernels differ; neither it nor the arch changes in a boot
     kernel = h.per_boot.get(facts.boot_id, "kernel", lambda: probe_facts(h.shell))
     if kernel.arch != host.arch:
@@ -63,16 +85,14 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
                      dumps_before=tuple(h.kdump.list_dumps(h.shell)))
 
 
-def _host_up(h: HostHandles, deadline_s: float, *, kdump: bool) -> BootFacts:
-    """The host's boot now: one command on the connection the last case left open (a new SSH
-    handshake costs ~0.3 s on a lab guest), else hedged probes until it answers."""
+def _answering(h: HostHandles) -> BootFacts | None:
+    """The host's boot now, from one command on the connection the last case left open (a
+    new SSH handshake costs ~0.3 s on a lab guest); None when it does not answer there."""
     try:
-        facts = read_boot_facts(h.shell)
-        if facts.kdump_loaded or not kdump:
-            return facts
+        return read_boot_facts(h.shell)
     except RetryableInfraError:
         h.shell.close()
-    return wait_for_boot(h.poll_shell, deadline_s=deadline_s, state="preflight", kdump_loaded=kdump, sleep=h.pause)
+        return None
 
 
 def _restore_left_armed(h: HostHandles, facts: BootFacts, record: CaseRecord) -> None:

@@ -3,7 +3,8 @@
 One BMC per process because pyghmi's server cannot host several BMCs that one client
 talks to (pyghmi-concurrency.md). The process owns its QEMU: SIGTERM stops the machine,
 then the process exits. Files in the machine dir: ``bmc.log`` (log), ``bmc.port`` (the UDP
-port the kernel picked), ``bmc.pid`` (written LAST: its presence means "listening").
+port the kernel picked), ``bmc.pid`` (written LAST: its presence means "listening"), and
+``bmc.reply_delay``, read while running: a fault knob for drills (fault_knobs.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from orchestrator.errors import FatalInfraError
+from orchestrator.vlab.bmc.fault_knobs import install_reply_delay
 from orchestrator.vlab.bmc.server import BmcConfig, Machine, QemuBmc
 
 #: what ``python -m`` runs, and so what a live BMC's command line contains
@@ -29,7 +31,10 @@ log = logging.getLogger(BMC_MODULE)
 
 def run_bmc(config: BmcConfig, machine: Machine) -> None:
     """Serve until SIGTERM/SIGINT, then stop the machine and remove the pid/port files."""
+    install_reply_delay(config.machine_dir)     # fault drills only: bmc.reply_delay, default none
     bmc = QemuBmc(config, machine)
+    if getattr(machine, 'adopt', lambda: False)():
+        log.info('adopted the running QEMU of %s (its previous BMC died)', config.machine_dir.name)
     pid_file, port_file = config.machine_dir / 'bmc.pid', config.machine_dir / 'bmc.port'
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -78,6 +78,18 @@ class QemuMachine:
                 watch_for_reset(self.events_socket, lambda _reason: self._cold_reboot(generation), self.spec.name)
             return pid
 
+    def adopt(self) -> bool:
+        """A QEMU left running by a BMC that died (``kill -9``): a BMC restarted on this
+        machine watches its resets as if it had started it. Without this the next guest
+        reboot (the crash kernel's, after a dump) ended that QEMU and left the machine off."""
+        with self._power_lock:
+            if self.pid is None or not self.spec.cold_reboot:
+                return False
+            self._generation += 1
+            generation = self._generation
+            watch_for_reset(self.events_socket, lambda _reason: self._cold_reboot(generation), self.spec.name)
+            return True
+
     def _start(self, timeout: float) -> int:
         if self.pid is not None:
             raise FatalInfraError(f"{self.spec.name}: QEMU already running (pid {self.pid})")
