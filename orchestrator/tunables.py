@@ -146,3 +146,6 @@ HOST_ALIVE_PROBE_S = 10.0
 #: The pytest face under pytest-xdist: a test whose host a sibling worker holds waits for it
 #: (every default deadline of one case adds up to ~1,100 s), rather than failing.
 XDIST_LEASE_WAIT_S = 1800.0
+#: How often the main thread wakes while host threads work, so that a Ctrl-C or SIGTERM the
+#: kernel delivered to another thread is acted on within this long.
+SIGNAL_POLL_S = 0.2

@@ -161,15 +161,19 @@ def _key_passphrase(f: Fields) -> SecretRef | None:
     a file that is copied, diffed and recorded (its digest) with every run."""
     if f.data.get("key_passphrase") is None:
         return None
-    if isinstance(f.data["key_passphrase"], str):
-        raise f.error("key_passphrase", "inline passphrases are refused: use {env: VAR} or {file: PATH}")
-    ref = f.sub("key_passphrase")
+    return _secret_ref(f, "key_passphrase", "passphrase", "{env: LAB_SSH_KEY_PASSPHRASE}")
+
+
+def _secret_ref(f: Fields, key: str, what: str, example: str) -> SecretRef:
+    """A secret by reference, ``{env: VAR}`` or ``{file: PATH}``; inline text is refused."""
+    if isinstance(f.data.get(key), str):
+        raise f.error(key, f"inline {what}s are refused: use {{env: VAR}} or {{file: PATH}}")
+    ref = f.sub(key)
     ref.reject_unknown({"env", "file"})
     env = ref.get("env", str, None)
     if (env is None) == (ref.get("file", str, None) is None):
-        raise f.error("key_passphrase", "give exactly one of env or file")
-    return SecretRef(env=env, file=_existing_file(ref, "file", "passphrase file"),
-                     origin=f"{f.path}:{f.line_of('key_passphrase')}")
+        raise f.error(key, f"give exactly one of env or file, e.g. {example}")
+    return SecretRef(env=env, file=_existing_file(ref, "file", f"{what} file"), origin=f"{f.path}:{f.line_of(key)}")
 
 
 def _valid_host_key(text: str) -> bool:
@@ -194,14 +198,6 @@ def _build_bmc(f: Fields | None) -> BmcConfig | None:
     if f is None:
         return None
     f.reject_unknown({"address", "port", "user", "password", "min_command_interval"})
-    if isinstance(f.data.get("password"), str):
-        raise f.error("password", "inline passwords are refused: use {env: VAR} or {file: PATH}")
-    pw = f.sub("password")
-    pw.reject_unknown({"env", "file"})
-    env = pw.get("env", str, None)
-    if (env is None) == (pw.get("file", str, None) is None):
-        raise f.error("password", "give exactly one of env or file, e.g. {env: LAB_BMC_PASSWORD}")
-    secret = SecretRef(env=env, file=_existing_file(pw, "file", "password file"),
-                       origin=f"{f.path}:{f.line_of('password')}")
+    secret = _secret_ref(f, "password", "password", "{env: LAB_BMC_PASSWORD}")
     return BmcConfig(address=f.get("address", str), port=f.port("port", 623), user=f.get("user", str),
                      password=secret, min_command_interval=f.get("min_command_interval", float, 0.0))

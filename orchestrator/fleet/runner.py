@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -17,6 +18,7 @@ from orchestrator.fleet.host_run import HostRun, OnState
 from orchestrator.fleet.plan import RunPlan
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.results.model import RunResult
+from orchestrator.tunables import SIGNAL_POLL_S
 from orchestrator.results.store import ResultsWriteError
 
 
@@ -51,6 +53,11 @@ class Runner:
         pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="host")
         futures = [pool.submit(self._run_host, h) for h in hosts]
         try:
+            # Waited for in short slices: a Ctrl-C that the kernel delivered to a host thread
+            # only raises in the main thread once it runs again; a wait without a timeout sat
+            # through the whole next case (seen in the SIGINT drill).
+            while futures_wait(futures, timeout=SIGNAL_POLL_S).not_done:
+                pass
             for future in futures:
                 future.result()
         except KeyboardInterrupt:
