@@ -7,9 +7,9 @@ live loopback BMC with an open IpmiPower + SolConsole, plus N dead BMCs, each wi
 IpmiPower (polled every second from its own thread, as a host's cycle thread would) and a
 SolConsole, both trying to recover. A dead BMC is "frozen" (a loopback BMC SIGSTOPped after
 its sessions are up: they time out and re-log in) or "silent" (a UDP port nothing answers:
-logins never succeed). A frozen BMC costs most ~20-37 s after it froze (its session's
-re-login has spent its retries), hence the 40 s default window. Printed per child: controller CPU = process CPU time / wall time over
-the window, then, with the dead BMCs still failing, the live BMC's get_power round trip and
+logins never succeed). A frozen BMC cost most 20-37 s after it froze (its re-login had
+spent its retries), hence the 40 s window. Printed per child: controller CPU = process CPU
+time / wall time over the window, then, with the dead BMCs still failing, the live BMC's get_power round trip and
 SOL line latency (guest print -> line visible to wait_for, as bench_transport.py).
 """
 
