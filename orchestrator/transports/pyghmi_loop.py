@@ -89,7 +89,8 @@ def _pump_forever() -> None:
         except Exception:  # a callback's bug must not stop every BMC's I/O
             log.exception("pyghmi event loop iteration failed")
         # A quick return is normal when packets arrive; it is a spin only while a deadline
-        # stays overdue (a keepalive deferred on a session stuck in a command to a dead BMC).
+        # stays overdue (a keepalive deferred on a session stuck in a command to a dead BMC:
+        # _defer_busy_keepalives now prevents that, this stays as a safety net).
         now = time.monotonic()
         if now - started < SPIN_GUARD and _pyghmi_deadline_overdue(now):
             time.sleep(SPIN_BACKOFF)
@@ -150,12 +151,15 @@ def _install_patches() -> None:
     (always so while that thread is between two select() calls). The I/O thread wakes
     *every* waiter without an address (the pump's, and a command's while its session
     re-logs in: ``_initsession`` clears ``sockaddr``) on *any* return of select(), that
-    wake-up datagram included. Two such waiters thus wake each other without end: measured
-    15-28 % of a core per dead BMC, at times 100 % (~8k waits/s) with one dead BMC and an
-    open console and power session. Here a waiter times its own deadline
-    (``Event.wait(timeout)`` is a lazy wait without eventlet) and the I/O thread still wakes
-    it the moment a packet arrives, so latency is unchanged; the datagram is sent only when
-    that thread would not look at its queue for a while, at most every NUDGE_SLACK.
+    wake-up datagram included, so two such waiters wake each other without end. Worst
+    once a re-login has spent its retries: the command loops on its expired deadline until
+    its overall timeout, each loop a datagram that wakes the pump and back; one frozen BMC
+    with a console and a polled power session: 60-120 % of a core for ~16 s, 49 % over the
+    first 40 s. Here a waiter times its own deadline (``Event.wait(timeout)`` is a lazy wait
+    without eventlet), sleeps at least IO_WAIT_FLOOR (one tick of pyghmi's clock), and the
+    I/O thread still wakes it the moment a packet arrives, so latency is unchanged; the
+    datagram is sent only when that thread would not look at its queue for a while, at most
+    every NUDGE_SLACK. Measured after: 0.4 % over those 40 s, at most 0.9 % in any second.
 
     A command sleeps until the next packet from its BMC or its retry timer (0.5-1 s). When
     another thread (the pump) processes its reply first, no packet follows and it sleeps
