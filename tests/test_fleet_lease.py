@@ -113,6 +113,11 @@ def test_a_dead_holder_on_this_machine_is_taken_over_at_once_and_only_its_lease(
     state = str(tmp_path / "state")
     gone = subprocess.Popen(["true"])
     gone.wait()                                   # a pid that no longer runs
+    killed = subprocess.Popen(["sleep", "60"])
+    killed.kill()                                 # killed, not reaped yet: a zombie holds no lease
+    os.waitid(os.P_PID, killed.pid, os.WEXITED | os.WNOWAIT)     # dead, and left unreaped
+    assert lease.holder_died_here({"controller": f"{socket.gethostname()}:{killed.pid}"})
+    killed.wait()
     dead = Holder(run_id="killed", controller=f"{socket.gethostname()}:{gone.pid}", user="u", token="dead")
     lease.take(shell, "srv1", state, dead, ttl_s=600)
     keeper = LeaseKeeper(shell, "srv1", state, holder("run-2", "bbbb"))

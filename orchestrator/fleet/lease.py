@@ -14,13 +14,14 @@ whether to wait for it is the caller's choice (fleet/runner.py).
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import secrets
 import shlex
 import socket
-import getpass
 from dataclasses import dataclass
+from pathlib import Path
 
 from orchestrator.errors import FatalInfraError, RetryableInfraError
 from orchestrator.protocols.shell import ShellProtocol
@@ -74,7 +75,16 @@ def holder_died_here(holder: dict[str, str]) -> bool:
         return True
     except PermissionError:      # alive, someone else's
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Killed, and not yet reaped by its parent: it will never renew its lease again."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def describe(holder: dict[str, str]) -> str:
