@@ -24,7 +24,7 @@ from orchestrator.fleet.plan import RunPlan
 from orchestrator.fleet.runner import Runner
 from orchestrator.results.store import load_run
 from orchestrator.transports.ssh import FabricShell
-from vlabs import private_lab
+from vlabs import cli, finished, on_host, only_run, private_lab
 
 pytestmark = [pytest.mark.vlab, pytest.mark.x86_64]
 REPO = Path(__file__).resolve().parent.parent
@@ -42,28 +42,12 @@ def shell(inventory: Path, host: str) -> FabricShell:
     return FabricShell(load_inventory(inventory).host(host).ssh)
 
 
-def on_host(inventory: Path, host: str, command: str) -> str:
-    sh = shell(inventory, host)
-    try:
-        return sh.run(command, timeout=60).stdout.strip()
-    finally:
-        sh.close()
 
 
-def cli(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
-def finished(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
-def only_run(results: Path) -> Path:
-    runs = [p for p in results.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 def host_interval(case_dir: Path) -> tuple[float, float]:

@@ -24,3 +24,38 @@ def private_lab(tmp_path_factory, **lab_up_args):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def on_host(inventory, host: str, command: str) -> str:
+    """Run ``command`` on a lab machine out of band (as an operator or a failing host would),
+    through the orchestrator's own SSH transport and the inventory's pinned host key."""
+    from orchestrator.config.inventory import load_inventory
+    from orchestrator.transports.ssh import FabricShell
+
+    shell = FabricShell(load_inventory(inventory).host(host).ssh)
+    try:
+        return shell.run(command, timeout=60).stdout.strip()
+    finally:
+        shell.close()
+
+
+def cli(*args: str, **popen):
+    """``python -m orchestrator ARGS`` as a subprocess, stdout and stderr piped."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=Path(__file__).resolve().parents[1],
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def finished(proc, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def only_run(results):
+    """The one run folder under ``results``."""
+    runs = [p for p in results.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -15,7 +15,6 @@ import errno
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,8 @@ from orchestrator.errors import EXIT_FAIL, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_OK
 from orchestrator.fleet.plan import RunPlan
 from orchestrator.fleet.runner import Runner
 from orchestrator.results.store import load_case_results, load_run
-from orchestrator.transports.ssh import FabricShell
-from vlabs import private_lab
+import vlabs
+from vlabs import cli, finished, only_run, private_lab
 
 pytestmark = [pytest.mark.vlab, pytest.mark.x86_64]
 REPO = Path(__file__).resolve().parents[2]
@@ -51,11 +50,7 @@ def host(lab):
 
 
 def on_host(inventory: Path, command: str) -> str:
-    sh = FabricShell(load_inventory(inventory).host(H).ssh)
-    try:
-        return sh.run(command, timeout=60).stdout.strip()
-    finally:
-        sh.close()
+    return vlabs.on_host(inventory, H, command)
 
 
 def assert_host_clean(inventory: Path) -> None:
@@ -69,20 +64,10 @@ def set_fault(inventory: Path, name: str) -> None:
     on_host(inventory, f"mkdir -p {FAULTS} && touch {FAULTS}/{name} && sync")
 
 
-def cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def finished(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
-def only_run(results: Path) -> Path:
-    runs = [p for p in results.iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 class Written:

@@ -30,8 +30,8 @@ from orchestrator.config.inventory import load_inventory
 from orchestrator.fleet.plan import RunPlan
 from orchestrator.fleet.runner import Runner
 from orchestrator.results.store import load_run
-from orchestrator.transports.ssh import FabricShell
 from orchestrator.vlab.lab.lifecycle import console_command
+import vlabs
 from vlabs import private_lab
 
 pytestmark = [pytest.mark.vlab, pytest.mark.x86_64]
@@ -52,11 +52,7 @@ def machine_dir(lab) -> Path:
 
 
 def on_host(inventory: Path, command: str) -> str:
-    sh = FabricShell(load_inventory(inventory).host(H).ssh)
-    try:
-        return sh.run(command, timeout=60).stdout.strip()
-    finally:
-        sh.close()
+    return vlabs.on_host(inventory, H, command)
 
 
 class Drill:
