@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import socket
 import statistics
@@ -29,12 +28,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
 from orchestrator.transports.ipmi import IpmiPower  # noqa: E402
 from orchestrator.transports.sol import SolConsole  # noqa: E402
 from orchestrator.config.model import BmcConfig, SecretRef  # noqa: E402
 from test_transport_peers import PASSWORD, USER, LoopbackBmc  # noqa: E402
+from bench_transport import console_line_ms  # noqa: E402
 
 
 def pick(samples: list[float], q: float) -> float:
@@ -95,12 +95,7 @@ def live_latencies(bmc: LoopbackBmc, power: IpmiPower, console: SolConsole, samp
         started = time.perf_counter()
         power.status()
         power_ms.append((time.perf_counter() - started) * 1000)
-        since = console.mark()
-        printed = time.monotonic()
-        bmc.guest.say(f"live line {n}\n")
-        line = console.wait_for(re.compile(f"live line {n}$"), since=since, timeout=5)
-        assert line is not None, f"live line {n} lost"
-        sol_ms.append((line.t - printed) * 1000)
+        sol_ms.append(console_line_ms(bmc, console, f"live line {n}"))
     return {"power_p50": pick(power_ms, 0.5), "power_p99": pick(power_ms, 0.99),
             "sol_p50": pick(sol_ms, 0.5), "sol_p99": pick(sol_ms, 0.99)}
 

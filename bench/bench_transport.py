@@ -47,16 +47,18 @@ def bench_power(bmc: LoopbackBmc, samples: int) -> None:
     power.close()
 
 
+def console_line_ms(bmc: LoopbackBmc, console: SolConsole, text: str) -> float:
+    """The guest prints ``text``: milliseconds until the console transcript has the line."""
+    since = console.mark()
+    printed = time.monotonic()
+    bmc.guest.say(f"{text}\n")
+    line = console.wait_for(re.compile(f"{re.escape(text)}$"), since=since, timeout=5)
+    assert line is not None, f"{text!r} lost"
+    return (line.t - printed) * 1000
+
+
 def bench_console_lines(bmc: LoopbackBmc, console: SolConsole, samples: int) -> None:
-    latencies = []
-    for n in range(samples):
-        since = console.mark()
-        printed = time.monotonic()
-        bmc.guest.say(f"bench line {n}\n")
-        line = console.wait_for(re.compile(f"bench line {n}$"), since=since, timeout=5)
-        assert line is not None, f"line {n} lost"
-        latencies.append((line.t - printed) * 1000)
-    report("SOL line latency", latencies)
+    report("SOL line latency", [console_line_ms(bmc, console, f"bench line {n}") for n in range(samples)])
 
 
 def bench_dead_console(bmc: LoopbackBmc, console: SolConsole, down_seconds: float) -> None:
