@@ -154,6 +154,13 @@ class StandInMachine:
         if self.console:
             self.console.say(b'Uhhuh. NMI received for unknown reason 21 on CPU 0.')
 
+    def report_memory_error(self, phys_addr, path, severity):
+        if path != {'x86_64': 'mce', 'aarch64': 'ghes'}[self.arch]:
+            raise UnsupportedOperation(f'no {path} path on {self.arch}')
+        self.calls.append(('report', phys_addr, path, severity))
+        if self.console:
+            self.console.say(f'firmware: {severity} {path} error at {phys_addr:#x}'.encode())
+
     def qmp(self, cmd, **args):
         self._act(cmd)
         if cmd == 'cont':
@@ -169,6 +176,12 @@ class RecordingSession:
 
     def send_ipmi_response(self, data=(), code=0):
         self.codes.append(code)
+
+
+def raw(bmc, netfn, command, data):
+    session = RecordingSession()
+    bmc.handle_raw_request({'netfn': netfn, 'command': command, 'data': list(data)}, session)
+    return session.codes[-1]
 
 
 @pytest.fixture
@@ -497,3 +510,42 @@ if __name__ == '__main__' and sys.argv[1:2] == ['serve']:
     config = BmcConfig(machine_dir=machine_dir, user=USER, password=PASSWORD,
                        sol_idle_timeout=float(sys.argv[4]))
     run_bmc(config, StandInMachine(machine_dir, sys.argv[3], with_console=True))
+
+
+def test_firmware_memory_error_request_reaches_the_machine_or_says_why_not(unit_bmc):
+    """The OEM "report a memory error" request: the platform-firmware seam of the lab BMC."""
+    from orchestrator.transports.ipmi_firmware import encode
+    bmc, machine = unit_bmc()
+    request = encode(0x1fe10000, 'mce', 'srao')
+    assert raw(bmc, 0x30, 0x01, request) == 0xD5            # powered off: nothing raised
+    chassis(bmc, 1)
+    assert raw(bmc, 0x30, 0x01, request) == 0x00
+    assert raw(bmc, 0x30, 0x01, encode(0x2000, 'mce', 'fatal')) == 0x00
+    assert raw(bmc, 0x30, 0x01, encode(0x3000, 'ghes', 'fatal')) == 0xC1   # no GHES on this x86 machine
+    assert raw(bmc, 0x30, 0x01, b'\x01\x07' + bytes(8)) == 0xCC           # severity out of range
+    assert raw(bmc, 0x30, 0x01, b'\x01') == 0xCC
+    assert [c for c in machine.calls if c[0] == 'report'] == [
+        ('report', 0x1fe10000, 'mce', 'srao'), ('report', 0x2000, 'mce', 'fatal')]
+    assert raw(bmc, 0x30, 0x7f, b'') == 0xC1                # unknown OEM command: pyghmi's answer
+
+
+def test_firmware_error_report_over_ipmi_maps_completion_codes(bmc_port, tmp_path):
+    from orchestrator.config.model import BmcConfig as ClientBmc, SecretRef
+    from orchestrator.errors import FatalInfraError
+    from orchestrator.transports.ipmi import IpmiPower
+    from orchestrator.transports.ipmi_firmware import IpmiFirmware
+    (tmp_path / 'pw').write_text(PASSWORD)
+    power = IpmiPower(ClientBmc(address='127.0.0.1', port=bmc_port, user=USER, password=SecretRef(file=tmp_path / 'pw')))
+    firmware = IpmiFirmware(power)
+    try:
+        power.on()
+        firmware.report_memory_error(0x1fe10000, path='mce', severity='srao')
+        with pytest.raises(UnsupportedOperation, match='no such error path'):
+            firmware.report_memory_error(0x1000, path='ghes', severity='recoverable')
+        with pytest.raises(UnsupportedOperation, match='severity'):
+            firmware.report_memory_error(0x1000, path='mce', severity='corrected')
+        power.off()
+        with pytest.raises(FatalInfraError, match='powered off'):
+            firmware.report_memory_error(0x1000, path='mce', severity='srao')
+    finally:
+        power.close()

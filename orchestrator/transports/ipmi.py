@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, TypeVar
 
+from pyghmi.exceptions import IpmiException
 from pyghmi.ipmi.command import Command
 
 from orchestrator.config.model import BmcConfig
@@ -79,6 +80,19 @@ class IpmiPower(PowerProtocol):
             self._command = None
 
     # -- internals ----------------------------------------------------------------------
+
+    def raw(self, action: str, netfn: int, command: int, data: bytes = b"") -> tuple[int, bytes]:
+        """One raw IPMI request on this BMC's session (SEL, OEM commands): (completion code,
+        reply data). A completion code is the BMC's answer, not a transport failure."""
+        def request(cmd: Command) -> tuple[int, bytes]:
+            try:
+                reply = cmd.xraw_command(netfn=netfn, command=command, data=list(data))
+            except IpmiException as error:
+                if getattr(error, "ipmicode", 0):
+                    return error.ipmicode, b""
+                raise
+            return 0, bytes(reply["data"])
+        return self._call(action, request)
 
     def _chassis_control(self, action: str, directive: int) -> None:
         self._call(action, lambda cmd: cmd.xraw_command(netfn=0, command=2, data=[directive]))

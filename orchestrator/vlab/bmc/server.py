@@ -23,16 +23,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO, Callable, Protocol
+from typing import BinaryIO
 
 import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.session as ipmisession
 
 from orchestrator.errors import UnsupportedOperation
-from orchestrator.vlab.bmc import pyghmi_server_fixes
-from orchestrator.vlab.bmc.pyghmi_sol_fixes import DEFAULT_SOL_IDLE_TIMEOUT
+from orchestrator.vlab.bmc import firmware_requests, pyghmi_server_fixes, raw_commands  # noqa: F401 (registers)
+from orchestrator.vlab.bmc.machine_config import BmcConfig, Machine
 from orchestrator.vlab.bmc.sol_bridge import SerialConsoleReader, udp_waker
 
 log = logging.getLogger(__name__)
@@ -44,39 +42,6 @@ POWERED_OFF_STATES = frozenset({'off', 'shutdown'})
 QMP_FAILURE_GRACE_SECONDS = 0.5  # bounded: a BMC answers promptly even with a sick QEMU
 LOOP_TICK_SECONDS = 0.2          # bound on how late a SOL retransmit can be noticed
 DUPLICATE_WINDOW_SECONDS = 10.0  # a client retransmit of a slow power command must not act twice
-
-
-class Machine(Protocol):
-    """What the BMC needs from ``orchestrator.vlab.qemu.machine.QemuMachine``."""
-
-    on_cold_reboot: Callable[[], None] | None   # the BMC hooks its console reconnect here
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def is_running(self) -> bool: ...
-    def status(self) -> str: ...
-    def reset(self) -> None: ...  # warm; resumes a paused/panicked VM, as a reset button
-    def powerdown(self) -> None: ...
-    def inject_nmi(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class BmcConfig:
-    machine_dir: Path
-    user: str
-    password: str
-    address: str = '127.0.0.1'
-    port: int = 0                       # 0: the kernel picks a free port (see QemuBmc.port)
-    sol_idle_timeout: float = DEFAULT_SOL_IDLE_TIMEOUT
-    sol_trace: Path | None = None       # bench: times of serial reads
-
-    @property
-    def serial_socket(self) -> Path:
-        return self.machine_dir / 'serial.sock'
-
-    @property
-    def console_log(self) -> Path:
-        return self.machine_dir / 'console.log'
 
 
 class QemuBmc(pyghmi_bmc.Bmc):
@@ -204,6 +169,12 @@ class QemuBmc(pyghmi_bmc.Bmc):
 
     def log_event(self, message: str) -> None:
         log.info('%s', message)
+
+    def handle_raw_request(self, request, session):
+        # firmware features register their requests in raw_commands (firmware_requests: the
+        # emulated RAS firmware's error reports); everything else is pyghmi's
+        if not raw_commands.dispatch(self, request, session):
+            super().handle_raw_request(request, session)
 
     # --- SOL -----------------------------------------------------------------------------
     def _from_sol_client(self, data) -> None:

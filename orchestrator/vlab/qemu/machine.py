@@ -23,6 +23,7 @@ from orchestrator.errors import UnsupportedOperation
 from orchestrator.vlab.qemu.cold_reboot import watch_for_reset
 from orchestrator.vlab.image.disk import DISK_NAME, create_disk, ensure_host_key, known_hosts_line
 from orchestrator.vlab.qemu.process import is_our_qemu, last_line, wait_gone
+from orchestrator.vlab.qemu import platform_errors
 from orchestrator.vlab.qemu.qmp import QmpClient, QmpError
 from orchestrator.vlab.qemu.spec import MachineSpec, command_line
 
@@ -208,3 +209,7 @@ class QemuMachine:
             if "not" in exc.desc and "supported" in exc.desc:   # arm virt: no NMI source in QEMU 7.2
                 raise UnsupportedOperation(f"NMI on {self.spec.name} ({self.spec.arch}): {exc.desc}") from exc
             raise
+
+    def report_memory_error(self, phys_addr: int, path: str, severity: str) -> None:
+        """Play the platform firmware: report a memory error at ``phys_addr`` (platform_errors.py)."""
+        platform_errors.report_memory_error(self, self.spec, phys_addr, path, severity)
