@@ -16,9 +16,9 @@ from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, retry_until, wait_for_boot
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import Armed, Injected, Preflight, Targeted
-from orchestrator.errors import FatalInfraError, OrchestratorError, RetryableInfraError
+from orchestrator.errors import FatalInfraError, OrchestratorError, RetryableInfraError, UnsupportedOperation
 from orchestrator.kernel.facts import probe_facts
-from orchestrator.kernel.injectors import injector as make_injector
+from orchestrator.kernel.injectors import FirmwareInjector, injector as make_injector
 from orchestrator.kernel.pages import explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
 from orchestrator.results.store import safe_name
@@ -150,16 +150,30 @@ def inject(h: HostHandles, case: Case, targeted: Targeted, deadline_s: float, re
     if not epoch.isdigit():
         raise RetryableInfraError(f"the host's clock answered {epoch!r}, not seconds since the epoch")
     mark = h.console.mark() if h.console is not None else 0
-    command = inj.command(targeted.target)
+    command = None if isinstance(inj, FirmwareInjector) else inj.command(targeted.target)
     injected = Injected(epoch=int(epoch), t=time.monotonic(), console_mark=mark, output=output)
     # Fired detached: a panic must not leave this SSH call hanging on a dead kernel. A
     # connection that drops right now may be the panic itself: observe before judging.
     try:
-        h.shell.fire_detached(command, timeout=deadline_s, output=output)
+        if isinstance(inj, FirmwareInjector):
+            _report_through_firmware(h, inj, targeted.target, output)
+        else:
+            h.shell.fire_detached(command, timeout=deadline_s, output=output)
         return injected, case.injector
     except RetryableInfraError as exc:
         record.add_evidence("ssh", f"connection dropped during the injection: {exc}")
         return injected, f"{case.injector}; SSH dropped while firing: {exc}"
+
+
+def _report_through_firmware(h: HostHandles, inj: FirmwareInjector, target, output: str) -> None:
+    """The BMC's firmware reports the error; the outcome files say it accepted the request,
+    so that observing the host is the same as for an injection run on it."""
+    if h.firmware is None:
+        raise UnsupportedOperation(f"{inj.name}: the host has no BMC through which its firmware reports errors")
+    h.firmware.report_memory_error(target.phys_addr, path=inj.path, severity=inj.severity)
+    files = detached_files(output)
+    h.shell.run(f"echo 'firmware accepted the {inj.severity} {inj.path} report' > {files['out']}; "
+                f": > {files['err']}; echo 0 > {files['rc']}", timeout=15)
 
 
 def restore(h: HostHandles, armed: Armed | None, targeted: Targeted | None, after: BootFacts | None,

@@ -65,6 +65,25 @@ class Injector(abc.ABC):
     def command(self, target: Target) -> str: ...
 
 
+class FirmwareInjector(Injector):
+    """The platform firmware reports the error (through the BMC: protocols/firmware.py), as the
+    hardware would; nothing is written on the host. ``command`` is never fired: the cycle asks
+    ``HostHandles.firmware`` to report ``path``/``severity`` at the target's physical address."""
+    reports_late = True
+    path: str                          # protocols.firmware.SEVERITIES key: mce | ghes
+    severity: str
+    needs = ""
+
+    def unavailable_reason(self, shell, *, arch):
+        return None                    # the BMC says so when its firmware lacks the path
+
+    def prepare(self, shell):
+        pass
+
+    def command(self, target):
+        raise NotImplementedError(f"{self.name} is reported by the firmware, not run on the host")
+
+
 class HwpoisonInject(Injector):
     """debugfs hwpoison/corrupt-pfn: memory_failure(pfn, MF_SW_SIMULATED). With
     corrupt-filter-enable 1 it silently skips kernel pages, so ``setup`` turns the filter off."""
