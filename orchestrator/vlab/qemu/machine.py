@@ -23,7 +23,7 @@ from orchestrator.errors import UnsupportedOperation
 from orchestrator.vlab.qemu.cold_reboot import watch_for_reset
 from orchestrator.vlab.image.disk import DISK_NAME, create_disk, ensure_host_key, known_hosts_line
 from orchestrator.vlab.qemu.process import is_our_qemu, last_line, wait_gone
-from orchestrator.vlab.qemu import platform_errors
+from orchestrator.vlab.qemu import mce, platform_errors  # noqa: F401 (mce registers its path)
 from orchestrator.vlab.qemu.qmp import QmpClient, QmpError
 from orchestrator.vlab.qemu.spec import MachineSpec, command_line
 

@@ -3,7 +3,8 @@
 The BMC (vlab/bmc/firmware_requests.py) receives the request; this module turns it into what
 a real platform would raise, through the machine's QMP: a machine check on x86 ("mce"), a
 CPER record through GHES on arm64 RAS machines ("ghes"). Each path registers itself in
-``PATHS`` from its own module; a path a machine lacks is ``UnsupportedOperation``.
+``PATHS`` from its own module (mce.py, ...), imported below; a path a machine lacks is
+``UnsupportedOperation``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class QmpMachine(Protocol):
 
 #: path -> raise(machine, spec, phys_addr, severity); spec is the machine's MachineSpec
 PATHS: dict[str, Callable[..., None]] = {}
+#: called after every error the firmware raised: (spec, phys_addr, path, severity) — what a
+#: real platform also writes into its BMC's SEL
+LISTENERS: list[Callable[..., None]] = []
 
 
 def report_memory_error(machine: QmpMachine, spec: Any, phys_addr: int, path: str, severity: str) -> None:
@@ -26,3 +30,5 @@ def report_memory_error(machine: QmpMachine, spec: Any, phys_addr: int, path: st
     if raiser is None:
         raise UnsupportedOperation(f"no {path!r} firmware error path on lab machine {spec.name}")
     raiser(machine, spec, phys_addr, severity)
+    for listener in LISTENERS:
+        listener(spec, phys_addr, path, severity)
