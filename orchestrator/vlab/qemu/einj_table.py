@@ -53,9 +53,9 @@ _Q35_LOWMEM, _Q35_LOWMEM_BIG = 0xB0000000, 0x80000000
 #: the top, so that no initrd up to ~31 MiB lands on it after the loader filled it (seen: the
 #: option ROM's copy overwrote the block; einj then still loaded but offered no types).
 _BELOW_TOP = 32 * MIB
-#: crashkernel=256M lands at 0x10000000-0x20000000 (768 MB guest); memmap= takes the block out
-#: of RAM before that reservation is placed, so the two never overlap; a block in the top
-#: 32 MiB of a 512 MiB guest would leave no room for the lab's crash kernel anyway.
+#: crashkernel: memmap= takes the block out of RAM before the kernel places that reservation,
+#: so the two never overlap (seen at -m 768: "crashkernel reserved: 0x1e000000 - 0x2e000000",
+#: right below the block); below 512 MiB the lab's crashkernel=256M would not fit beside it.
 MIN_MEMORY_MB = 512
 
 
