@@ -36,6 +36,7 @@ def test_names_and_unknown_injector():
 def test_playbooks_accept_exactly_the_implemented_injectors():
     # config/ may not import kernel/, so the playbook schema keeps its own list of names.
     assert INJECTORS == playbook.INJECTORS
+    assert {n: playbook.INJECTOR_FEATURES.get(n, n) for n in INJECTORS} == {n: injector(n).feature for n in INJECTORS}
 
 
 def test_hwpoison_writes_the_pfn(tmp_path):
