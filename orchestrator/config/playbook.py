@@ -18,11 +18,16 @@ from orchestrator.config.model import ARCHES
 from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge, describe, load_located
 from orchestrator.errors import ConfigError
 
-INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "mce_inject")
+INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "einj_fatal", "mce_inject")
+#: the inventory feature that declares an injector usable, where it is not the injector's name
+#: (kernel/injectors.py ``feature``): both EINJ types need only a platform that offers EINJ
+INJECTOR_FEATURES = {"einj_fatal": "einj"}
 PAGE_CLASSES = ("kernel-rodata", "kernel-text", "kernel-data", "reserved-low", "slab", "pgtable",
                 "free-buddy", "user-anon", "user-file")
 OUTCOMES = ("panic", "survive", "matrix")
-SIGNATURES = ("new", "legacy", "any")
+#: the panic a case expects: the new or legacy memory-failure panic, either, or a fatal machine
+#: check (a fatal error the platform raised, e.g. EINJ 0x20: no memory_failure(), no pfn)
+SIGNATURES = ("new", "legacy", "any", "machine-check")
 KDUMP_MODES = ("required", "unload", "any")
 
 #: Seconds each cycle state may take before the case ends (TCG lab numbers x ~3 headroom).
@@ -48,7 +53,7 @@ class Expectation:
     outcome: str                        # panic | survive | matrix
     action_label: str | None = None     # "recovery action for <label>: <result>"
     action_result: str | None = None
-    signature: str = "any"              # new | legacy | any (panic cases)
+    signature: str = "any"              # new | legacy | any | machine-check (panic cases)
     dump: bool = True                   # a panic case needs a kdump dump unless false
 
 

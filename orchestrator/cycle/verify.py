@@ -58,6 +58,8 @@ def _for_pfn(events, pfn: int) -> list[sig.KernelEvent]:
 
 
 def _panic_kind_ok(event: sig.KernelEvent, want: str) -> bool:
+    if want == "machine-check":
+        return event.kind == "panic_other" and "machine check" in (event.message or "").lower()
     if want == "new":
         return event.kind == "panic_mf"
     if want == "legacy":
@@ -100,9 +102,9 @@ def judge_panic(obs: Observation, exp: Expectation) -> list[Finding]:
         seen_any_panic = True
         panic_texts[name] = panic
         if not _panic_kind_ok(panic, exp.signature):
-            reasons.append(Finding(f"{name}: panic is not the expected {exp.signature} memory-failure signature: "
-                                   f"{panic.text}"))
-        elif panic.pfn != obs.pfn:
+            what = exp.signature if exp.signature == "machine-check" else f"{exp.signature} memory-failure"
+            reasons.append(Finding(f"{name}: panic is not the expected {what} signature: {panic.text}"))
+        elif exp.signature != "machine-check" and panic.pfn != obs.pfn:
             got = "none" if panic.pfn is None else f"{panic.pfn:#x}"
             reasons.append(Finding(f"{name}: panic names pfn {got}, injected {obs.pfn:#x}: {panic.text}"))
         reasons += _action_reasons(events, obs.pfn, exp, name)
