@@ -18,7 +18,7 @@ from orchestrator.config.model import ARCHES
 from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge, describe, load_located
 from orchestrator.errors import ConfigError
 
-INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "mce_inject")
+INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "qemu_mce")
 PAGE_CLASSES = ("kernel-rodata", "kernel-text", "kernel-data", "reserved-low", "slab", "pgtable",
                 "free-buddy", "user-anon", "user-file")
 OUTCOMES = ("panic", "survive", "matrix")
