@@ -166,16 +166,17 @@ def inject(h: HostHandles, case: Case, targeted: Targeted, deadline_s: float, re
 
 
 def _report_through_firmware(h: HostHandles, inj: FirmwareInjector, target, output: str) -> None:
-    """The BMC's firmware reports the error; the outcome files say the request went out, so
-    that observing the host is the same as for an injection run on it. They are written
-    first: a machine check panics the host within milliseconds of the report (measured on the
-    lab: the write after it lost the race every time). A refused report raises instead."""
+    """The BMC's firmware reports the error; the outcome files say it accepted the request,
+    so that observing the host is the same as for an injection run on it. Written after the
+    report, as a write on the host would end: a machine check panics the lab host within ms
+    (the write then drops, measured), and a host that died without a console must look LOST
+    (-> reboot, dump), not as if the report had returned and the host kept running."""
     if h.firmware is None:
         raise UnsupportedOperation(f"{inj.name}: the host has no BMC through which its firmware reports errors")
-    files = detached_files(output)
-    h.shell.run(f"echo 'asked the firmware (BMC) for a {inj.severity} {inj.path} report' > {files['out']}; "
-                f": > {files['err']}; echo 0 > {files['rc']}", timeout=15)
     h.firmware.report_memory_error(target.phys_addr, path=inj.path, severity=inj.severity)
+    files = detached_files(output)
+    h.shell.run(f"echo 'firmware accepted the {inj.severity} {inj.path} report' > {files['out']}; "
+                f": > {files['err']}; echo 0 > {files['rc']}", timeout=15)
 
 
 def restore(h: HostHandles, armed: Armed | None, targeted: Targeted | None, after: BootFacts | None,
