@@ -183,3 +183,20 @@ def test_a_host_without_a_bmc_is_an_error_that_says_so(stub_kernel_seams, monkey
     result = CaseCycle(host.handles(), _case("rodata-on-mce", "qemu_mce")).run().result
     assert result.verdict == "error"
     assert any("no BMC through which its firmware reports errors" in r for r in result.reasons), result.reasons
+
+
+class RealBmcFirmware:
+    """A real server's BMC: no lab OEM request (completion 0xC1, transports/ipmi_firmware.py)."""
+
+    def report_memory_error(self, phys_addr, *, path, severity):
+        from orchestrator.errors import UnsupportedOperation
+        raise UnsupportedOperation(f"report {severity} {path} error: the BMC has no such firmware path")
+
+
+def test_a_real_bmc_refusing_the_report_makes_an_error_not_a_verdict(stub_kernel_seams, monkeypatch):
+    monkeypatch.setattr(phases, "make_injector", injector)
+    host = FakeLabHost()
+    result = CaseCycle(replace(host.handles(), firmware=RealBmcFirmware()), _case("rodata-on-mce", "qemu_mce")).run().result
+    assert result.verdict == "error"
+    assert any("the BMC has no such firmware path" in r for r in result.reasons), result.reasons
+    assert host.up and host.boot_id == result.boot_id_before       # nothing reached the kernel
