@@ -1,6 +1,7 @@
 """Machine checks as an injector: the lab-only ``qemu_mce`` firmware injector, where it is
-usable (lab x86 machines, nowhere else), the cycle asking the BMC for it, the per-delivery
-semantics, and the example inventory declaring only injectors its hosts accept."""
+usable (lab x86 machines, nowhere else), the per-delivery semantics, and the example
+inventory declaring only injectors its hosts accept. The cycle asking the BMC for a firmware
+injector's report is tests/test_cycle_firmware.py's."""
 
 from __future__ import annotations
 
@@ -13,15 +14,12 @@ import pytest
 from orchestrator.config.applicability import skip_reason
 from orchestrator.config.inventory import load_inventory
 from orchestrator.config.playbook import Case, Expectation, Limits, load_playbook
-from orchestrator.cycle import phases
 from orchestrator.cycle.expectations import ExpectationResolver
-from orchestrator.cycle.machine import CaseCycle
 from orchestrator.errors import ConfigError
 from orchestrator.faces.cli.main import main
 from orchestrator.kernel import semantics
 from orchestrator.kernel.injectors import FirmwareInjector, injector
 from orchestrator.protocols.firmware import SEVERITIES
-from tests.fakehost import FakeLabHost
 from test_config import GOOD_INVENTORY, write
 from test_kernel_shells import FakeShell
 
@@ -149,54 +147,3 @@ def test_resolver_takes_the_injectors_delivery(differing_matrix):
     mce = resolver(_case("m", "qemu_mce", "slab"), shell=None)
     assert (software.outcome, software.action_label) == ("panic", "reserved kernel page")
     assert (mce.outcome, mce.action_label, mce.dump) == ("survive", "get hwpoison page", False)
-
-
-# --- the cycle asks the BMC ---------------------------------------------------------------
-
-class FakeFirmware:
-    """The BMC's firmware: the report is what makes the host's kernel see the error."""
-
-    def __init__(self, host: FakeLabHost):
-        self.host, self.reports = host, []
-
-    def report_memory_error(self, phys_addr, *, path, severity):
-        self.reports.append((phys_addr, path, severity))
-        self.host._inject("firmware")
-
-
-def test_cycle_reports_through_the_firmware_and_fires_nothing_on_the_host(stub_kernel_seams, monkeypatch):
-    monkeypatch.setattr(phases, "make_injector", injector)          # the real qemu_mce, not the stub
-    host = FakeLabHost()
-    firmware = FakeFirmware(host)
-    case = replace(_case("rodata-on-mce", "qemu_mce"), expect=Expectation(
-        outcome="panic", action_label="reserved kernel page", action_result="Ignored", signature="new", dump=True))
-    result = CaseCycle(replace(host.handles(), firmware=firmware), case).run().result
-    assert result.verdict == "pass", result.reasons
-    assert firmware.reports == [(0x38830000, "mce", "srao")]
-    assert not [c for c in host.shell.commands if c.startswith("detached: ")]
-    assert any(e.source == "console" and "unrecoverable page" in e.text for e in result.evidence)
-
-
-def test_a_host_without_a_bmc_is_an_error_that_says_so(stub_kernel_seams, monkeypatch):
-    monkeypatch.setattr(phases, "make_injector", injector)
-    host = FakeLabHost()
-    result = CaseCycle(host.handles(), _case("rodata-on-mce", "qemu_mce")).run().result
-    assert result.verdict == "error"
-    assert any("no BMC through which its firmware reports errors" in r for r in result.reasons), result.reasons
-
-
-class RealBmcFirmware:
-    """A real server's BMC: no lab OEM request (completion 0xC1, transports/ipmi_firmware.py)."""
-
-    def report_memory_error(self, phys_addr, *, path, severity):
-        from orchestrator.errors import UnsupportedOperation
-        raise UnsupportedOperation(f"report {severity} {path} error: the BMC has no such firmware path")
-
-
-def test_a_real_bmc_refusing_the_report_makes_an_error_not_a_verdict(stub_kernel_seams, monkeypatch):
-    monkeypatch.setattr(phases, "make_injector", injector)
-    host = FakeLabHost()
-    result = CaseCycle(replace(host.handles(), firmware=RealBmcFirmware()), _case("rodata-on-mce", "qemu_mce")).run().result
-    assert result.verdict == "error"
-    assert any("the BMC has no such firmware path" in r for r in result.reasons), result.reasons
-    assert host.up and host.boot_id == result.boot_id_before       # nothing reached the kernel
