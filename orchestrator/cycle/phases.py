@@ -169,7 +169,10 @@ def inject(h: HostHandles, case: Case, targeted: Targeted, deadline_s: float, re
 
 def _report_through_firmware(h: HostHandles, inj: FirmwareInjector, target, output: str) -> None:
     """The BMC's firmware reports the error; the outcome files say it accepted the request,
-    so that observing the host is the same as for an injection run on it."""
+    so that observing the host is the same as for an injection run on it. Written after the
+    report, as a write on the host would end: a machine check panics the lab host within ms
+    (the write then drops, measured), and a host that died without a console must look LOST
+    (-> reboot, dump), not as if the report had returned and the host kept running."""
     if h.firmware is None:
         raise UnsupportedOperation(f"{inj.name}: the host has no BMC through which its firmware reports errors")
     h.firmware.report_memory_error(target.phys_addr, path=inj.path, severity=inj.severity)
