@@ -94,8 +94,9 @@ def decide_semantics(probe_output: str, *, named: str | None = None,
         return KernelSemantics(name, (*evidence, how))
     raise SemanticsUnknown(
         f"{release} has {matrix()['knob']} but no symbol tells v4-like from v10-like and the slab "
-        f"probe may not run here (it needs destructive: true and feature hwpoison_inject); name "
-        f"the semantics in the inventory: semantics: {' | '.join(SEMANTICS)} on the host or group")
+        f"probe did not run (it runs on hosts with destructive: true and feature hwpoison_inject, "
+        f"under the host's lease); name the semantics in the inventory: "
+        f"semantics: {' | '.join(SEMANTICS)} on the host or group")
 
 
 def _read_files(probe_output: str) -> tuple[str, str | None, tuple[str, ...]]:
