@@ -45,15 +45,14 @@ def measure(shell: ShellProtocol, probe: dict, knob: str, recovery: str, *, arch
     """(semantics, evidence) from up to ATTEMPTS slab pages; ``probe`` is semantics.yaml's."""
     avoid: set[int] = set()
     tried = []
+    started = time.monotonic()
     for _ in range(ATTEMPTS):
         target = select_target(shell, probe["page_class"], arch=arch, page_size=page_size,
                                avoid=frozenset(avoid), timeout=30)
-        started = time.monotonic()
         out = shell.run(probe_command(target, knob, recovery), timeout=30, check=False)
         found = read_answer(out.stdout, out.exit_code, target, probe["labels"])
-        took = time.monotonic() - started
         if found.name is not None:
-            return found.name, f"{found.evidence} ({took:.2f} s)"
+            return found.name, f"{found.evidence} (scan + injection {time.monotonic() - started:.2f} s)"
         tried.append(found.evidence)
         avoid.add(target.pfn)
     raise TargetNotFound(f"the probe found no stable {probe['page_class']} page in {ATTEMPTS} tries: "
