@@ -92,7 +92,7 @@ class CaseCycle:
                              console=meter.wrap(handles.console), kdump=handles.kdump, pause=meter.sleep,
                              per_boot=handles.per_boot, firmware=meter.wrap(handles.firmware))
         self.case, self.run_id = case, run_id
-        self.resolve_expect = expect_resolver or (lambda case, shell: case.expect)
+        self.resolve_expect = expect_resolver or (lambda case, shell, **_: case.expect)
         report = on_state or (lambda host, state: None)
         self.record = CaseRecord(meter, lambda state: report(handles.host.name, state))
         self.trail = Trail()
