@@ -18,6 +18,7 @@ from orchestrator.errors import ConfigError
 
 KNOWN_FEATURES = frozenset({
     "hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "kdump", "sol", "nmi",
+    "sol_break",    # SOL sends a serial BREAK and the kernel takes SysRq keys after it
 })
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HOST_FIELDS = {"name", "arch", "platform", "features", "destructive", "ssh", "bmc", "kdump", "state_dir"}
