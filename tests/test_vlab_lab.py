@@ -175,6 +175,10 @@ def test_ipmitool_sol_shows_the_reset_boot(running_lab):
         sol.expect(rb'VLAB: ready', 120)
         sol.send(b'\runame -r\r')
         sol.expect(rb'\n7\.3\.4\+deb13-cloud-amd64', 30)
+        sol.send(b'\r~B')      # ipmitool's SOL break -> the BMC -> a BREAK on the 16550 -> SysRq
+        sol.expect(rb'\[send break\]', 10)
+        sol.send(b'h')          # SysRq h: the help line, harmless
+        sol.expect(rb'sysrq: HELP', 10)
         sol.send(b'\r~.')
     finally:
         os.environ.pop('IPMI_PASSWORD', None)
