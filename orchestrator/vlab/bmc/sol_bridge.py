@@ -7,8 +7,8 @@ not a SOL client is attached) and a copy to a buffer the BMC main loop drains in
 
 The chardev is a telnet one (telnet.py: how a serial BREAK gets to the guest): each
 connection's leading negotiation is dropped, keystrokes are escaped, and the rest is
-passed on byte-exact. Only this module's thread touches the socket for reading; pyghmi is never called here
-(sol-and-ghes.md F4): the thread wakes the BMC main loop with a small UDP datagram to the
+passed on byte-exact. Only this module's thread touches the socket for reading; pyghmi is
+never called here (sol-and-ghes.md F4): the thread wakes the BMC main loop with a small UDP datagram to the
 BMC port instead, which pyghmi's sessionless handler ignores (shorter than 22 bytes).
 """
 

@@ -79,7 +79,8 @@ def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifes
     create_disk(machine_dir, ensure_host_key(machine_dir), Path(f'{lab.client_key}.pub'))
     write_machine_spec(machine_dir, name=name, arch=arch, ssh_port=ssh_port, memory_mb=LAB_MEMORY_MB,
                        tcg_thread=LAB_TCG_THREAD, tcg_cache_mb=LAB_TCG_CACHE_MB,
-                       extra_kernel_args=LAB_KERNEL_ARGS, accel=accel, image_manifest=str(manifest.directory / 'manifest.json'))
+                       extra_kernel_args=LAB_KERNEL_ARGS, accel=accel,
+                       image_manifest=str(manifest.directory / 'manifest.json'))
     return machine_dir
 
 
