@@ -58,7 +58,7 @@ INJECTION_POLL_S = 0.25
 CLOCK_SLACK_S = 2.0
 
 # -- bringing a wedged host back (cycle/recovery.py) -----------------------------------------
-#: Power cycles after the NMI, each given its share of the wedge deadline; a host that two
+#: Power cycles after the NMI or the BREAK + SysRq, each given its share of the wedge deadline; a host that two
 #: cold starts do not bring back needs a person, not a third cycle.
 MAX_POWER_CYCLES = 2
 
