@@ -51,3 +51,17 @@ def test_one_run_of_the_smoke_playbook_covers_both_arches_in_parallel(mixed_lab,
                                                                  "vlab-arm-1": "arm64"}[case.host])
             assert any(e.source == "dump-dmesg" and f"{case.pfn:#x}: unrecoverable page" in e.text
                        for e in case.evidence)
+
+
+def test_lab_down_stops_both_arches(mixed_lab):
+    """Last in this module: it takes the lab down."""
+    import os
+    import subprocess
+
+    from orchestrator.vlab.lab import lifecycle as lab
+
+    lab.lab_down(log=lambda _: None)
+    assert lab.lab_status() == []
+    lab_dir = os.environ["ORCH_LAB_DIR"]
+    left = subprocess.run(["pgrep", "-af", f"{lab_dir}/"], capture_output=True, text=True).stdout
+    assert not left, left

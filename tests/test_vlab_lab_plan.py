@@ -100,6 +100,8 @@ def test_a_mixed_lab_builds_both_images_then_writes_one_lab_and_one_inventory(fa
         ('vlab-x86-1', 'x86_64', 'qemu-x86_64'), ('vlab-x86-2', 'x86_64', 'qemu-x86_64'),
         ('vlab-arm-1', 'aarch64', 'qemu-aarch64')]
     assert 'nmi' in hosts[0]['features'] and 'nmi' not in hosts[2]['features']
+    argv, _ = lab.console_command('vlab-arm-1')       # `lab console NAME` finds either arch
+    assert argv[argv.index('-p') + 1] == '50002'
 
 
 def test_a_running_mixed_lab_is_kept_by_run_and_refused_for_another_shape(fake_machines, monkeypatch):
