@@ -67,6 +67,14 @@ def test_bad_arch_on_the_command_line_is_exit_2_before_anything_starts(tmp_path,
     assert not (tmp_path / 'lab').exists()
 
 
+def test_a_lab_folder_with_a_comma_is_bad_input(tmp_path, monkeypatch):
+    """QEMU reads ``path=/a,b/serial.sock`` as two options; seen as "power on: Unspecified"."""
+    monkeypatch.setenv('ORCH_LAB_DIR', str(tmp_path / 'x86_64,aarch64'))
+    with pytest.raises(ConfigError, match='has a comma in its path'):
+        lab.lab_up(arch='x86_64,aarch64', log=lambda _: None)
+    assert not (tmp_path / 'x86_64,aarch64').exists()
+
+
 @pytest.fixture
 def fake_machines(tmp_path, monkeypatch):
     """``lab up`` with everything that would start a process or build an image faked: what

@@ -48,6 +48,9 @@ def check_request(hosts: int, arches: tuple[str, ...], ssh_port: int | None,
         if shutil.which(QEMU_BINARIES[arch]) is None:
             raise ConfigError(f'missing QEMU binary {QEMU_BINARIES[arch]} '
                               f'(apt-get install {QEMU_PACKAGES[arch]})')
+    if ',' in str(lab_root.absolute()):   # QEMU splits its -qmp/-drive option values at commas
+        raise ConfigError(f'the lab folder {lab_root} has a comma in its path, which QEMU cannot '
+                          f'take in its options: set ORCH_LAB_DIR to another folder')
     lab_root.mkdir(parents=True, exist_ok=True)
     free, need = shutil.disk_usage(lab_root).free, DISK_NEED_BYTES * hosts
     if free < need:
