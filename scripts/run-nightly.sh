@@ -8,7 +8,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 3
 # Both arches for little more than one: the nightly took 118-141 s on a mixed lab vs 101-114 s
-# on one x86_64 machine (2 cores, TCG, other labs running; the two guests run in parallel). A lab already up is used as it
+# on one x86_64 machine (2 cores, TCG; the two guests run in parallel); 308 vs 208 s with
+# other labs loading the machine (load average 8-59). A lab already up is used as it
 # is; with -i the run is on that inventory and no lab is started.
 case " $* " in
   *" -i "*|*" --inventory "*|*" --inventory="*) ;;
