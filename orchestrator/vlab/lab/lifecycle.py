@@ -88,10 +88,9 @@ def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
            kernels: tuple[str, ...] | None = None, ssh_port: int | None = None,
            bmc_port: int | None = None, ready_timeout: float = LAB_READY_TIMEOUT_S,
            log: Log = print) -> list[LabMachine]:
-    """Bring the lab up (idempotent: an already running lab of this shape is reported).
-    ``arch``: one arch, or several for a mixed lab (``x86_64,aarch64``, counts as
-    ``x86_64=2,aarch64=1``); ``hosts``/``kernels`` per arch (lab/plan.py). ``kernels``:
-    one flavour per machine (default: ``hosts`` machines, all backports)."""
+    """Bring the lab up (idempotent: an already running lab of this shape is reported). ``arch``:
+    one, or a mixed lab ``x86_64,aarch64`` (counts: ``x86_64=2,aarch64=1``); ``hosts`` and
+    ``kernels`` (one flavour per machine, default all backports) per arch: lab/plan.py."""
     return _up(lab_plan(arch, hosts, kernels), ssh_port, bmc_port, ready_timeout, log)
 
 
@@ -129,10 +128,8 @@ def _accel_verdicts(images: dict) -> dict:
     """KVM only if a real guest boots with it. The verdict is cached per arch for one guest
     kernel: ask with the default flavour's image when there is one, as every lab does."""
     from orchestrator.vlab.qemu.accel import choose_accel
-    arches = dict.fromkeys(arch for arch, _ in images)
-    return {arch: choose_accel(images.get((arch, DEFAULT_FLAVOUR))
-                               or next(i for (a, _), i in images.items() if a == arch))
-            for arch in arches}
+    first = {arch: image for (arch, _), image in reversed(images.items())}    # each arch's first
+    return {arch: choose_accel(images.get((arch, DEFAULT_FLAVOUR)) or image) for arch, image in first.items()}
 
 
 def _reuse_running(running: list[LabMachine], plan: Plan, lab: LabPaths, ready_timeout: float,
@@ -184,8 +181,7 @@ def lab_down(log: Log = print) -> None:
 
 
 def ensure_up(log: Log = print) -> list[LabMachine]:
-    """The lab as it is (one arch or mixed), or one x86_64 machine brought up
-    (``orchestrator run`` without -i)."""
+    """The lab as it is (mixed or not), or one x86_64 machine up (``orchestrator run`` without -i)."""
     running = read_lab()
     if not running:
         return lab_up(log=log)
