@@ -48,11 +48,14 @@ def add_lab_commands(subparsers) -> None:
     parser = subparsers.add_parser('lab', help='the virtual lab: QEMU machines behind IPMI BMCs')
     sub = parser.add_subparsers(dest='lab_command', required=True, metavar='ACTION')
     up = sub.add_parser('up', help='start the lab (default: one x86_64 machine)')
-    up.add_argument('--hosts', type=int, help='number of machines (default 1, or one per --kernels entry)')
-    up.add_argument('--arch', default='x86_64', help='x86_64 (default) or aarch64')
+    up.add_argument('--hosts', type=int,
+                    help='machines per arch (default 1, or one per --kernels entry)')
+    up.add_argument('--arch', default='x86_64',
+                    help='x86_64 (default), aarch64, or both in one lab: x86_64,aarch64; '
+                         'a count per arch: x86_64=2,aarch64=1')
     up.add_argument('--kernels', metavar='K1,K2,...',
-                    help=f'guest kernel per machine, {flavours} (default: all {DEFAULT_FLAVOUR}); '
-                         'e.g. backports,bookworm = a 7.3 and a 6.1 machine')
+                    help=f'guest kernel per machine of each arch, {flavours} (default: all '
+                         f'{DEFAULT_FLAVOUR}); e.g. backports,bookworm = a 7.3 and a 6.1 machine')
     up.add_argument('--kernel-arg', action='append', metavar='MACHINE=ARG',
                     help='extra guest kernel argument for one machine, e.g. vlab-x86-2=lockdown=integrity')
     up.add_argument('--ssh-port', type=int, help='first SSH port (default: free ports)')

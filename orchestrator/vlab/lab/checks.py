@@ -15,7 +15,8 @@ QEMU_PACKAGES = {'x86_64': 'qemu-system-x86', 'aarch64': 'qemu-system-arm'}
 DISK_NEED_BYTES = 512 << 20      # per machine: dumps land on a sparse disk; RAM is not disk
 
 
-def machine_kernels(hosts: int | None, kernels: tuple[str, ...] | None) -> tuple[str, ...]:
+def machine_kernels(hosts: int | None, kernels: tuple[str, ...] | None,
+                    asked: str = '') -> tuple[str, ...]:
     """One kernel flavour per machine. No list: every machine gets the default flavour; a list
     gives machine i the i-th flavour, so ``hosts`` (if given) must match its length."""
     if kernels is None or len(kernels) == 0:
@@ -28,7 +29,7 @@ def machine_kernels(hosts: int | None, kernels: tuple[str, ...] | None) -> tuple
         raise ConfigError(f'unknown guest kernel {unknown[0]!r} (use {" or ".join(KERNEL_FLAVOURS)})',
                           field='--kernels')
     if hosts is not None and hosts != len(kernels):
-        raise ConfigError(f'--hosts {hosts} but {len(kernels)} kernel(s) in --kernels '
+        raise ConfigError(f'{asked or f"--hosts {hosts}"} but {len(kernels)} kernel(s) in --kernels '
                           f'{",".join(kernels)}: give one kernel per machine', field='--kernels')
     return tuple(kernels)
 
@@ -53,13 +54,15 @@ def check_kernel_args(kernel_args: dict | None, names: list[str]) -> dict[str, t
     return checked
 
 
-def check_request(hosts: int, arch: str, ssh_port: int | None, bmc_port: int | None,
-                  lab_root: Path) -> None:
-    if arch not in QEMU_BINARIES:
-        raise ConfigError(f'unknown arch {arch!r} (use x86_64 or aarch64)', field='--arch')
-    if shutil.which(QEMU_BINARIES[arch]) is None:
-        raise ConfigError(f'missing QEMU binary {QEMU_BINARIES[arch]} '
-                          f'(apt-get install {QEMU_PACKAGES[arch]})')
+def check_request(hosts: int, arches: tuple[str, ...], ssh_port: int | None,
+                  bmc_port: int | None, lab_root: Path) -> None:
+    for arch in arches:    # known: lab_plan checked them
+        if shutil.which(QEMU_BINARIES[arch]) is None:
+            raise ConfigError(f'missing QEMU binary {QEMU_BINARIES[arch]} '
+                              f'(apt-get install {QEMU_PACKAGES[arch]})')
+    if ',' in str(lab_root.absolute()):   # QEMU splits its -qmp/-drive option values at commas
+        raise ConfigError(f'the lab folder {lab_root} has a comma in its path, which QEMU cannot '
+                          f'take in its options: set ORCH_LAB_DIR to another folder')
     lab_root.mkdir(parents=True, exist_ok=True)
     free, need = shutil.disk_usage(lab_root).free, DISK_NEED_BYTES * hosts
     if free < need:

@@ -73,7 +73,7 @@ def write_known_hosts(machines: list[LabMachine], lab: LabPaths) -> None:
 
 
 def write_lab_json(machines: list[LabMachine], lab: LabPaths) -> None:
-    data = {'arch': machines[0].arch, 'hosts': len(machines),
+    data = {'arch': ','.join(dict.fromkeys(m.arch for m in machines)), 'hosts': len(machines),
             'machines': [asdict(m) for m in machines]}
     temporary = lab.lab_json.with_suffix('.tmp')
     temporary.write_text(json.dumps(data, indent=2) + '\n')

@@ -26,10 +26,11 @@ from orchestrator.errors import ConfigError, InfraError
 from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR
 from orchestrator.vlab.lab.access import (is_ready, machine_power, machine_shell, power_on,
                                          wait_ready)
-from orchestrator.vlab.lab.checks import check_kernel_args, check_request, free_tcp_port, machine_kernels
+from orchestrator.vlab.lab.checks import check_kernel_args, check_request, free_tcp_port
 from orchestrator.vlab.lab.layout import (BMC_USER, LAB_KERNEL_ARGS, LabMachine, LabPaths, host_features,
                                          write_inventory, write_known_hosts, write_lab_json)
 from orchestrator.vlab.lab.layout import read_lab as read_lab_json
+from orchestrator.vlab.lab.plan import Plan, lab_plan, machine_slots
 from orchestrator.vlab.bmc.process import (bmc_alive, start_bmc_process, stop_bmc_process,
                                            write_machine_spec)
 from orchestrator.tunables import LAB_MEMORY_MB, LAB_READY_TIMEOUT_S, LAB_TCG_CACHE_MB, LAB_TCG_THREAD
@@ -38,7 +39,6 @@ __all__ = ['BMC_USER', 'LabMachine', 'LabPaths', 'console_command', 'ensure_up',
            'host_features', 'is_ready', 'lab_console', 'lab_down', 'lab_paths', 'lab_status',
            'lab_up', 'machine_power', 'machine_shell', 'read_lab', 'write_inventory']
 Log = Callable[[str], None]
-NAME_PREFIXES = {'x86_64': 'vlab-x86', 'aarch64': 'vlab-arm'}
 
 
 def lab_paths() -> LabPaths:
@@ -89,32 +89,34 @@ def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
            kernels: tuple[str, ...] | None = None, ssh_port: int | None = None,
            bmc_port: int | None = None, ready_timeout: float = LAB_READY_TIMEOUT_S,
            kernel_args: dict[str, tuple[str, ...]] | None = None, log: Log = print) -> list[LabMachine]:
-    """Bring the lab up (idempotent: an already running lab of this shape is reported).
-    ``kernels``: one flavour per machine (default: ``hosts`` machines, all backports).
+    """Bring the lab up (idempotent: an already running lab of this shape is reported). ``arch``:
+    one, or a mixed lab ``x86_64,aarch64`` (counts: ``x86_64=2,aarch64=1``); ``hosts`` and
+    ``kernels`` (one flavour per machine, default all backports) per arch: lab/plan.py.
     ``kernel_args``: machine name -> extra guest kernel arguments (e.g. ``lockdown=integrity``)."""
-    kernels = machine_kernels(hosts, kernels)
-    if arch not in NAME_PREFIXES:
-        raise ConfigError(f'unknown arch {arch!r} (use x86_64 or aarch64)', field='--arch')
-    kernel_args = check_kernel_args(kernel_args, [f'{NAME_PREFIXES[arch]}-{i + 1}' for i in range(len(kernels))])
+    plan = lab_plan(arch, hosts, kernels)
+    kernel_args = check_kernel_args(kernel_args, [name for name, _, _ in machine_slots(plan)])
+    return _up(plan, ssh_port, bmc_port, ready_timeout, kernel_args, log)
+
+
+def _up(plan: Plan, ssh_port: int | None, bmc_port: int | None, ready_timeout: float,
+        kernel_args: dict, log: Log) -> list[LabMachine]:
     lab = lab_paths()
     running = read_lab(lab)
     if running and all(_bmc_alive(m) for m in running):
-        return _reuse_running(running, kernels, arch, kernel_args, lab, ready_timeout, log)
+        return _reuse_running(running, plan, kernel_args, lab, ready_timeout, log)
     if running:
         log('lab partly down (a BMC died): restarting it')
         lab_down(log=lambda _: None)
-    check_request(len(kernels), arch, ssh_port, bmc_port, lab.root)
+    check_request(len(plan), tuple(dict.fromkeys(a for a, _ in plan)), ssh_port, bmc_port, lab.root)
     from orchestrator.vlab.image.build import build_image
-    images = {kernel: build_image(arch, kernel, log=log) for kernel in dict.fromkeys(kernels)}
+    # Every arch's images (cached) before any machine boots: a build is minutes, a boot seconds.
+    images = {(a, k): build_image(a, k, log=log) for a, k in dict.fromkeys(plan)}
     _ensure_lab_secrets(lab)
-    from orchestrator.vlab.qemu.accel import choose_accel
-    # KVM only if a real guest boots with it. The verdict is cached per arch for one guest
-    # kernel: ask with the default flavour's image when there is one, as every lab does.
-    verdict = choose_accel(images.get(DEFAULT_FLAVOUR) or images[kernels[0]])
+    verdicts = _accel_verdicts(images)
     try:
-        machines = [_start_machine(lab, index, kernel, arch, images[kernel], verdict,
+        machines = [_start_machine(lab, index, slot, images[slot[1:]], verdicts[slot[1]],
                                    ssh_port, bmc_port, kernel_args, log)
-                    for index, kernel in enumerate(kernels)]
+                    for index, slot in enumerate(machine_slots(plan))]
         write_known_hosts(machines, lab)
         write_lab_json(machines, lab)
         _power_on_and_wait(machines, lab, ready_timeout, log)
@@ -126,9 +128,17 @@ def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
     return machines
 
 
-def _reuse_running(running: list[LabMachine], kernels: tuple[str, ...], arch: str, kernel_args: dict,
-                   lab: LabPaths, ready_timeout: float, log: Log) -> list[LabMachine]:
-    if (tuple(m.kernel for m in running) != kernels or any(m.arch != arch for m in running)
+def _accel_verdicts(images: dict) -> dict:
+    """KVM only if a real guest boots with it. The verdict is cached per arch for one guest
+    kernel: ask with the default flavour's image when there is one, as every lab does."""
+    from orchestrator.vlab.qemu.accel import choose_accel
+    first = {arch: image for (arch, _), image in reversed(images.items())}    # each arch's first
+    return {arch: choose_accel(images.get((arch, DEFAULT_FLAVOUR)) or image) for arch, image in first.items()}
+
+
+def _reuse_running(running: list[LabMachine], plan: Plan, kernel_args: dict, lab: LabPaths,
+                   ready_timeout: float, log: Log) -> list[LabMachine]:
+    if (tuple((m.arch, m.kernel) for m in running) != plan
             or any(tuple(m.kernel_args) != kernel_args.get(m.name, ()) for m in running)):
         shape = ', '.join(f'{m.arch}/{m.kernel}' for m in running)
         raise ConfigError(f'the lab is up with {len(running)} machine(s) ({shape}); '
@@ -138,10 +148,10 @@ def _reuse_running(running: list[LabMachine], kernels: tuple[str, ...], arch: st
     return running
 
 
-def _start_machine(lab: LabPaths, index: int, kernel: str, arch: str, manifest, verdict,
+def _start_machine(lab: LabPaths, index: int, slot: tuple[str, str, str], manifest, verdict,
                    ssh_port: int | None, bmc_port: int | None, kernel_args: dict, log: Log) -> LabMachine:
     """Machine ``index``: its files and its BMC process (which owns its QEMU, still off)."""
-    name = f'{NAME_PREFIXES[arch]}-{index + 1}'
+    name, arch, kernel = slot
     port = ssh_port + index if ssh_port else free_tcp_port()
     args = kernel_args.get(name, ())
     machine_dir = _prepare_machine(lab, name, arch, port, manifest, verdict.accel, args)
@@ -177,11 +187,12 @@ def lab_down(log: Log = print) -> None:
 
 
 def ensure_up(log: Log = print) -> list[LabMachine]:
-    """The lab as it is, or one x86_64 machine brought up (``orchestrator run`` without -i)."""
+    """The lab as it is (mixed or not), or one x86_64 machine up (``orchestrator run`` without -i)."""
     running = read_lab()
     if not running:
         return lab_up(log=log)
-    return lab_up(len(running), running[0].arch, kernels=tuple(m.kernel for m in running), log=log)
+    return _up(tuple((m.arch, m.kernel) for m in running), None, None, LAB_READY_TIMEOUT_S,
+               {m.name: tuple(m.kernel_args) for m in running if m.kernel_args}, log)
 
 
 def lab_status() -> list[dict[str, str]]:
@@ -189,7 +200,8 @@ def lab_status() -> list[dict[str, str]]:
     rows = []
     for machine in read_lab(lab):
         power = _power_state(machine, lab)
-        rows.append({'machine': machine.name, 'kernel': machine.kernel_release or machine.kernel,
+        rows.append({'machine': machine.name, 'arch': machine.arch,
+                     'kernel': machine.kernel_release or machine.kernel,
                      'power': power, 'ssh port': str(machine.ssh_port),
                      'bmc port': str(machine.bmc_port),
                      'accel': f'{machine.accel.upper()} ({machine.accel_reason[:48]})',
