@@ -42,6 +42,7 @@ class LabMachine:
     accel_reason: str
     kernel: str = DEFAULT_FLAVOUR     # kernels.KERNEL_FLAVOURS; lab.json files from before it: backports
     kernel_release: str = ''          # `uname -r` of the image it boots
+    ras: bool = False                 # aarch64 RAS platform (QEMU 11, GHES): firmware-first errors
 
 
 def read_lab(lab: LabPaths) -> list[LabMachine]:
@@ -78,12 +79,14 @@ def write_lab_json(machines: list[LabMachine], lab: LabPaths) -> None:
     temporary.replace(lab.lab_json)
 
 
-def host_features(arch: str) -> list[str]:
+def host_features(arch: str, ras: bool = False) -> list[str]:
     features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol']
     if arch == 'x86_64':
         # no mce_inject: its in-guest hw mode writes MCA bank MSRs, which QEMU does not take
         # (the injector refuses hosts under a hypervisor); QEMU 7.2 arm virt has no NMI source
         features += ['nmi']
+    if ras:
+        features += ['ghes']      # the BMC's firmware reports CPER memory errors (vlab/qemu/ghes.py)
     return features
 
 
@@ -100,7 +103,7 @@ def _inventory_host(machine: LabMachine, lab: LabPaths) -> dict:
     ssh, bmc = ssh_config(machine, lab), bmc_config(machine, lab)
     return {
         'name': machine.name, 'arch': machine.arch, 'platform': f'qemu-{machine.arch}',
-        'features': host_features(machine.arch), 'destructive': True,
+        'features': host_features(machine.arch, machine.ras), 'destructive': True,
         'ssh': {'address': ssh.address, 'port': ssh.port, 'user': ssh.user,
                 'key_file': str(ssh.key_file), 'known_hosts': str(ssh.known_hosts)},
         'bmc': {'address': bmc.address, 'port': bmc.port, 'user': bmc.user,

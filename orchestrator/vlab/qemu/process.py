@@ -22,7 +22,11 @@ def is_our_qemu(pid: int, machine_dir: Path) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return _is_alive(pid) and cmdline[0].startswith(b"qemu-system") and str(machine_dir).encode() in b" ".join(cmdline)
+    # a RAS machine's QEMU runs through trixie's loader: "ld-linux-x86-64.so.2 ... .../qemu-system-aarch64"
+    started = cmdline[0].startswith(b"qemu-system") or (
+        b"/ld-linux" in cmdline[0] and any(Path(w.decode(errors="replace")).name.startswith("qemu-system")
+                                           for w in cmdline[1:4]))
+    return _is_alive(pid) and started and str(machine_dir).encode() in b" ".join(cmdline)
 
 
 def wait_gone(pid: int, timeout: float) -> None:
