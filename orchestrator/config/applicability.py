@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from orchestrator.config.model import Host
-from orchestrator.config.playbook import Case
+from orchestrator.config.playbook import INJECTOR_FEATURE, Case
 
 
 def skip_reason(host: Host, case: Case) -> str | None:
@@ -15,7 +15,8 @@ def skip_reason(host: Host, case: Case) -> str | None:
     if lim.platforms and host.platform not in lim.platforms:
         return f"case is limited to platforms {', '.join(lim.platforms)}; host is {host.platform}"
     # an injector's inventory feature carries the injector's name
-    missing = [f for f in (*lim.features, case.injector) if f not in host.features]
+    feature = INJECTOR_FEATURE.get(case.injector, case.injector)
+    missing = [f for f in (*lim.features, feature) if f not in host.features]
     if missing:
         return f"host lacks feature(s) {', '.join(missing)}"
     if case.kdump == "required" and case.expect.outcome != "survive" and "kdump" not in host.features:

@@ -18,6 +18,7 @@ from orchestrator.errors import ConfigError
 
 KNOWN_FEATURES = frozenset({
     "hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "kdump", "sol", "nmi",
+    "ghes",     # the platform's firmware reports memory errors through GHES (arm64 RAS)
 })
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HOST_FIELDS = {"name", "arch", "platform", "features", "destructive", "ssh", "bmc", "kdump", "state_dir"}

@@ -19,10 +19,15 @@ from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge
 from orchestrator.errors import ConfigError
 
 INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "mce_inject")
+#: firmware-first reports through GHES, one injector per CPER severity (kernel/injectors.py)
+INJECTORS += ("ghes", "ghes_fatal", "ghes_corrected")
+#: the inventory feature an injector needs when it is not the injector's own name: one
+#: platform capability serves several severities
+INJECTOR_FEATURE = {"ghes_fatal": "ghes", "ghes_corrected": "ghes"}
 PAGE_CLASSES = ("kernel-rodata", "kernel-text", "kernel-data", "reserved-low", "slab", "pgtable",
                 "free-buddy", "user-anon", "user-file")
 OUTCOMES = ("panic", "survive", "matrix")
-SIGNATURES = ("new", "legacy", "any")
+SIGNATURES = ("new", "legacy", "any", "ghes_fatal")   # ghes_fatal: "GHES: Fatal hardware error"
 KDUMP_MODES = ("required", "unload", "any")
 
 #: Seconds each cycle state may take before the case ends (TCG lab numbers x ~3 headroom).
@@ -50,6 +55,7 @@ class Expectation:
     action_result: str | None = None
     signature: str = "any"              # new | legacy | any (panic cases)
     dump: bool = True                   # a panic case needs a kdump dump unless false
+    memory_failure: bool = True         # false: the kernel must not run memory_failure() on the page
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ def _build_sysctls(f: Fields) -> tuple[tuple[str, str], ...]:
 
 def _build_expect(f: Fields, kdump: str) -> Expectation:
     sub = f.sub("expect")
-    sub.reject_unknown({"outcome", "action", "signature", "dump"})
+    sub.reject_unknown({"outcome", "action", "signature", "dump", "memory_failure"})
     outcome = sub.get("outcome", str, choices=OUTCOMES)
     label = result = None
     action = sub.sub("action", None)
@@ -184,7 +190,8 @@ def _build_expect(f: Fields, kdump: str) -> Expectation:
     dump = sub.get("dump", bool, outcome != "survive" and kdump != "unload")
     if dump and kdump == "unload":
         raise sub.error("dump", "kdump: unload leaves no crash kernel to write a dump; set dump: false")
-    return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature, dump=dump)
+    return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature, dump=dump,
+                       memory_failure=sub.get("memory_failure", bool, True))
 
 
 def _build_limits(f: Fields) -> Limits:

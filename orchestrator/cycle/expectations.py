@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from orchestrator.config.playbook import Case, Expectation
-from orchestrator.kernel import semantics
+from orchestrator.kernel import firmware_reports, semantics
 from orchestrator.protocols.shell import ShellProtocol
 
 
@@ -37,10 +37,10 @@ class ExpectationResolver:
         if case.expect.outcome != "matrix":
             return case.expect
         found = semantics.expectation(self.probe(shell), case.target, dict(case.sysctls))
-        return Expectation(
+        return firmware_reports.for_case(case, Expectation(
             outcome="panic" if found.panic else "survive",
             action_label=case.expect.action_label or found.action_label,
             action_result=case.expect.action_result or found.action_result,
             signature=found.signature or "any",
             dump=case.expect.dump if found.panic else False,
-        )
+        ))

@@ -89,7 +89,7 @@ class CaseCycle:
         self.h = HostHandles(host=handles.host, shell=meter.wrap(handles.shell),
                              poll_shell=meter.wrap(handles.poll_shell), power=meter.wrap(handles.power),
                              console=meter.wrap(handles.console), kdump=handles.kdump, pause=meter.sleep,
-                             per_boot=handles.per_boot)
+                             per_boot=handles.per_boot, firmware=meter.wrap(handles.firmware))
         self.case, self.run_id = case, run_id
         self.resolve_expect = expect_resolver or (lambda case, shell: case.expect)
         report = on_state or (lambda host, state: None)

@@ -160,7 +160,22 @@ class MceInject(Injector):
                 f"echo {self.bank} > {d}/bank")
 
 
-_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, MceInject)}
+class Ghes(FirmwareInjector):
+    """Firmware-first (arm64 RAS servers): the platform reports a CPER memory error for the page
+    through GHES; the kernel's ghes_proc() queues memory_failure() for a recoverable error,
+    panics at once on a fatal one ("GHES: Fatal hardware error") and only logs a corrected one."""
+    name, feature, path, severity = "ghes", "ghes", "ghes", "recoverable"
+
+
+class GhesFatal(Ghes):
+    name, severity = "ghes_fatal", "fatal"
+
+
+class GhesCorrected(Ghes):
+    name, severity = "ghes_corrected", "corrected"
+
+
+_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, MceInject, Ghes, GhesFatal, GhesCorrected)}
 INJECTORS: tuple[str, ...] = tuple(_ALL)
 
 
