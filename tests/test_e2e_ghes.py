@@ -4,10 +4,14 @@ page; the kernel's GHES handler takes it from there. One lab machine for the who
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from orchestrator.config.inventory import load_inventory
 from test_e2e_orchestrator import by_case, run_playbook
+from vlabs import on_host
 
 pytestmark = [pytest.mark.vlab, pytest.mark.aarch64]
 
@@ -41,3 +45,24 @@ def test_ghes_reports_are_judged_by_severity_and_sysctl(vlab_arm, tmp_path):
     assert any(e.source == "dump-dmesg" and "Kernel panic - not syncing: GHES: Fatal hardware error" in e.text
                for e in fatal.evidence)
     assert not any("unrecoverable page" in e.text for e in fatal.evidence)
+
+
+def test_power_button_is_the_acpi_one(vlab_arm):
+    """Last: it powers the machine off. Booted by EDK2 the guest has ACPI, so the button is the
+    ACPI power button (evdev) as on x86, not the PL061 GPIO line of a firmware-less boot."""
+    from orchestrator.transports.ipmi import IpmiPower
+    from orchestrator.vlab.lab import lifecycle as lab
+
+    host = load_inventory(vlab_arm).hosts[0]
+    assert "power-button.sh evdev /dev/input/event" in on_host(vlab_arm, host.name, "ps")
+    machine, = lab.read_lab()
+    power = IpmiPower(host.bmc)
+    try:
+        assert power.raw("soft off", 0x00, 0x02, bytes([5]))[0] == 0      # chassis control: soft off
+        deadline = time.monotonic() + 30
+        while power.status() != "off" and time.monotonic() < deadline:
+            time.sleep(0.5)                 # polling the BMC against a deadline
+        assert power.status() == "off"
+    finally:
+        power.close()
+    assert "VLAB: power button -> poweroff" in (Path(machine.machine_dir) / "console.log").read_text(errors="replace")
