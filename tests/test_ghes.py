@@ -182,3 +182,24 @@ def test_corrected_report_must_not_reach_memory_failure():
     assert judge_survive(quiet, want) == []
     ran = judge_survive(Observation(pfn=0x409a0, live_dmesg=NEW[0]), want)
     assert ran == [f"memory_failure() ran on pfn 0x409a0, expected it not to: {NEW[0]}"]
+
+
+def test_the_cycle_keeps_the_hosts_firmware():
+    """The case cycle wraps the host's transports; the firmware handle must survive that (it was
+    dropped once: every GHES case then ended "the host has no BMC ...")."""
+    from orchestrator.cycle.handles import HostHandles
+    from orchestrator.cycle.machine import CaseCycle
+
+    class Firmware:
+        reports = []
+
+        def report_memory_error(self, phys_addr, *, path, severity):
+            self.reports.append((phys_addr, path, severity))
+
+    ssh = SshConfig(address="h", port=22, user="root", key_file=Path("k"), known_hosts=Path("kh"))
+    host = Host(name="a", arch="aarch64", platform="p", ssh=ssh, bmc=None)
+    handles = HostHandles(host=host, shell=None, poll_shell=None, power=None, console=None, kdump=None,
+                          firmware=Firmware())
+    cycle = CaseCycle(handles, _case("ghes"))
+    cycle.h.firmware.report_memory_error(ADDR, path="ghes", severity="recoverable")
+    assert Firmware.reports == [(ADDR, "ghes", "recoverable")]
