@@ -203,3 +203,19 @@ def test_the_cycle_keeps_the_hosts_firmware():
     cycle = CaseCycle(handles, _case("ghes"))
     cycle.h.firmware.report_memory_error(ADDR, path="ghes", severity="recoverable")
     assert Firmware.reports == [(ADDR, "ghes", "recoverable")]
+
+
+def test_lab_falls_back_to_the_system_qemu_and_says_so(monkeypatch):
+    from orchestrator.vlab.image import ras_qemu
+    from orchestrator.vlab.lab.checks import ras_platform
+
+    said = []
+    assert ras_platform("x86_64", "vlab-x86-1", said.append) is None and said == []
+    monkeypatch.setattr(ras_qemu, "fetch_ras_qemu", lambda **_: (_ for _ in ()).throw(
+        ConfigError("apt-get update failed: Could not resolve 'deb.debian.org'")))
+    assert ras_platform("aarch64", "vlab-arm-1", said.append) is None
+    assert said == ["vlab-arm-1: no firmware-first injection on this lab machine (QEMU 11 not available: "
+                    "apt-get update failed: Could not resolve 'deb.debian.org'); it runs the system QEMU"]
+    monkeypatch.setenv("ORCH_VLAB_RAS", "0")
+    assert ras_platform("aarch64", "vlab-arm-1", said.append) is None
+    assert "no firmware-first injection" in said[-1]
