@@ -219,3 +219,14 @@ def test_lab_falls_back_to_the_system_qemu_and_says_so(monkeypatch):
     monkeypatch.setenv("ORCH_VLAB_RAS", "0")
     assert ras_platform("aarch64", "vlab-arm-1", said.append) is None
     assert "no firmware-first injection" in said[-1]
+
+
+def test_every_ghes_severity_has_a_measured_row():
+    from orchestrator.kernel.firmware_reports import report_row
+    from orchestrator.protocols.firmware import SEVERITIES
+
+    for severity in SEVERITIES["ghes"]:
+        row = report_row("ghes", severity)
+        assert set(row) == {"memory_failure", "panic"} and row["panic"] in (None, "ghes_fatal")
+    with pytest.raises(ConfigError, match="nothing about srao ghes"):
+        report_row("ghes", "srao")
