@@ -27,8 +27,8 @@ def run_against_fake_tree(command: str, tmp_path) -> dict[str, str]:
 
 
 def test_names_and_unknown_injector():
-    assert INJECTORS[:4] == ("hwpoison_inject", "hard_offline_page", "einj", "mce_inject")
-    assert {"ghes", "ghes_fatal", "ghes_corrected"} <= set(INJECTORS)
+    assert INJECTORS[:5] == ("hwpoison_inject", "hard_offline_page", "einj", "einj_fatal", "mce_inject")
+    assert INJECTORS[5:] == ("ghes", "ghes_fatal", "ghes_corrected")
     assert all(injector(n).name == n for n in INJECTORS)
     with pytest.raises(ConfigError, match="unknown injector"):
         injector("madvise")
@@ -37,6 +37,7 @@ def test_names_and_unknown_injector():
 def test_playbooks_accept_exactly_the_implemented_injectors():
     # config/ may not import kernel/, so the playbook schema keeps its own list of names.
     assert INJECTORS == playbook.INJECTORS
+    assert {n: playbook.INJECTOR_FEATURES.get(n, n) for n in INJECTORS} == {n: injector(n).feature for n in INJECTORS}
 
 
 def test_hwpoison_writes_the_pfn(tmp_path):
@@ -49,21 +50,6 @@ def test_hard_offline_writes_the_physical_address(tmp_path):
     cmd = injector("hard_offline_page").command(RODATA)
     assert run_against_fake_tree(cmd, tmp_path) == {
         "devices/system/memory/hard_offline_page": "0x38810000\n"}
-
-
-def test_einj_sets_type_address_mask_flags_then_injects(tmp_path):
-    cmd = injector("einj").command(RODATA)
-    assert cmd.rstrip().endswith("echo 1 > /sys/kernel/debug/apei/einj/error_inject")
-    wrote = run_against_fake_tree(cmd, tmp_path)
-    prefix = "kernel/debug/apei/einj/"
-    assert {k[len(prefix):]: v.strip() for k, v in wrote.items()} == {
-        "error_type": "0x10", "param1": "0x38810000", "param2": "0xfffffffffffff000",
-        "flags": "0x2", "error_inject": "1"}
-
-
-def test_einj_mask_follows_the_page_size():
-    target = Target("slab", 0x4281, 0x4281 << 16, 0x80, 0, "64K kernel", None, page_size=65536)
-    assert "echo 0xffffffffffff0000 > /sys/kernel/debug/apei/einj/param2" in injector("einj").command(target)
 
 
 def test_mce_inject_record_and_bank_last(tmp_path):
@@ -87,7 +73,7 @@ def test_hwpoison_prepare_disables_the_filter():
     ("lockdown=\nmodule\n", None),                                   # loadable: prepare() loads it
     ("lockdown=\n", "hwpoison_inject: /sys/kernel/debug/hwpoison/corrupt-pfn missing and no "
                     "hwpoison_inject module"),
-    ("present\nlockdown=none [integrity] confidentiality\n", "lockdown"),
+    ("present\nlockdown=none [integrity] confidentiality\n", "Secure Boot lockdown"),
 ])
 def test_hwpoison_availability(probe, expected):
     reason = injector("hwpoison_inject").unavailable_reason(FakeShell([(r"", probe)]), arch="x86_64")
@@ -97,17 +83,6 @@ def test_hwpoison_availability(probe, expected):
 def test_hard_offline_needs_its_sysfs_file():
     shell = FakeShell([(r"", "lockdown=\n")])
     assert "hard_offline_page missing" in injector("hard_offline_page").unavailable_reason(shell, arch="aarch64")
-
-
-def test_einj_without_table_says_so():
-    shell = FakeShell([(r"^\[ -e /sys/firmware/acpi/tables/EINJ \]$", "", 1)])
-    reason = injector("einj").unavailable_reason(shell, arch="x86_64")
-    assert "no ACPI EINJ table" in reason and "QEMU" in reason
-
-
-def test_einj_with_table_and_module_is_usable():
-    shell = FakeShell([(r"tables/EINJ \]$", ""), (r"", "lockdown=\nmodule\n")])
-    assert injector("einj").unavailable_reason(shell, arch="aarch64") is None
 
 
 @pytest.mark.parametrize("arch,cpuinfo,fragment", [

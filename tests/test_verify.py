@@ -90,3 +90,24 @@ def test_legacy_signature_is_not_accepted_where_the_new_one_is_expected():
     text = V4_RODATA.replace("Memory failure: 0x38830: unrecoverable page", "Memory failure on page 38830")
     reasons = judge("v10-like", "kernel-rodata", {KNOB: 1}, text, 0x38830)
     assert any("not the expected new memory-failure signature" in r for r in reasons)
+
+
+# EINJ 0x20 in the lab (einj-lab-firmware.md): the platform raises a machine check with PCC set
+FATAL_MCE = """\
+[   41.112233] mce: [Hardware Error]: CPU 0: Machine Check Exception: 5 Bank 9: be000000000000c0
+[   41.112300] mce: [Hardware Error]: TSC 41981f0e1 ADDR 1fe30000 MISC 86
+[   41.112400] mce: [Hardware Error]: Machine check: Processor context corrupt
+[   41.112500] Kernel panic - not syncing: Fatal machine check
+"""
+
+
+def test_a_fatal_machine_check_passes_a_machine_check_case_and_no_memory_failure_one():
+    obs = Observation(pfn=0x1FE30, console=tuple(FATAL_MCE.splitlines()), dump_dmesg=FATAL_MCE,
+                      vmcoreinfo={"CRASHTIME": "1795628001"}, inject_epoch=1795628000, rebooted=True)
+    assert judge_panic(obs, Expectation(outcome="panic", signature="machine-check")) == []
+    reasons = judge_panic(obs, Expectation(outcome="panic", signature="any"))
+    assert any("not the expected any memory-failure signature" in r for r in reasons), reasons
+    rodata = Observation(pfn=0x38830, console=tuple(V4_RODATA.splitlines()), dump_dmesg=V4_RODATA,
+                         vmcoreinfo={"CRASHTIME": "1795628001"}, inject_epoch=1795628000, rebooted=True)
+    assert any("machine-check signature" in r for r in
+               judge_panic(rodata, Expectation(outcome="panic", signature="machine-check")))

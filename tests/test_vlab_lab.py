@@ -65,6 +65,13 @@ def test_unknown_or_mismatched_kernels_are_bad_input(empty_lab):
     assert lab_checks.machine_kernels(2, None) == ('backports', 'backports')
 
 
+def test_kernel_args_for_an_unknown_machine_or_with_blanks_are_bad_input(empty_lab):
+    with pytest.raises(ConfigError, match='no machine of this lab'):
+        lab.lab_up(hosts=1, kernel_args={'vlab-x86-2': ('lockdown=integrity',)}, log=lambda _: None)
+    with pytest.raises(ConfigError, match='single words'):
+        lab.lab_up(hosts=1, kernel_args={'vlab-x86-1': ('lockdown=integrity panic=1',)}, log=lambda _: None)
+
+
 def test_lab_json_without_kernel_fields_reads_as_backports(empty_lab):
     lab.lab_paths().root.mkdir(parents=True)
     old = {'name': 'vlab-x86-1', 'arch': 'x86_64', 'machine_dir': '/nowhere', 'ssh_port': 1,
@@ -136,7 +143,7 @@ def test_lab_up_writes_inventory_and_is_idempotent(running_lab):
     host, = load_inventory(os.environ['ORCH_VIRTUAL_INVENTORY']).hosts
     assert (host.name, host.arch, host.platform, host.destructive) == \
         ('vlab-x86-1', 'x86_64', 'qemu-x86_64', True)
-    assert host.features == {'hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'nmi'}
+    assert host.features == {'hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'nmi', 'einj'}
     assert (host.ssh.port, host.bmc.port) == (running_lab.ssh_port, running_lab.bmc_port)
     assert host.bmc.password.resolve() == lab._password(lab.lab_paths()).decode()
     assert stat.S_IMODE(os.stat(lab.lab_paths().bmc_password).st_mode) == 0o600

@@ -18,16 +18,20 @@ from orchestrator.config.model import ARCHES
 from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge, describe, load_located
 from orchestrator.errors import ConfigError
 
-INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "mce_inject")
+INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "einj_fatal", "mce_inject")
 #: firmware-first reports through GHES, one injector per CPER severity (kernel/injectors.py)
 INJECTORS += ("ghes", "ghes_fatal", "ghes_corrected")
-#: the inventory feature an injector needs when it is not the injector's own name: one
-#: platform capability serves several severities
-INJECTOR_FEATURE = {"ghes_fatal": "ghes", "ghes_corrected": "ghes"}
+#: the inventory feature that declares an injector usable, where it is not the injector's name
+#: (kernel/injectors.py ``feature``): both EINJ types need only a platform that offers EINJ,
+#: every GHES severity only a platform whose firmware reports through GHES
+INJECTOR_FEATURES = {"einj_fatal": "einj", "ghes_fatal": "ghes", "ghes_corrected": "ghes"}
 PAGE_CLASSES = ("kernel-rodata", "kernel-text", "kernel-data", "reserved-low", "slab", "pgtable",
                 "free-buddy", "user-anon", "user-file")
 OUTCOMES = ("panic", "survive", "matrix")
-SIGNATURES = ("new", "legacy", "any", "ghes_fatal")   # ghes_fatal: "GHES: Fatal hardware error"
+#: the panic a case expects: the new or legacy memory-failure panic, either, or a fatal machine
+#: check (a fatal error the platform raised, e.g. EINJ 0x20: no memory_failure(), no pfn), or
+#: GHES's own panic on a fatal firmware-first report ("GHES: Fatal hardware error", no pfn)
+SIGNATURES = ("new", "legacy", "any", "machine-check", "ghes_fatal")
 KDUMP_MODES = ("required", "unload", "any")
 
 #: Seconds each cycle state may take before the case ends (TCG lab numbers x ~3 headroom).
@@ -53,7 +57,7 @@ class Expectation:
     outcome: str                        # panic | survive | matrix
     action_label: str | None = None     # "recovery action for <label>: <result>"
     action_result: str | None = None
-    signature: str = "any"              # new | legacy | any (panic cases)
+    signature: str = "any"              # new | legacy | any | machine-check (panic cases)
     dump: bool = True                   # a panic case needs a kdump dump unless false
     memory_failure: bool = True         # false: the kernel must not run memory_failure() on the page
 

@@ -29,6 +29,7 @@ from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import LOST, PANICKED, RETURNED, CaseRun, Trail, Verdict
 from orchestrator.cycle.waitmeter import WaitMeter
 from orchestrator.errors import KERNEL, ORCHESTRATOR, InfraError, OrchestratorError
+from orchestrator.kernel.injectors import injector as make_injector
 from orchestrator.results.model import ERROR, FAIL, SKIP
 
 
@@ -190,7 +191,8 @@ class CaseCycle:
         return S.COLLECTED, collected.dump.dump_id if collected.dump else "no new dump"
 
     def _read_live(self, d: dict) -> tuple[State, str]:
-        back, collected = observe.read_survivor(self.h, self.trail.injected, d["collect"], self.record)
+        back, collected = observe.read_survivor(self.h, self.trail.injected, d["collect"], self.record,
+                                                refusal=make_injector(self.case.injector).refusal)
         self._keep(back=back, collected=collected)
         return S.COLLECTED, "live dmesg" if collected.live_dmesg is not None else "host stopped answering"
 

@@ -9,14 +9,16 @@ status is on the host (it returned) or the host stops answering (it died).
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from orchestrator.config.playbook import Expectation
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import read_boot_facts, retry_transient
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import LOST, PANICKED, RETURNED, Back, Collected, Injected, Observed, PanicSeen
-from orchestrator.errors import InfraError, RetryableInfraError
+from orchestrator.errors import LAB, FatalInfraError, InfraError, RetryableInfraError
 from orchestrator.kernel import signatures as sig
+from orchestrator.protocols.shell import CommandResult
 from orchestrator.tunables import INJECTION_POLL_S, LOST_AFTER_FAILURES, SETTLE_S
 
 
@@ -91,10 +93,12 @@ def _console_watching(watch: _PanicWatch) -> bool:
     return watch.console_ok() and not watch.gap
 
 
-def read_survivor(h: HostHandles, injected: Injected, deadline_s: float,
-                  record: CaseRecord) -> tuple[Back, Collected]:
+def read_survivor(h: HostHandles, injected: Injected, deadline_s: float, record: CaseRecord,
+                  refusal: Callable[[CommandResult], str | None] = lambda done: None) -> tuple[Back, Collected]:
     """A host whose injection returned: its boot now, its dmesg and the injection's own exit
-    status. A host that stops answering here is evidence, not an error: the judge decides."""
+    status. A host that stops answering here is evidence, not an error: the judge decides.
+    An injection the kernel or firmware refused (``refusal`` names why: the injector's) is an
+    error, not a survival: nothing was injected."""
     after = live = done = None
     try:
         after = retry_transient(read_boot_facts, h.shell)
@@ -105,4 +109,7 @@ def read_survivor(h: HostHandles, injected: Injected, deadline_s: float,
     if done is not None:
         said = " ".join((done.stdout + done.stderr).split())
         record.add_evidence("inject", f"exit status {done.exit_code}" + (f", output: {said}" if said else ""))
+        refused = refusal(done)
+        if refused:
+            raise FatalInfraError(str(refused), blame=getattr(refused, "blame", LAB))
     return Back(after=after, how="kept running"), Collected(live_dmesg=live)

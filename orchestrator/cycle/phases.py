@@ -16,7 +16,7 @@ from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, retry_until, wait_for_boot
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import Armed, Injected, Preflight, Targeted
-from orchestrator.errors import FatalInfraError, OrchestratorError, RetryableInfraError, UnsupportedOperation
+from orchestrator.errors import LAB, FatalInfraError, OrchestratorError, RetryableInfraError, UnsupportedOperation
 from orchestrator.kernel.facts import probe_facts
 from orchestrator.kernel.injectors import FirmwareInjector, injector as make_injector
 from orchestrator.kernel.pages import explicit_target, select_target
@@ -78,7 +78,9 @@ def _preflight_once(h: HostHandles, case: Case, resolve_expect: Callable, deadli
     why = h.per_boot.get(facts.boot_id, ("injector", case.injector),
                          lambda: make_injector(case.injector).unavailable_reason(h.shell, arch=host.arch))
     if why and not skip:
-        raise FatalInfraError(f"injector {case.injector} unusable on {host.name}: {why}")
+        # the injector may know whom to blame (kernel/einj.py: a firmware without EINJ)
+        raise FatalInfraError(f"injector {case.injector} unusable on {host.name}: {why}",
+                              blame=getattr(why, "blame", LAB))
     if skip:
         return Preflight(before=facts, page_size=kernel.page_size, expect=None, dumps_before=(), skip_reason=skip)
     return Preflight(before=facts, page_size=kernel.page_size, expect=resolve_expect(case, h.shell),

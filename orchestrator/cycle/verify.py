@@ -23,6 +23,7 @@ from orchestrator.tunables import CLOCK_SLACK_S
 #: expected signature -> the panic message it starts with; these panics name no pfn (the
 #: firmware's fatal report panics before memory_failure() runs)
 NO_PFN_PANICS = {"ghes_fatal": "GHES: Fatal hardware error"}
+NO_PFN_SIGNATURES = ("machine-check", *NO_PFN_PANICS)
 
 
 class Finding(str):
@@ -63,6 +64,8 @@ def _for_pfn(events, pfn: int) -> list[sig.KernelEvent]:
 
 
 def _panic_kind_ok(event: sig.KernelEvent, want: str) -> bool:
+    if want == "machine-check":
+        return event.kind == "panic_other" and "machine check" in (event.message or "").lower()
     if want == "new":
         return event.kind == "panic_mf"
     if want == "legacy":
@@ -107,9 +110,9 @@ def judge_panic(obs: Observation, exp: Expectation) -> list[Finding]:
         seen_any_panic = True
         panic_texts[name] = panic
         if not _panic_kind_ok(panic, exp.signature):
-            reasons.append(Finding(f"{name}: panic is not the expected {exp.signature} memory-failure signature: "
-                                   f"{panic.text}"))
-        elif exp.signature not in NO_PFN_PANICS and panic.pfn != obs.pfn:
+            what = exp.signature if exp.signature in NO_PFN_SIGNATURES else f"{exp.signature} memory-failure"
+            reasons.append(Finding(f"{name}: panic is not the expected {what} signature: {panic.text}"))
+        elif exp.signature not in NO_PFN_SIGNATURES and panic.pfn != obs.pfn:
             got = "none" if panic.pfn is None else f"{panic.pfn:#x}"
             reasons.append(Finding(f"{name}: panic names pfn {got}, injected {obs.pfn:#x}: {panic.text}"))
         reasons += _action_reasons(events, obs.pfn, exp, name)

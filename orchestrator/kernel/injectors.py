@@ -12,10 +12,11 @@ from __future__ import annotations
 import abc
 
 from orchestrator.errors import ConfigError
+from orchestrator.kernel import einj
 from orchestrator.kernel.pages import Target
-from orchestrator.protocols.shell import ShellProtocol
+from orchestrator.protocols.shell import CommandResult, ShellProtocol
 
-DEBUGFS = "/sys/kernel/debug"
+DEBUGFS = einj.DEBUGFS
 _MOUNT_DEBUGFS = (f"grep -q ' {DEBUGFS} debugfs ' /proc/mounts || "
                   f"mount -t debugfs debugfs {DEBUGFS}")
 
@@ -33,8 +34,7 @@ class Injector(abc.ABC):
 
     def unavailable_reason(self, shell: ShellProtocol, *, arch: str) -> str | None:
         """None if usable; otherwise why not, in words an operator can act on."""
-        probe = (f"[ -e {self.needs} ] && echo present; "
-                 f"lockdown=$(cat /sys/kernel/security/lockdown 2>/dev/null); echo \"lockdown=$lockdown\"")
+        probe = f"[ -e {self.needs} ] && echo present; {einj.lockdown_probe()}"
         if self.module:
             probe += (f"; (grep -q '^{self.module} ' /proc/modules || modinfo {self.module} || "
                       f"find /lib/modules/$(uname -r) -name '{self.module.replace('_', '[-_]')}.ko*' "
@@ -43,9 +43,9 @@ class Injector(abc.ABC):
         return self._verdict(out, arch)
 
     def _verdict(self, probe_output: str, arch: str) -> str | None:
-        if self.needs.startswith(DEBUGFS) and ("[integrity]" in probe_output
-                                               or "[confidentiality]" in probe_output):
-            return f"{self.name}: kernel lockdown is active; it blocks debugfs injection files"
+        locked = einj.lockdown_reason(self.name, probe_output) if self.needs.startswith(DEBUGFS) else None
+        if locked:
+            return locked
         if "present" in probe_output.split() or (self.module and "module" in probe_output.split()):
             return None
         return f"{self.name}: {self.needs} missing" + (
@@ -63,6 +63,14 @@ class Injector(abc.ABC):
 
     @abc.abstractmethod
     def command(self, target: Target) -> str: ...
+
+    def refusal(self, result: CommandResult) -> str | None:
+        """Why the kernel or firmware refused an injection that returned (an ``einj.Unusable``
+        naming the remedy and whom to blame), or None: a non-zero exit may be the kernel's
+        answer itself (hwpoison's EBUSY for an Ignored page)."""
+        if self.needs.startswith(DEBUGFS) and "Operation not permitted" in result.stderr:
+            return einj.Unusable(f"{self.name}: the kernel refused the debugfs write (EPERM): {einj.SECURE_BOOT}")
+        return None
 
 
 class FirmwareInjector(Injector):
@@ -105,26 +113,29 @@ class HardOfflinePage(Injector):
 
 
 class Einj(Injector):
-    """ACPI APEI EINJ: memory uncorrectable non-fatal (0x10) at param1 with a page mask, reported
-    back by firmware through GHES. Needs firmware with an EINJ table (QEMU x86 has none)."""
+    """ACPI APEI EINJ (kernel/einj.py): memory uncorrectable non-fatal (0x10) at param1, 4K mask,
+    notrigger; the platform raises it (a machine check, or a GHES record) when it is ready."""
     name = feature = module = "einj"
+    error_type = 0x10
     reports_late = True
-    needs = f"{DEBUGFS}/apei/einj/error_inject"
-    table = "/sys/firmware/acpi/tables/EINJ"
+    delivery = "machine-check"        # in the lab; firmware-first platforms report through GHES
+    needs = f"{einj.EINJ_DIR}/error_inject"
 
     def unavailable_reason(self, shell, *, arch):
-        if not shell.run(f"[ -e {self.table} ]", timeout=30, check=False).ok:
-            return (f"einj: no ACPI EINJ table ({self.table} missing): the firmware does not offer "
-                    "error injection (QEMU's x86 machines have none; on servers it is often a "
-                    "BIOS setting)")
-        return super().unavailable_reason(shell, arch=arch)
+        return einj.unusable(self.name, self.error_type, shell.run(einj.probe_command(), timeout=60,
+                                                                    check=False).stdout)
 
     def command(self, target):
-        mask = (1 << 64) - target.page_size          # the kernel wants at least a page mask
-        d = f"{DEBUGFS}/apei/einj"
-        return (f"echo 0x10 > {d}/error_type && echo {target.phys_addr:#x} > {d}/param1 && "
-                f"echo {mask:#x} > {d}/param2 && echo 0x2 > {d}/flags && "
-                f"echo 1 > {d}/error_inject")
+        return einj.inject_command(self.error_type, target.phys_addr)
+
+    def refusal(self, result):
+        return einj.refusal(self.name, result.exit_code, result.stderr)
+
+
+class EinjFatal(Einj):
+    """EINJ memory uncorrectable fatal (0x20): the platform stops the machine (a machine check
+    with processor context corrupt, or a fatal GHES record), whatever the sysctls say."""
+    name, error_type = "einj_fatal", 0x20
 
 
 class MceInject(Injector):
@@ -175,7 +186,8 @@ class GhesCorrected(Ghes):
     name, severity = "ghes_corrected", "corrected"
 
 
-_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, MceInject, Ghes, GhesFatal, GhesCorrected)}
+_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, EinjFatal, MceInject,
+                                   Ghes, GhesFatal, GhesCorrected)}
 INJECTORS: tuple[str, ...] = tuple(_ALL)
 
 

@@ -13,8 +13,12 @@ from orchestrator.vlab.lab.checks import parse_kernel_list, ras_platform
 
 def _cmd_up(args: argparse.Namespace) -> int:
     kernels = parse_kernel_list(args.kernels) if args.kernels else None
+    kernel_args: dict[str, tuple[str, ...]] = {}
+    for given in args.kernel_arg or ():
+        name, _, arg = given.partition('=')
+        kernel_args[name] = (*kernel_args.get(name, ()), arg)
     lab.lab_up(args.hosts, args.arch, kernels=kernels, ssh_port=args.ssh_port,
-               bmc_port=args.bmc_port)
+               bmc_port=args.bmc_port, kernel_args=kernel_args)
     return _cmd_status(args)
 
 
@@ -50,6 +54,8 @@ def add_lab_commands(subparsers) -> None:
     up.add_argument('--kernels', metavar='K1,K2,...',
                     help=f'guest kernel per machine, {flavours} (default: all {DEFAULT_FLAVOUR}); '
                          'e.g. backports,bookworm = a 7.3 and a 6.1 machine')
+    up.add_argument('--kernel-arg', action='append', metavar='MACHINE=ARG',
+                    help='extra guest kernel argument for one machine, e.g. vlab-x86-2=lockdown=integrity')
     up.add_argument('--ssh-port', type=int, help='first SSH port (default: free ports)')
     up.add_argument('--bmc-port', type=int, help='first BMC UDP port (default: free ports)')
     up.set_defaults(func=_cmd_up)

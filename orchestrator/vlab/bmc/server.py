@@ -29,6 +29,7 @@ import pyghmi.ipmi.bmc as pyghmi_bmc
 import pyghmi.ipmi.private.session as ipmisession
 
 from orchestrator.errors import UnsupportedOperation
+from orchestrator.vlab.bmc import einj_doorbell
 from orchestrator.vlab.bmc import firmware_requests, pyghmi_server_fixes, raw_commands  # noqa: F401 (registers)
 from orchestrator.vlab.bmc.machine_config import BmcConfig, Machine
 from orchestrator.vlab.bmc.sol_bridge import SerialConsoleReader, udp_waker
@@ -61,8 +62,10 @@ class QemuBmc(pyghmi_bmc.Bmc):
         self.console = SerialConsoleReader(config.serial_socket, config.console_log,
                                            udp_waker(self.port), trace=self._trace)
         self._last_control: tuple[tuple, float, int] | None = None
+        # the platform firmware behind the guest's EINJ table, if it has one
+        self.einj = einj_doorbell.for_machine(machine)
         # a guest reboot replaces the QEMU process and its serial socket (cold_reboot.py)
-        machine.on_cold_reboot = self.console.reconnect_soon
+        machine.on_cold_reboot = self._reconnect_soon
 
     # --- power --------------------------------------------------------------------------
     def powered_on(self) -> bool:
@@ -88,7 +91,7 @@ class QemuBmc(pyghmi_bmc.Bmc):
         if self.machine.is_running():   # a guest that powered itself down (-no-shutdown)
             self.machine.stop()
         self.machine.start()
-        self.console.reconnect_soon()
+        self._reconnect_soon()
         return CC_OK
 
     def power_off(self) -> int:
@@ -99,8 +102,14 @@ class QemuBmc(pyghmi_bmc.Bmc):
     def power_cycle(self) -> int:
         self.power_off()
         self.machine.start()
-        self.console.reconnect_soon()
+        self._reconnect_soon()
         return CC_OK
+
+    def _reconnect_soon(self) -> None:
+        """A new QEMU process: its console and EINJ doorbell sockets are new too."""
+        self.console.reconnect_soon()
+        if self.einj is not None:
+            self.einj.reconnect_soon()
 
     def power_reset(self) -> int:
         if not self.powered_on():
@@ -193,6 +202,8 @@ class QemuBmc(pyghmi_bmc.Bmc):
     def serve(self, stop: threading.Event) -> None:
         """Run the BMC until ``stop`` is set. Every pyghmi call happens in this thread."""
         self.console.start()
+        if self.einj is not None:
+            self.einj.start()
         log.info('BMC listening on %s:%d for %s', self.config.address, self.port,
                  self.config.machine_dir.name)
         while not stop.is_set():
@@ -212,6 +223,8 @@ class QemuBmc(pyghmi_bmc.Bmc):
     def shutdown(self) -> None:
         """Stop the console reader and the machine: nothing of this BMC stays running."""
         self.console.stop()
+        if self.einj is not None:
+            self.einj.stop()
         try:
             if self.machine.is_running():
                 self.machine.stop()

@@ -42,6 +42,18 @@ def parse_kernel_list(text: str) -> tuple[str, ...]:
     return machine_kernels(None, kernels)
 
 
+def check_kernel_args(kernel_args: dict | None, names: list[str]) -> dict[str, tuple[str, ...]]:
+    """``lab_up``'s kernel_args, checked: known machine names, arguments without blanks."""
+    checked = {name: tuple(args) for name, args in (kernel_args or {}).items()}
+    for name, args in checked.items():
+        if name not in names:
+            raise ConfigError(f'kernel arguments for {name!r}, which is no machine of this lab '
+                              f'({", ".join(names)})', field='--kernel-arg')
+        if any(not arg or any(c.isspace() for c in arg) for arg in args):
+            raise ConfigError(f'kernel arguments for {name} must be single words: {args!r}', field='--kernel-arg')
+    return checked
+
+
 def check_request(hosts: int, arch: str, ssh_port: int | None, bmc_port: int | None,
                   lab_root: Path) -> None:
     if arch not in QEMU_BINARIES:

@@ -42,6 +42,7 @@ class LabMachine:
     accel_reason: str
     kernel: str = DEFAULT_FLAVOUR     # kernels.KERNEL_FLAVOURS; lab.json files from before it: backports
     kernel_release: str = ''          # `uname -r` of the image it boots
+    kernel_args: tuple[str, ...] = ()  # extra guest kernel arguments (lab_up's kernel_args)
     ras: bool = False                 # aarch64 RAS platform (QEMU 11, GHES): firmware-first errors
 
 
@@ -50,7 +51,8 @@ def read_lab(lab: LabPaths) -> list[LabMachine]:
         data = json.loads(lab.lab_json.read_text())
     except (OSError, ValueError):
         return []
-    return [LabMachine(**machine) for machine in data['machines']]
+    return [LabMachine(**{**machine, 'kernel_args': tuple(machine.get('kernel_args', ()))})
+            for machine in data['machines']]
 
 
 def ssh_config(machine: LabMachine, lab: LabPaths) -> SshConfig:
@@ -81,6 +83,8 @@ def write_lab_json(machines: list[LabMachine], lab: LabPaths) -> None:
 
 def host_features(arch: str, ras: bool = False) -> list[str]:
     features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol']
+    if arch == 'x86_64':
+        features += ['einj']    # the BMC plays the EINJ firmware (vlab/qemu/einj_table.py)
     if arch == 'x86_64':
         # no mce_inject: its in-guest hw mode writes MCA bank MSRs, which QEMU does not take
         # (the injector refuses hosts under a hypervisor); QEMU 7.2 arm virt has no NMI source

@@ -26,7 +26,8 @@ from orchestrator.errors import ConfigError, InfraError
 from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR
 from orchestrator.vlab.lab.access import (is_ready, machine_power, machine_shell, power_on,
                                          wait_ready)
-from orchestrator.vlab.lab.checks import check_request, free_tcp_port, machine_kernels, ras_platform
+from orchestrator.vlab.lab.checks import (check_kernel_args, check_request, free_tcp_port, machine_kernels,
+                                        ras_platform)
 from orchestrator.vlab.lab.layout import (BMC_USER, LabMachine, LabPaths, host_features,
                                          write_inventory, write_known_hosts, write_lab_json)
 from orchestrator.vlab.lab.layout import read_lab as read_lab_json
@@ -72,15 +73,15 @@ def _password(lab: LabPaths) -> bytes:
 
 # --- machines ---------------------------------------------------------------------------
 def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifest,
-                     accel: str, ras_qemu: str | None = None) -> Path:
+                     accel: str, kernel_args: tuple[str, ...] = (), ras_qemu: str | None = None) -> Path:
     """Disk and host key once (kept across ups), and the spec the BMC process loads."""
     from orchestrator.vlab.qemu.machine import create_disk, ensure_host_key
     machine_dir = lab.machine_dir(name)
     create_disk(machine_dir, ensure_host_key(machine_dir), Path(f'{lab.client_key}.pub'))
     write_machine_spec(machine_dir, name=name, arch=arch, ssh_port=ssh_port, memory_mb=LAB_MEMORY_MB,
                        tcg_thread=LAB_TCG_THREAD, tcg_cache_mb=LAB_TCG_CACHE_MB,
-                       accel=accel, image_manifest=str(manifest.directory / 'manifest.json'),
-                       ras_qemu=ras_qemu)
+                       accel=accel, extra_kernel_args=list(kernel_args),
+                       image_manifest=str(manifest.directory / 'manifest.json'), ras_qemu=ras_qemu)
     return machine_dir
 
 
@@ -88,16 +89,18 @@ def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifes
 def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
            kernels: tuple[str, ...] | None = None, ssh_port: int | None = None,
            bmc_port: int | None = None, ready_timeout: float = LAB_READY_TIMEOUT_S,
-           log: Log = print) -> list[LabMachine]:
+           kernel_args: dict[str, tuple[str, ...]] | None = None, log: Log = print) -> list[LabMachine]:
     """Bring the lab up (idempotent: an already running lab of this shape is reported).
-    ``kernels``: one flavour per machine (default: ``hosts`` machines, all backports)."""
+    ``kernels``: one flavour per machine (default: ``hosts`` machines, all backports).
+    ``kernel_args``: machine name -> extra guest kernel arguments (e.g. ``lockdown=integrity``)."""
     kernels = machine_kernels(hosts, kernels)
     if arch not in NAME_PREFIXES:
         raise ConfigError(f'unknown arch {arch!r} (use x86_64 or aarch64)', field='--arch')
+    kernel_args = check_kernel_args(kernel_args, [f'{NAME_PREFIXES[arch]}-{i + 1}' for i in range(len(kernels))])
     lab = lab_paths()
     running = read_lab(lab)
     if running and all(_bmc_alive(m) for m in running):
-        return _reuse_running(running, kernels, arch, lab, ready_timeout, log)
+        return _reuse_running(running, kernels, arch, kernel_args, lab, ready_timeout, log)
     if running:
         log('lab partly down (a BMC died): restarting it')
         lab_down(log=lambda _: None)
@@ -111,7 +114,7 @@ def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
     verdict = choose_accel(images.get(DEFAULT_FLAVOUR) or images[kernels[0]])
     try:
         machines = [_start_machine(lab, index, kernel, arch, images[kernel], verdict,
-                                   ssh_port, bmc_port, log)
+                                   ssh_port, bmc_port, kernel_args, log)
                     for index, kernel in enumerate(kernels)]
         write_known_hosts(machines, lab)
         write_lab_json(machines, lab)
@@ -124,9 +127,10 @@ def lab_up(hosts: int | None = None, arch: str = 'x86_64', *,
     return machines
 
 
-def _reuse_running(running: list[LabMachine], kernels: tuple[str, ...], arch: str,
+def _reuse_running(running: list[LabMachine], kernels: tuple[str, ...], arch: str, kernel_args: dict,
                    lab: LabPaths, ready_timeout: float, log: Log) -> list[LabMachine]:
-    if tuple(m.kernel for m in running) != kernels or any(m.arch != arch for m in running):
+    if (tuple(m.kernel for m in running) != kernels or any(m.arch != arch for m in running)
+            or any(tuple(m.kernel_args) != kernel_args.get(m.name, ()) for m in running)):
         shape = ', '.join(f'{m.arch}/{m.kernel}' for m in running)
         raise ConfigError(f'the lab is up with {len(running)} machine(s) ({shape}); '
                           f'run `orchestrator lab down` first')
@@ -136,18 +140,18 @@ def _reuse_running(running: list[LabMachine], kernels: tuple[str, ...], arch: st
 
 
 def _start_machine(lab: LabPaths, index: int, kernel: str, arch: str, manifest, verdict,
-                   ssh_port: int | None, bmc_port: int | None, log: Log) -> LabMachine:
+                   ssh_port: int | None, bmc_port: int | None, kernel_args: dict, log: Log) -> LabMachine:
     """Machine ``index``: its files and its BMC process (which owns its QEMU, still off)."""
     name = f'{NAME_PREFIXES[arch]}-{index + 1}'
     port = ssh_port + index if ssh_port else free_tcp_port()
-    ras = ras_platform(arch, name, log)
-    machine_dir = _prepare_machine(lab, name, arch, port, manifest, verdict.accel, ras)
+    args, ras = kernel_args.get(name, ()), ras_platform(arch, name, log)
+    machine_dir = _prepare_machine(lab, name, arch, port, manifest, verdict.accel, args, ras)
     pid, udp_port = start_bmc_process(machine_dir, lab.bmc_password, BMC_USER,
                                       bmc_port + index if bmc_port else 0)
     log(f'{name}: {kernel} kernel {manifest.kernel_release}, BMC on udp/{udp_port} '
         f'(pid {pid}), SSH on tcp/{port}, {verdict.accel}')
     return LabMachine(name, arch, str(machine_dir), port, udp_port, pid, verdict.accel,
-                      verdict.reason, kernel, manifest.kernel_release, ras is not None)
+                      verdict.reason, kernel, manifest.kernel_release, args, ras is not None)
 
 
 def _power_on_and_wait(machines: list[LabMachine], lab: LabPaths, timeout: float,

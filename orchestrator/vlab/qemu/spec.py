@@ -12,6 +12,7 @@ from pathlib import Path
 
 from orchestrator.errors import ConfigError
 from orchestrator.vlab.image.manifest import ImageManifest
+from orchestrator.vlab.qemu import einj_table
 
 #: Per arch: QEMU binary and the board. x86: q35 with an Intel CPU model, because the MCE
 #: injection path needs Intel severity rules; pvpanic reports panics without kdump.
@@ -51,6 +52,8 @@ class MachineSpec:
     #: every reboot starts a new QEMU process, so guest RAM touched by earlier boots is
     #: given back to the host (cold_reboot.py says why); False: QEMU's warm reset
     cold_reboot: bool = True
+    #: x86: the platform offers APEI EINJ, its firmware played by the BMC (einj_table.py)
+    einj: bool = True
     #: aarch64 RAS platform: the QEMU 11 sysroot (image/ras_qemu.py) this machine runs, with
     #: firmware (EDK2, so ACPI with HEST/GHES) and ras=on; None: the system QEMU, no GHES
     ras_qemu: str | None = None
@@ -68,9 +71,15 @@ class MachineSpec:
             raise ConfigError(f"machine {self.name}: {self.image.arch} image for an {self.arch} machine")
 
 
+def offers_einj(spec: MachineSpec) -> bool:
+    return spec.einj and spec.arch == "x86_64"
+
+
 def kernel_cmdline(spec: MachineSpec) -> str:
     return " ".join([f"console={spec.image.console}", f"crashkernel={spec.crashkernel}",
-                     f"vlab.hostname={spec.name}", *spec.extra_kernel_args])
+                     f"vlab.hostname={spec.name}",
+                     *(einj_table.kernel_args(spec.memory_mb) if offers_einj(spec) else []),
+                     *spec.extra_kernel_args])
 
 
 def _accel_option(spec: MachineSpec) -> str:
@@ -117,4 +126,5 @@ def command_line(spec: MachineSpec, *, disk: Path, serial_socket: Path, qmp_sock
         "-drive", f"file={s.image.boot_disk},format=raw,if=none,id=d1,readonly=on",
         "-device", "virtio-blk-pci,drive=d1,serial=vlab-boot",
         "-pidfile", str(pidfile),
+        *(einj_table.qemu_args(s.machine_dir, s.memory_mb, s.image.initrd) if offers_einj(s) else []),
     ]
