@@ -169,16 +169,16 @@ def inject(h: HostHandles, case: Case, targeted: Targeted, deadline_s: float, re
 
 def _report_through_firmware(h: HostHandles, inj: FirmwareInjector, target, output: str) -> None:
     """The BMC's firmware reports the error; the outcome files say it accepted the request,
-    so that observing the host is the same as for an injection run on it. They are written
-    first: a GHES report panics the host within milliseconds, and a command sent after it
-    hung until the dead connection was noticed (7.8 s of every aarch64 GHES panic cycle).
-    A refused report ends the case as an error, so the files never speak for it."""
+    so that observing the host is the same as for an injection run on it. Written after the
+    report, as a write on the host would end: a machine check panics the lab host within ms
+    (the write then drops, measured), and a host that died without a console must look LOST
+    (-> reboot, dump), not as if the report had returned and the host kept running."""
     if h.firmware is None:
         raise UnsupportedOperation(f"{inj.name}: the host has no BMC through which its firmware reports errors")
+    h.firmware.report_memory_error(target.phys_addr, path=inj.path, severity=inj.severity)
     files = detached_files(output)
     h.shell.run(f"echo 'firmware accepted the {inj.severity} {inj.path} report' > {files['out']}; "
                 f": > {files['err']}; echo 0 > {files['rc']}", timeout=15)
-    h.firmware.report_memory_error(target.phys_addr, path=inj.path, severity=inj.severity)
 
 
 def restore(h: HostHandles, armed: Armed | None, targeted: Targeted | None, after: BootFacts | None,
