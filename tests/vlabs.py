@@ -61,6 +61,18 @@ def only_run(results):
     return runs[0]
 
 
+def nightly_cases(*, without_injector: str) -> str:
+    """playbooks/nightly.yaml's case names but those of one injector, for ``--cases``. CI runs
+    the nightly's qemu_mce cases only through tests/test_e2e_mce.py's smaller playbook: the
+    full machine-check matrix costs ~85 s of lab time per run (measured), the nightly's job."""
+    from pathlib import Path
+
+    from orchestrator.config.playbook import load_playbook
+
+    playbook = load_playbook(Path(__file__).resolve().parents[1] / "playbooks" / "nightly.yaml")
+    return ",".join(c.name for c in playbook.cases if c.injector != without_injector)
+
+
 def lacks_injector(case) -> bool:
     """A case skipped because the host lacks its injector's feature (the nightly's GHES cases on
     a machine without a RAS platform): right for that host, and no verdict on the kernel."""

@@ -18,8 +18,12 @@ from orchestrator.errors import ConfigError
 
 KNOWN_FEATURES = frozenset({
     "hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "kdump", "sol", "nmi",
+    "qemu_mce",         # the virtual lab's BMC raises x86 machine checks (lab machines only)
     "ghes",     # the platform's firmware reports memory errors through GHES (arm64 RAS)
 })
+#: Machine-check injectors exist on x86 only: another arch declaring one is a typo to catch
+#: at load time, not a case that fails at 3 a.m.
+X86_ONLY_FEATURES = frozenset({"mce_inject", "qemu_mce"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HOST_FIELDS = {"name", "arch", "platform", "features", "destructive", "ssh", "bmc", "kdump", "state_dir"}
 
@@ -90,12 +94,16 @@ def _build_host(f: Fields, groups: tuple[str, ...]) -> Host:
     for feature in features:
         if feature not in KNOWN_FEATURES:
             raise f.error("features", f"unknown feature {feature!r} (known: {', '.join(sorted(KNOWN_FEATURES))})")
+    arch = f.get("arch", str, choices=ARCHES)
+    for feature in X86_ONLY_FEATURES.intersection(features):
+        if arch != "x86_64":
+            raise f.error("features", f"feature {feature!r} is x86_64 only (machine checks); host {name} is {arch}")
     kdump = f.sub("kdump", None)
     if kdump is not None:
         kdump.reject_unknown({"layout", "path"})
     return Host(
         name=name,
-        arch=f.get("arch", str, choices=ARCHES),
+        arch=arch,
         platform=f.get("platform", str, "unknown"),
         features=frozenset(features),
         destructive=f.get("destructive", bool, False),

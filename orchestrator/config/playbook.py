@@ -18,7 +18,7 @@ from orchestrator.config.model import ARCHES
 from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge, describe, load_located
 from orchestrator.errors import ConfigError
 
-INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "einj_fatal", "mce_inject")
+INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "einj_fatal", "mce_inject", "qemu_mce")
 #: firmware-first reports through GHES, one injector per CPER severity (kernel/injectors.py)
 INJECTORS += ("ghes", "ghes_fatal", "ghes_corrected")
 #: the inventory feature that declares an injector usable, where it is not the injector's name

@@ -12,6 +12,7 @@ import threading
 
 from orchestrator.config.playbook import Case, Expectation
 from orchestrator.kernel import firmware_reports, semantics
+from orchestrator.kernel.injectors import injector
 from orchestrator.protocols.shell import ShellProtocol
 
 
@@ -36,7 +37,8 @@ class ExpectationResolver:
     def __call__(self, case: Case, shell: ShellProtocol) -> Expectation:
         if case.expect.outcome != "matrix":
             return case.expect
-        found = semantics.expectation(self.probe(shell), case.target, dict(case.sysctls))
+        found = semantics.expectation(self.probe(shell), case.target, dict(case.sysctls),
+                                      delivery=injector(case.injector).delivery)
         return firmware_reports.for_case(case, Expectation(
             outcome="panic" if found.panic else "survive",
             action_label=case.expect.action_label or found.action_label,

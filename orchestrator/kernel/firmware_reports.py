@@ -26,8 +26,8 @@ def for_case(case: Case, resolved: Expectation) -> Expectation:
     """``resolved`` (the matrix's expectation for the case's page class and sysctls) as the
     report's severity changes it; unchanged for injectors that write on the host."""
     inj = injector(case.injector)
-    if not isinstance(inj, FirmwareInjector):
-        return resolved
+    if not isinstance(inj, FirmwareInjector) or inj.path not in matrix().get("firmware_reports", {}):
+        return resolved          # a path without rows (mce) is judged by its delivery alone
     row = report_row(inj.path, inj.severity)
     if row["panic"]:
         return replace(resolved, outcome="panic", action_label=None, action_result=None,

@@ -29,6 +29,10 @@ class Injector(abc.ABC):
     #: later, when the platform's machine check or firmware report arrives (EINJ, mce-inject):
     #: how long a host that kept running may still panic after the injection returned.
     reports_late: bool = False
+    #: How the error reaches memory_failure(): "software" (a write on the host calls it) or
+    #: "machine-check" (the platform raises an x86 #MC; uc_decode_notifier() calls it from the
+    #: mce workqueue). semantics.yaml may record a different outcome per delivery.
+    delivery: str = "software"
     module: str | None = None         # loadable module providing it, if any
     setup: str | None = None          # sh run after the file exists (hwpoison's page filter)
 
@@ -147,6 +151,7 @@ class MceInject(Injector):
     AMD allows (HWCR.McStatusWrEn); MCG_STATUS is not a debugfs file: do_inject() sets
     MCIP|EIPV, plus RIPV because PCC is clear. Writing ``bank`` last fires the injection."""
     name, feature, module = "mce_inject", "mce_inject", "mce_inject"
+    delivery = "machine-check"
     needs = f"{DEBUGFS}/mce-inject/bank"
     reports_late = True
     status, misc, bank = 0xbd000000000000c0, 0x8c, 1
@@ -171,6 +176,22 @@ class MceInject(Injector):
                 f"echo {self.bank} > {d}/bank")
 
 
+class QemuMce(FirmwareInjector):
+    """Lab only: the lab BMC's firmware raises an SRAO memory-scrub machine check at the target's
+    physical address through QEMU's HMP ``mce`` (vlab/qemu/mce.py; needs the lab's
+    ``-cpu max,vendor=GenuineIntel``, an AMD-looking guest panics on it). The kernel takes it
+    as a real #MC: uc_decode_notifier() -> memory_failure(pfn, 0) in the mce workqueue.
+    A real BMC has no such request: it answers "not supported" (completion 0xC1)."""
+    name = feature = "qemu_mce"
+    path, severity = "mce", "srao"
+    delivery = "machine-check"
+
+    def unavailable_reason(self, shell, *, arch):
+        if arch != "x86_64":
+            return f"qemu_mce: x86 machine checks only (host is {arch})"
+        return None
+
+
 class Ghes(FirmwareInjector):
     """Firmware-first (arm64 RAS servers): the platform reports a CPER memory error for the page
     through GHES; the kernel's ghes_proc() queues memory_failure() for a recoverable error,
@@ -186,7 +207,7 @@ class GhesCorrected(Ghes):
     name, severity = "ghes_corrected", "corrected"
 
 
-_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, EinjFatal, MceInject,
+_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, EinjFatal, MceInject, QemuMce,
                                    Ghes, GhesFatal, GhesCorrected)}
 INJECTORS: tuple[str, ...] = tuple(_ALL)
 

@@ -20,6 +20,8 @@ from orchestrator.kernel.sysctl import sysctl_path
 from orchestrator.protocols.shell import ShellProtocol
 
 SEMANTICS = ("v10-like", "v4-like", "legacy")
+#: How an injector's error reaches memory_failure() (kernel/injectors.py ``delivery``).
+DELIVERIES = ("software", "machine-check")
 #: Expectation.signature -> the panic kind orchestrator.kernel.signatures reports for it.
 PANIC_KIND = {"new": "panic_mf", "legacy": "panic_legacy"}
 
@@ -97,12 +99,16 @@ def semantics_named(name: str, why: str = "set in the inventory") -> KernelSeman
 
 
 def expectation(semantics: KernelSemantics | str, page_class: str,
-                sysctls: Mapping[str, str]) -> Expectation:
+                sysctls: Mapping[str, str], *, delivery: str = "software") -> Expectation:
+    """``delivery``: how the error reaches memory_failure() (the injector's ``delivery``);
+    a class measured to behave differently on that path takes its row from ``deliveries``."""
     data = matrix()
     name = semantics if isinstance(semantics, str) else semantics.name
     if name not in SEMANTICS:
         raise ConfigError(f"unknown kernel semantics {name!r}; known: {', '.join(SEMANTICS)}")
     flavour = data["semantics"][name]
+    if delivery not in DELIVERIES:
+        raise ConfigError(f"unknown delivery {delivery!r}; known: {', '.join(DELIVERIES)}")
     if page_class not in flavour["classes"]:
         raise ConfigError(f"no expectation for page class {page_class!r} (an explicit pfn "
                           "needs the case to state its expected outcome)")
@@ -111,6 +117,10 @@ def expectation(semantics: KernelSemantics | str, page_class: str,
                            f"{data['recovery_knob']}=0: memory_failure() panics before "
                            f"classifying the page, on every semantics")
     row = flavour["classes"][page_class]
+    override = data.get("deliveries", {}).get(delivery, {}).get(name, {}).get(page_class)
+    if override is not None:
+        row = {**row, **override}
+        name = f"{name} via {delivery}"
     enabled = _value(sysctls, data["knob"])
     if enabled not in (None, "0", "1"):
         raise ConfigError(f"{data['knob']} takes 0 or 1, not {enabled!r}")
