@@ -27,7 +27,8 @@ def run_against_fake_tree(command: str, tmp_path) -> dict[str, str]:
 
 
 def test_names_and_unknown_injector():
-    assert INJECTORS == ("hwpoison_inject", "hard_offline_page", "einj", "einj_fatal", "mce_inject", "qemu_mce")
+    assert INJECTORS[:6] == ("hwpoison_inject", "hard_offline_page", "einj", "einj_fatal", "mce_inject", "qemu_mce")
+    assert INJECTORS[6:] == ("ghes", "ghes_fatal", "ghes_corrected")
     assert all(injector(n).name == n for n in INJECTORS)
     with pytest.raises(ConfigError, match="unknown injector"):
         injector("madvise")

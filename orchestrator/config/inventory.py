@@ -20,6 +20,7 @@ KNOWN_FEATURES = frozenset({
     "hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "kdump", "sol", "nmi",
     "qemu_mce",         # the virtual lab's BMC raises x86 machine checks (lab machines only)
     "sol_break",    # SOL sends a serial BREAK and the kernel takes SysRq keys after it
+    "ghes",     # the platform's firmware reports memory errors through GHES (arm64 RAS)
 })
 #: Machine-check injectors exist on x86 only: another arch declaring one is a typo to catch
 #: at load time, not a case that fails at 3 a.m.

@@ -19,15 +19,19 @@ from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge
 from orchestrator.errors import ConfigError
 
 INJECTORS = ("hwpoison_inject", "hard_offline_page", "einj", "einj_fatal", "mce_inject", "qemu_mce")
+#: firmware-first reports through GHES, one injector per CPER severity (kernel/injectors.py)
+INJECTORS += ("ghes", "ghes_fatal", "ghes_corrected")
 #: the inventory feature that declares an injector usable, where it is not the injector's name
-#: (kernel/injectors.py ``feature``): both EINJ types need only a platform that offers EINJ
-INJECTOR_FEATURES = {"einj_fatal": "einj"}
+#: (kernel/injectors.py ``feature``): both EINJ types need only a platform that offers EINJ,
+#: every GHES severity only a platform whose firmware reports through GHES
+INJECTOR_FEATURES = {"einj_fatal": "einj", "ghes_fatal": "ghes", "ghes_corrected": "ghes"}
 PAGE_CLASSES = ("kernel-rodata", "kernel-text", "kernel-data", "reserved-low", "slab", "pgtable",
                 "free-buddy", "user-anon", "user-file")
 OUTCOMES = ("panic", "survive", "matrix")
 #: the panic a case expects: the new or legacy memory-failure panic, either, or a fatal machine
-#: check (a fatal error the platform raised, e.g. EINJ 0x20: no memory_failure(), no pfn)
-SIGNATURES = ("new", "legacy", "any", "machine-check")
+#: check (a fatal error the platform raised, e.g. EINJ 0x20: no memory_failure(), no pfn), or
+#: GHES's own panic on a fatal firmware-first report ("GHES: Fatal hardware error", no pfn)
+SIGNATURES = ("new", "legacy", "any", "machine-check", "ghes_fatal")
 KDUMP_MODES = ("required", "unload", "any")
 
 #: Seconds each cycle state may take before the case ends (TCG lab numbers x ~3 headroom).
@@ -55,6 +59,7 @@ class Expectation:
     action_result: str | None = None
     signature: str = "any"              # new | legacy | any | machine-check (panic cases)
     dump: bool = True                   # a panic case needs a kdump dump unless false
+    memory_failure: bool = True         # false: the kernel must not run memory_failure() on the page
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ def _build_sysctls(f: Fields) -> tuple[tuple[str, str], ...]:
 
 def _build_expect(f: Fields, kdump: str) -> Expectation:
     sub = f.sub("expect")
-    sub.reject_unknown({"outcome", "action", "signature", "dump"})
+    sub.reject_unknown({"outcome", "action", "signature", "dump", "memory_failure"})
     outcome = sub.get("outcome", str, choices=OUTCOMES)
     label = result = None
     action = sub.sub("action", None)
@@ -189,7 +194,8 @@ def _build_expect(f: Fields, kdump: str) -> Expectation:
     dump = sub.get("dump", bool, outcome != "survive" and kdump != "unload")
     if dump and kdump == "unload":
         raise sub.error("dump", "kdump: unload leaves no crash kernel to write a dump; set dump: false")
-    return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature, dump=dump)
+    return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature, dump=dump,
+                       memory_failure=sub.get("memory_failure", bool, True))
 
 
 def _build_limits(f: Fields) -> Limits:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from orchestrator.config.model import Host
 from orchestrator.config.playbook import Case, Expectation
 from orchestrator.cycle.handles import PerBoot
-from orchestrator.kernel import semantics, semantics_probe
+from orchestrator.kernel import firmware_reports, semantics, semantics_probe
 from orchestrator.kernel.facts import probe_facts
 from orchestrator.kernel.target import TargetNotFound
 from orchestrator.kernel.injectors import injector
@@ -77,10 +77,10 @@ class ExpectationResolver:
             record.add_evidence("semantics", f"{kernel.name}: {'; '.join(kernel.evidence)}")
         found = semantics.expectation(kernel, case.target, dict(case.sysctls),
                                       delivery=injector(case.injector).delivery)
-        return Expectation(
+        return firmware_reports.for_case(case, Expectation(
             outcome="panic" if found.panic else "survive",
             action_label=case.expect.action_label or found.action_label,
             action_result=case.expect.action_result or found.action_result,
             signature=found.signature or "any",
             dump=case.expect.dump if found.panic else False,
-        )
+        ))

@@ -20,6 +20,12 @@ from orchestrator.kernel import signatures as sig
 from orchestrator.tunables import CLOCK_SLACK_S
 
 
+#: expected signature -> the panic message it starts with; these panics name no pfn (the
+#: firmware's fatal report panics before memory_failure() runs)
+NO_PFN_PANICS = {"ghes_fatal": "GHES: Fatal hardware error"}
+NO_PFN_SIGNATURES = ("machine-check", *NO_PFN_PANICS)
+
+
 class Finding(str):
     """A reason the case did not pass, and who is to blame for it (errors.BLAMES)."""
 
@@ -64,6 +70,8 @@ def _panic_kind_ok(event: sig.KernelEvent, want: str) -> bool:
         return event.kind == "panic_mf"
     if want == "legacy":
         return event.kind == "panic_legacy"
+    if want in NO_PFN_PANICS:
+        return event.kind == "panic_other" and (event.message or "").startswith(NO_PFN_PANICS[want])
     return event.kind in ("panic_mf", "panic_legacy")
 
 
@@ -102,9 +110,9 @@ def judge_panic(obs: Observation, exp: Expectation) -> list[Finding]:
         seen_any_panic = True
         panic_texts[name] = panic
         if not _panic_kind_ok(panic, exp.signature):
-            what = exp.signature if exp.signature == "machine-check" else f"{exp.signature} memory-failure"
+            what = exp.signature if exp.signature in NO_PFN_SIGNATURES else f"{exp.signature} memory-failure"
             reasons.append(Finding(f"{name}: panic is not the expected {what} signature: {panic.text}"))
-        elif exp.signature != "machine-check" and panic.pfn != obs.pfn:
+        elif exp.signature not in NO_PFN_SIGNATURES and panic.pfn != obs.pfn:
             got = "none" if panic.pfn is None else f"{panic.pfn:#x}"
             reasons.append(Finding(f"{name}: panic names pfn {got}, injected {obs.pfn:#x}: {panic.text}"))
         reasons += _action_reasons(events, obs.pfn, exp, name)
@@ -166,4 +174,8 @@ def judge_survive(obs: Observation, exp: Expectation) -> list[Finding]:
         reasons.append("the host did not answer after the injection")
     else:
         reasons += _action_reasons(live, obs.pfn, exp, "dmesg")
+    if not exp.memory_failure:
+        ran = [e for name, events in (("console", console), ("dmesg", live)) for e in _for_pfn(events, obs.pfn)]
+        reasons += [Finding(f"memory_failure() ran on pfn {obs.pfn:#x}, expected it not to: {e.text}")
+                    for e in ran[:1]]
     return reasons

@@ -192,7 +192,23 @@ class QemuMce(FirmwareInjector):
         return None
 
 
-_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, EinjFatal, MceInject, QemuMce)}
+class Ghes(FirmwareInjector):
+    """Firmware-first (arm64 RAS servers): the platform reports a CPER memory error for the page
+    through GHES; the kernel's ghes_proc() queues memory_failure() for a recoverable error,
+    panics at once on a fatal one ("GHES: Fatal hardware error") and only logs a corrected one."""
+    name, feature, path, severity = "ghes", "ghes", "ghes", "recoverable"
+
+
+class GhesFatal(Ghes):
+    name, severity = "ghes_fatal", "fatal"
+
+
+class GhesCorrected(Ghes):
+    name, severity = "ghes_corrected", "corrected"
+
+
+_ALL = {cls.name: cls for cls in (HwpoisonInject, HardOfflinePage, Einj, EinjFatal, MceInject, QemuMce,
+                                   Ghes, GhesFatal, GhesCorrected)}
 INJECTORS: tuple[str, ...] = tuple(_ALL)
 
 

@@ -8,7 +8,7 @@ import argparse
 from orchestrator import paths
 from orchestrator.vlab.lab import lifecycle as lab
 from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR, KERNEL_FLAVOURS
-from orchestrator.vlab.lab.checks import parse_kernel_list
+from orchestrator.vlab.lab.checks import parse_kernel_list, ras_platform
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -39,6 +39,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from orchestrator.vlab.image.build import build_image  # ConfigError on an unknown arch/kernel
     build_image(args.arch, args.kernel, refresh=args.refresh, force=args.force)
+    ras_platform(args.arch, 'the aarch64 RAS platform', print)   # QEMU 11 for GHES, cached beside the image
     return 0
 
 

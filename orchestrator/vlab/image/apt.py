@@ -49,6 +49,12 @@ class PackageInfo:
 @dataclass(frozen=True)
 class PrivateApt:
     root: Path
+    #: suites of MIRROR's main, and the Debian architectures, this configuration resolves;
+    #: the default is the guest images' (another root, e.g. ras_qemu.py's, may differ)
+    suites: tuple[str, ...] = (KERNEL_SUITE, USERSPACE_SUITE)
+    architectures: tuple[str, ...] = ("amd64", "arm64")
+    #: apt_preferences(5) text: which suite a package's candidate comes from
+    pins: str = ""
 
     @classmethod
     def default(cls) -> PrivateApt:
@@ -59,12 +65,16 @@ class PrivateApt:
         for sub in ("lists/partial", "cache/archives/partial", "debs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.root / "status").touch()
-        entry = f"[arch=amd64,arm64 signed-by={KEYRING}] {MIRROR}"
-        sources = f"deb {entry} {KERNEL_SUITE} main\ndeb {entry} {USERSPACE_SUITE} main\n"
+        (self.root / "preferences.d").mkdir(exist_ok=True)
+        entry = f"[arch={','.join(self.architectures)} signed-by={KEYRING}] {MIRROR}"
+        sources = "".join(f"deb {entry} {suite} main\n" for suite in self.suites)
         path = self.root / "sources.list"
         if not path.exists() or path.read_text() != sources:
             path.write_text(sources)
             self._stamp.unlink(missing_ok=True)  # new sources: lists must be fetched again
+        pins = self.root / "preferences"
+        if not pins.exists() or pins.read_text() != self.pins:
+            pins.write_text(self.pins)
 
     def options(self) -> list[str]:
         r = self.root
@@ -76,7 +86,9 @@ class PrivateApt:
             # without a saved package cache every apt-cache call re-parses all lists (~1.5 s)
             "-o", f"Dir::Cache::pkgcache={r / 'cache/pkgcache.bin'}",
             "-o", f"Dir::Cache::srcpkgcache={r / 'cache/srcpkgcache.bin'}",
-            "-o", "APT::Architectures::=amd64", "-o", "APT::Architectures::=arm64",
+            "-o", f"Dir::Etc::preferences={r / 'preferences'}",
+            "-o", f"Dir::Etc::preferencesparts={r / 'preferences.d'}",
+            *(word for arch in self.architectures for word in ("-o", f"APT::Architectures::={arch}")),
             # the cache lives under root's home, which the _apt sandbox user cannot enter
             "-o", "APT::Sandbox::User=root",
         ]

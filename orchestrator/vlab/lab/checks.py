@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -88,3 +89,21 @@ def free_tcp_port() -> int:
     with socket.socket() as probe:
         probe.bind(('127.0.0.1', 0))
         return probe.getsockname()[1]
+
+
+def ras_platform(arch: str, name: str, log) -> str | None:
+    """The QEMU 11 sysroot an aarch64 machine runs as a RAS platform (firmware-first errors
+    through GHES), or None: x86, ``ORCH_VLAB_RAS=0``, or QEMU 11 could not be had (then the
+    machine boots the system QEMU, and ``log`` says what it lacks)."""
+    if arch != 'aarch64':
+        return None
+    if os.environ.get('ORCH_VLAB_RAS', '1') == '0':
+        log(f'{name}: ORCH_VLAB_RAS=0: system QEMU, no firmware-first injection on this lab machine')
+        return None
+    from orchestrator.vlab.image.ras_qemu import ras_qemu
+    found, why = ras_qemu(log)
+    if found is None:
+        log(f'{name}: no firmware-first injection on this lab machine (QEMU 11 not available: {why}); '
+            f'it runs the system QEMU')
+        return None
+    return str(found.root)

@@ -43,6 +43,7 @@ class LabMachine:
     kernel: str = DEFAULT_FLAVOUR     # kernels.KERNEL_FLAVOURS; lab.json files from before it: backports
     kernel_release: str = ''          # `uname -r` of the image it boots
     kernel_args: tuple[str, ...] = ()  # extra guest kernel arguments (lab_up's kernel_args)
+    ras: bool = False                 # aarch64 RAS platform (QEMU 11, GHES): firmware-first errors
 
 
 def read_lab(lab: LabPaths) -> list[LabMachine]:
@@ -85,7 +86,7 @@ def write_lab_json(machines: list[LabMachine], lab: LabPaths) -> None:
 LAB_KERNEL_ARGS = ('sysrq_always_enabled',)
 
 
-def host_features(arch: str) -> list[str]:
+def host_features(arch: str, ras: bool = False) -> list[str]:
     # sol_break: the lab BMC turns a SOL break into a BREAK on the guest's UART (bmc/telnet.py)
     features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sol_break']
     if arch == 'x86_64':
@@ -96,6 +97,8 @@ def host_features(arch: str) -> list[str]:
         # the lab BMC's firmware raises machine checks (vlab/qemu/mce.py; the lab's x86 CPU
         # is "max,vendor=GenuineIntel", whose severity rules recover an SRAO error)
         features += ['qemu_mce']
+    if ras:
+        features += ['ghes']      # the BMC's firmware reports CPER memory errors (vlab/qemu/ghes.py)
     return features
 
 
@@ -112,7 +115,7 @@ def _inventory_host(machine: LabMachine, lab: LabPaths) -> dict:
     ssh, bmc = ssh_config(machine, lab), bmc_config(machine, lab)
     return {
         'name': machine.name, 'arch': machine.arch, 'platform': f'qemu-{machine.arch}',
-        'features': host_features(machine.arch), 'destructive': True,
+        'features': host_features(machine.arch, machine.ras), 'destructive': True,
         'ssh': {'address': ssh.address, 'port': ssh.port, 'user': ssh.user,
                 'key_file': str(ssh.key_file), 'known_hosts': str(ssh.known_hosts)},
         'bmc': {'address': bmc.address, 'port': bmc.port, 'user': bmc.user,

@@ -26,7 +26,7 @@ from orchestrator.errors import ConfigError, InfraError
 from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR
 from orchestrator.vlab.lab.access import (is_ready, machine_power, machine_shell, power_on,
                                          wait_ready)
-from orchestrator.vlab.lab.checks import check_kernel_args, check_request, free_tcp_port
+from orchestrator.vlab.lab.checks import check_kernel_args, check_request, free_tcp_port, ras_platform
 from orchestrator.vlab.lab.layout import (BMC_USER, LAB_KERNEL_ARGS, LabMachine, LabPaths, host_features,
                                          write_inventory, write_known_hosts, write_lab_json)
 from orchestrator.vlab.lab.layout import read_lab as read_lab_json
@@ -72,7 +72,7 @@ def _password(lab: LabPaths) -> bytes:
 
 # --- machines ---------------------------------------------------------------------------
 def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifest,
-                     accel: str, kernel_args: tuple[str, ...] = ()) -> Path:
+                     accel: str, kernel_args: tuple[str, ...] = (), ras_qemu: str | None = None) -> Path:
     """Disk and host key once (kept across ups), and the spec the BMC process loads."""
     from orchestrator.vlab.qemu.machine import create_disk, ensure_host_key
     machine_dir = lab.machine_dir(name)
@@ -80,7 +80,7 @@ def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifes
     write_machine_spec(machine_dir, name=name, arch=arch, ssh_port=ssh_port, memory_mb=LAB_MEMORY_MB,
                        tcg_thread=LAB_TCG_THREAD, tcg_cache_mb=LAB_TCG_CACHE_MB,
                        accel=accel, extra_kernel_args=[*LAB_KERNEL_ARGS, *kernel_args],
-                       image_manifest=str(manifest.directory / 'manifest.json'))
+                       image_manifest=str(manifest.directory / 'manifest.json'), ras_qemu=ras_qemu)
     return machine_dir
 
 
@@ -153,14 +153,14 @@ def _start_machine(lab: LabPaths, index: int, slot: tuple[str, str, str], manife
     """Machine ``index``: its files and its BMC process (which owns its QEMU, still off)."""
     name, arch, kernel = slot
     port = ssh_port + index if ssh_port else free_tcp_port()
-    args = kernel_args.get(name, ())
-    machine_dir = _prepare_machine(lab, name, arch, port, manifest, verdict.accel, args)
+    args, ras = kernel_args.get(name, ()), ras_platform(arch, name, log)
+    machine_dir = _prepare_machine(lab, name, arch, port, manifest, verdict.accel, args, ras)
     pid, udp_port = start_bmc_process(machine_dir, lab.bmc_password, BMC_USER,
                                       bmc_port + index if bmc_port else 0)
     log(f'{name}: {kernel} kernel {manifest.kernel_release}, BMC on udp/{udp_port} '
         f'(pid {pid}), SSH on tcp/{port}, {verdict.accel}')
     return LabMachine(name, arch, str(machine_dir), port, udp_port, pid, verdict.accel,
-                      verdict.reason, kernel, manifest.kernel_release, args)
+                      verdict.reason, kernel, manifest.kernel_release, args, ras is not None)
 
 
 def _power_on_and_wait(machines: list[LabMachine], lab: LabPaths, timeout: float,

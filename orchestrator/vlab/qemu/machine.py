@@ -23,7 +23,7 @@ from orchestrator.errors import UnsupportedOperation
 from orchestrator.vlab.qemu.cold_reboot import watch_for_reset
 from orchestrator.vlab.image.disk import DISK_NAME, create_disk, ensure_host_key, known_hosts_line
 from orchestrator.vlab.qemu.process import is_our_qemu, last_line, wait_gone
-from orchestrator.vlab.qemu import mce, platform_errors  # noqa: F401 (mce registers its path)
+from orchestrator.vlab.qemu import ghes, mce, platform_errors  # noqa: F401 (paths register themselves)
 from orchestrator.vlab.qemu.qmp import QmpClient, QmpError
 from orchestrator.vlab.qemu.spec import MachineSpec, command_line
 
@@ -198,7 +198,7 @@ class QemuMachine:
             self.qmp("cont")
 
     def powerdown(self) -> None:
-        """Press the power button (ACPI on x86, PL061 GPIO on arm64); the guest powers off
+        """Press the power button (ACPI on x86 and RAS arm64, PL061 GPIO on arm64 without firmware); the guest powers off
         and QEMU exits, so status() becomes 'off'."""
         self.qmp("system_powerdown")
 

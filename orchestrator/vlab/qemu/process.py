@@ -16,13 +16,23 @@ def _is_alive(pid: int) -> bool:
         return False
 
 
+def is_qemu_command(argv: list[bytes]) -> bool:
+    """A QEMU system emulator's command line: started by name, or (a RAS machine's QEMU 11)
+    through trixie's loader: ``ld-linux-x86-64.so.2 --library-path L .../qemu-system-aarch64``."""
+    if not argv:
+        return False
+    if argv[0].startswith(b"qemu-system"):
+        return True
+    return b"/ld-linux" in argv[0] and any(w.rsplit(b"/", 1)[-1].startswith(b"qemu-system") for w in argv[1:4])
+
+
 def is_our_qemu(pid: int, machine_dir: Path) -> bool:
     """The pid is a live QEMU of this machine (not a stale pidfile or a recycled pid)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return _is_alive(pid) and cmdline[0].startswith(b"qemu-system") and str(machine_dir).encode() in b" ".join(cmdline)
+    return _is_alive(pid) and is_qemu_command(cmdline) and str(machine_dir).encode() in b" ".join(cmdline)
 
 
 def wait_gone(pid: int, timeout: float) -> None:

@@ -54,6 +54,9 @@ class MachineSpec:
     cold_reboot: bool = True
     #: x86: the platform offers APEI EINJ, its firmware played by the BMC (einj_table.py)
     einj: bool = True
+    #: aarch64 RAS platform: the QEMU 11 sysroot (image/ras_qemu.py) this machine runs, with
+    #: firmware (EDK2, so ACPI with HEST/GHES) and ras=on; None: the system QEMU, no GHES
+    ras_qemu: str | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in _BOARD:
@@ -62,6 +65,8 @@ class MachineSpec:
             raise ConfigError(f"machine {self.name}: accel must be tcg or kvm, not {self.accel!r}")
         if self.tcg_thread not in ("single", "multi"):
             raise ConfigError(f"machine {self.name}: tcg_thread must be single or multi, not {self.tcg_thread!r}")
+        if self.ras_qemu is not None and self.arch != "aarch64":
+            raise ConfigError(f"machine {self.name}: the RAS platform (QEMU 11, GHES) is aarch64 only")
         if self.image.arch != self.arch:
             raise ConfigError(f"machine {self.name}: {self.image.arch} image for an {self.arch} machine")
 
@@ -84,12 +89,24 @@ def _accel_option(spec: MachineSpec) -> str:
                      *([f"tb-size={spec.tcg_cache_mb}"] if spec.tcg_cache_mb else [])])
 
 
+def _qemu_and_board(spec: MachineSpec) -> tuple[list[str], list[str], str]:
+    """How QEMU is started, the board options and the NIC's extra options. A RAS machine:
+    ras=on needs firmware (QEMU 11.1.3 crashes at start without -bios), and its
+    virtio-net-pci would want iPXE's efi-virtio.rom, which EDK2's own driver makes unneeded."""
+    if spec.ras_qemu is None:
+        binary, board = _BOARD[spec.arch]
+        return [binary], board, ""
+    from orchestrator.vlab.image.ras_qemu import RasQemu
+    ras = RasQemu.load(spec.ras_qemu)
+    return ras.argv(), ["-machine", "virt,gic-version=3,ras=on", "-bios", str(ras.firmware)], ",romfile="
+
+
 def command_line(spec: MachineSpec, *, disk: Path, serial_socket: Path, qmp_socket: Path,
                  events_socket: Path, pidfile: Path) -> list[str]:
     s = spec
-    binary, board = _BOARD[s.arch]
+    qemu, board, nic = _qemu_and_board(s)
     return [
-        binary, "-name", s.name, *board, "-accel", _accel_option(s), "-cpu", _CPU[(s.arch, s.accel)],
+        *qemu, "-name", s.name, *board, "-accel", _accel_option(s), "-cpu", _CPU[(s.arch, s.accel)],
         "-m", str(s.memory_mb), "-smp", str(s.smp),
         "-nodefaults", "-no-user-config", "-display", "none",
         # panic=none: the panic event is still emitted, but the guest keeps running so the
@@ -103,7 +120,7 @@ def command_line(spec: MachineSpec, *, disk: Path, serial_socket: Path, qmp_sock
         # telnet=on: the BMC's SOL break reaches the UART as a serial BREAK (bmc/telnet.py)
         "-chardev", f"socket,id=ser0,path={serial_socket},server=on,wait=off,telnet=on", "-serial", "chardev:ser0",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
-        "-netdev", f"user,id=n0,hostfwd=tcp:{s.address}:{s.ssh_port}-:22", "-device", "virtio-net-pci,netdev=n0",
+        "-netdev", f"user,id=n0,hostfwd=tcp:{s.address}:{s.ssh_port}-:22", "-device", f"virtio-net-pci,netdev=n0{nic}",
         # the persistent disk first, so that the guest names it vda; the boot disk follows
         "-drive", f"file={disk},format=raw,if=none,id=d0,cache=unsafe",
         "-device", "virtio-blk-pci,drive=d0,serial=vlab-disk",

@@ -5,6 +5,10 @@
 #   power-button.sh pl061                     arm64 virt: see below
 
 wait_evdev() {
+    # devtmpfs makes the device node asynchronously after `modprobe evdev` returns: under a
+    # loaded TCG host dd once found no node and the watcher exited (the button then did nothing)
+    n=0
+    while [ ! -e "$1" ] && [ "$n" -lt 100 ]; do usleep 100000; n=$((n + 1)); done
     # Any event from the power button's own input device is a press: block, no polling.
     dd if="$1" of=/dev/null bs=24 count=1 2>/dev/null
 }

@@ -83,17 +83,19 @@ start_sshd() {
 }
 
 start_power_button_watcher() {
-    case "$(uname -m)" in
-    x86_64)
-        modprobe -q button
-        modprobe -q evdev
-        # the ACPI power button's input device(s), from the H: line of its N: block
-        for ev in $(awk '/^N: Name="Power Button"/ {p = 1} p && /^H: / {for (i = 1; i <= NF; i++) if ($i ~ /^event/) print $i; p = 0}' /proc/bus/input/devices); do
-            setsid sh /etc/vlab/power-button.sh evdev "/dev/input/$ev" </dev/null >/dev/null 2>&1 &
-        done ;;
-    aarch64)
-        setsid sh /etc/vlab/power-button.sh pl061 </dev/null >/dev/null 2>&1 & ;;
-    esac
+    # x86, and arm64 booted by firmware (the RAS machines: EDK2, ACPI): the ACPI power
+    # button's input device(s), from the H: line of its N: block
+    modprobe -q button
+    modprobe -q evdev
+    found=""
+    for ev in $(awk '/^N: Name="Power Button"/ {p = 1} p && /^H: / {for (i = 1; i <= NF; i++) if ($i ~ /^event/) print $i; p = 0}' /proc/bus/input/devices); do
+        setsid sh /etc/vlab/power-button.sh evdev "/dev/input/$ev" </dev/null >/dev/null 2>&1 &
+        found=1
+    done
+    # arm64 -M virt with -kernel and no firmware: no ACPI, the button is a PL061 GPIO line
+    if [ -z "$found" ] && [ "$(uname -m)" = aarch64 ]; then
+        setsid sh /etc/vlab/power-button.sh pl061 </dev/null >/dev/null 2>&1 &
+    fi
 }
 
 # mount_boot_disk: the read-only disk (serial vlab-boot) holding the kernel and crash initrd.
