@@ -104,6 +104,13 @@ LEASE_LOCK_STALE_S = 30
 #: stretched over the case's remaining deadlines (fleet/runner.py).
 LEASE_TTL_S = 120.0
 LEASE_RENEW_S = 30.0
+#: Written on top of what a case asked for, so that the renewals every LEASE_RENEW_S keep the
+#: lease covering a whole next case's budget: that case then sends no lease command
+#: (fleet/lease_keeper.py). A dead holder's lease lasts this much longer (one on the same
+#: machine is still taken over at once).
+LEASE_HEADROOM_S = 2 * LEASE_RENEW_S
+#: A renewal that failed (the host rebooting) is tried again this soon.
+LEASE_RENEW_RETRY_S = 2.0
 
 # -- restoring a host (cycle/arm_journal.py) -------------------------------------------------
 #: Loading the crash kernel again: kexec -p takes ~10 s under TCG, a few s on a server.

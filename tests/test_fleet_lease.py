@@ -169,3 +169,23 @@ def test_a_lease_is_given_back_over_a_fresh_connection_when_the_one_it_held_died
     shell.stale = True              # the host panicked and came back; no renewal fell since
     keeper.release()
     assert lease.read(LocalShell(), "srv1", state) == {}
+
+
+def test_a_kept_lease_covering_the_next_case_costs_that_case_no_command(tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+    from orchestrator.tunables import LEASE_HEADROOM_S
+
+    shell, state = LocalShell(), str(tmp_path / "state")
+    keeper = LeaseKeeper(shell, "srv1", state, holder("run-1", "aaaa"))
+    keeper.take(100, wait_s=0)
+    written = int(lease.read(shell, "srv1", state)["left_s"])
+    assert 100 + LEASE_HEADROOM_S - 2 <= written <= 100 + LEASE_HEADROOM_S     # headroom for renewals
+    sent = len(shell.commands)
+    keeper.take(100, wait_s=0)                  # the next case: still covered, nothing sent
+    assert len(shell.commands) == sent
+    keeper.take(100 + LEASE_HEADROOM_S, wait_s=0)   # a longer case than what is left: taken again
+    assert len(shell.commands) == sent + 1
+    keeper.release()
+    keeper.take(100, wait_s=0)                  # given back: a new take goes to the host
+    assert lease.read(shell, "srv1", state)["run_id"] == "run-1"
+    keeper.release()

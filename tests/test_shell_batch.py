@@ -3,57 +3,45 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from orchestrator.cycle.machine import CaseCycle
 from orchestrator.cycle.prefetch import PrefetchShell
 from orchestrator.errors import RetryableInfraError
 from orchestrator.protocols import shell_batch as batch
-from orchestrator.protocols.shell import CommandFailed, CommandResult, ShellProtocol
+from orchestrator.protocols.shell import CommandFailed, CommandResult
 from orchestrator.protocols.shell_batch import Section
 from fakehost import FakeLabHost
 from test_cycle import make_case
+from test_kernel_shells import LocalShell, busybox_shell
 
 
-class LocalShell(ShellProtocol):
-    """This machine's /bin/sh, counting round trips."""
-
-    def __init__(self):
-        self.runs: list[str] = []
-        self.drop = False
+class DroppingShell(LocalShell):
+    """This machine's sh; while ``drop`` is set, every round trip fails as a dropped link."""
+    drop = False
 
     def run(self, command, *, timeout, check=True):
-        self.runs.append(command)
         if self.drop:
             raise RetryableInfraError("connection dropped")
-        done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, timeout=timeout)
-        result = CommandResult(command, done.returncode, done.stdout, done.stderr, 0.0)
-        if check and not result.ok:
-            raise CommandFailed(result, "local")
-        return result
-
-    def fire_detached(self, command, *, timeout, output):
-        raise NotImplementedError
-
-    def fresh(self):
-        return self
-
-    def close(self):
-        pass
+        return super().run(command, timeout=timeout, check=check)
 
 
-def test_each_command_of_a_batch_keeps_its_own_status_output_and_error_and_a_failed_stop_ends_it():
+@pytest.fixture(params=["sh", "busybox"])
+def any_sh(request, tmp_path):
+    """A rack server's sh (dash) and a lab guest's (busybox ash)."""
+    return LocalShell() if request.param == "sh" else busybox_shell(str(tmp_path))
+
+
+def test_each_command_of_a_batch_keeps_its_own_status_output_and_error_and_a_failed_stop_ends_it(any_sh):
     sections = [Section("echo a; echo oops >&2; exit 3"), Section("printf 'no newline'"),
                 Section("exit 1", stop_on_failure=True), Section("echo never")]
-    shell = LocalShell()
+    shell = any_sh
     results = batch.run_batch(shell, sections)
-    assert len(shell.runs) == 1
+    assert len(shell.commands) == 1
     assert [(r.exit_code, r.stdout, r.stderr) for r in results] == [(3, "a\n", "oops\n"), (0, "no newline", ""),
                                                                    (1, "", "")]
     assert [r.command for r in results] == [s.command for s in sections[:3]]
-    token, unpacked = batch.unpack(shell.runs[0])
+    token, unpacked = batch.unpack(shell.commands[0])
     assert unpacked == [Section(s.command, stop_on_failure=s.stop_on_failure) for s in sections]
     assert batch.split(CommandResult("x", 0, "not a batch", "", 0.0), sections, token) is None
 
@@ -65,14 +53,14 @@ def test_prefetched_commands_are_answered_from_one_round_trip_until_something_el
     flag.write_text("changed\n")
     assert ahead.run(f"cat {flag}", timeout=5, check=False).exit_code == 1     # as it was at the batch
     assert ahead.run("echo two", timeout=5).stdout == "two\n"
-    assert len(shell.runs) == 1
+    assert len(shell.commands) == 1
     ahead.run("true", timeout=5)                       # not foreseen: what was fetched is stale now
     assert ahead.run(f"cat {flag}", timeout=5).stdout == "changed\n"
-    assert len(shell.runs) == 3
+    assert len(shell.commands) == 3
 
 
 def test_a_failed_prefetched_command_names_itself_and_a_dropped_batch_fails_its_first_command_only():
-    shell = LocalShell()
+    shell = DroppingShell()
     ahead = PrefetchShell(shell)
     ahead.prefetch([Section("echo bad >&2; exit 4"), Section("echo fine")])
     with pytest.raises(CommandFailed, match=r"`echo bad >&2; exit 4` exited 4: bad"):
