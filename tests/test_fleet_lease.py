@@ -189,3 +189,20 @@ def test_a_kept_lease_covering_the_next_case_costs_that_case_no_command(tmp_path
     keeper.take(100, wait_s=0)                  # given back: a new take goes to the host
     assert lease.read(shell, "srv1", state)["run_id"] == "run-1"
     keeper.release()
+
+
+def test_the_first_cases_lease_is_taken_while_the_host_is_opened_and_a_holder_is_left_to_the_case(tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+
+    shell, state = LocalShell(), str(tmp_path / "state")
+    keeper = LeaseKeeper(shell, "srv1", state, holder("run-1", "aaaa"))
+    keeper.warm_up(100).join()
+    assert lease.read(shell, "srv1", state)["run_id"] == "run-1"
+    sent = len(shell.commands)
+    keeper.take(100, wait_s=0)                  # the first case: already taken for it
+    assert len(shell.commands) == sent
+    other = LeaseKeeper(LocalShell(), "srv1", state, holder("run-2", "bbbb"))
+    other.warm_up(100).join()                   # held: nothing taken, nothing raised here
+    with pytest.raises(LeaseHeld, match="run-1"):
+        other.take(100, wait_s=0)               # the case says who holds it
+    keeper.release()

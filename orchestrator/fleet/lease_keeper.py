@@ -50,9 +50,8 @@ class LeaseKeeper:
             try:
                 with self._renewing:
                     self._ttl = ttl_s + LEASE_HEADROOM_S
-                    if self.taken and self._valid_until - time.monotonic() >= ttl_s:
-                        return self.taken        # still ours for the whole of ttl_s: nothing to send
-                    self.taken = self._once(self._take, steal)
+                    if not (self.taken and self._valid_until - time.monotonic() >= ttl_s):
+                        self.taken = self._once(self._take, steal)   # else still ours for all of ttl_s
                 self._start_renewing()
                 return self.taken
             except LeaseHeld as held:
@@ -64,16 +63,26 @@ class LeaseKeeper:
                 polls_left -= 1
                 sleep(LEASE_WAIT_POLL_S)
 
-    def warm_up(self) -> None:
+    def warm_up(self, ttl_s: float | None = None) -> threading.Thread:
         """Connect the lease's shell in the background while the host is being opened, so
-        the first case does not wait for its SSH handshake (~0.5 s on a lab guest)."""
+        the first case does not wait for its SSH handshake (~0.5 s on a lab guest). With
+        ``ttl_s`` the lease is taken there for the first case (a holder found there is left
+        for that case's own take to report, or wait for)."""
         def connect() -> None:
             with self._renewing:
                 try:
-                    self.shell.run("true", timeout=LEASE_RENEW_S, check=False)
+                    if ttl_s is None:
+                        self.shell.run("true", timeout=LEASE_RENEW_S, check=False)
+                    else:
+                        self._ttl = ttl_s + LEASE_HEADROOM_S
+                        self.taken = self._take()
+                except LeaseHeld:
+                    pass
                 except InfraError:
                     self.shell.close()       # the first take connects again, and says why
-        threading.Thread(target=connect, name=f"lease {self.host} connect", daemon=True).start()
+        thread = threading.Thread(target=connect, name=f"lease {self.host} connect", daemon=True)
+        thread.start()
+        return thread
 
     def release(self) -> None:
         """Give the lease back (a host that is down keeps it until it expires by itself)."""
