@@ -152,6 +152,9 @@ ENGINE_CONNECT_TIMEOUT_S = 5.0
 #: are assembled from them at most this often while a run goes on (and always at its end):
 #: assembling grows with the run, and a 1,000-host run would spend its controller on it.
 REPORT_INTERVAL_S = 5.0
+#: ... and no more often than this many times its own last duration: with 1,000 hosts one
+#: assembly took 2-3.7 s of a GIL the hosts needed, every 5 s (bench/bench_fleet.py).
+REPORT_SHARE_LIMIT = 10.0
 #: How often a case waiting for a host leased by someone else (--lease-wait) looks again.
 LEASE_WAIT_POLL_S = 5.0
 #: After an infrastructure error, one quick look decides whether the host is still there; a
