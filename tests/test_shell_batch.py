@@ -57,6 +57,9 @@ def test_prefetched_commands_are_answered_from_one_round_trip_until_something_el
     ahead.run("true", timeout=5)                       # not foreseen: what was fetched is stale now
     assert ahead.run(f"cat {flag}", timeout=5).stdout == "changed\n"
     assert len(shell.commands) == 3
+    ahead.prefetch([Section("echo one"), Section("echo two")])
+    ahead.prefetch([Section("echo alone")])            # not batched, yet the older answers are gone
+    assert ahead.run("echo one", timeout=5).stdout == "one\n" and len(shell.commands) == 5
 
 
 def test_a_failed_prefetched_command_names_itself_and_a_dropped_batch_fails_its_first_command_only():

@@ -31,8 +31,9 @@ class BoundedShell:
         """Commands sent ahead (cycle/ahead.py) get what is left of the deadline, all together."""
         left = self._end - time.monotonic()
         ahead = getattr(self._inner, "prefetch", None)
-        if left > 0 and ahead is not None:
-            ahead([replace(s, timeout=min(s.timeout, left)) for s in sections], timeout=left)
+        if ahead is not None:
+            ahead([replace(s, timeout=min(s.timeout, left)) for s in sections] if left > 0 else [],
+                  timeout=max(left, 0.0))
 
     def __getattr__(self, name: str) -> Any:
         # Only run() and prefetch() are bounded: the phases that use this view run nothing else.

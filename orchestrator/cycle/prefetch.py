@@ -30,8 +30,11 @@ class PrefetchShell(ShellProtocol):
         self.batches = 0                     # round trips that answered more than one command
 
     def prefetch(self, sections: list[batch.Section], *, timeout: float | None = None) -> None:
-        """Run ``sections`` in one round trip (within ``timeout`` seconds, if given)."""
+        """Run ``sections`` in one round trip (within ``timeout`` seconds, if given); fewer
+        than two are left to run on their own. Whatever an earlier batch answered is dropped."""
         self._drop()
+        if len(sections) < 2:
+            return
         try:
             results = batch.run_batch(self._inner, sections, timeout)
         except InfraError as exc:

@@ -93,5 +93,5 @@ def prefetch(shell: ShellProtocol, sections: list[Section | None]) -> None:
     (a plain transport) is left alone: the commands then run one by one, as before."""
     wanted = [s for s in sections if s is not None]
     ahead = getattr(shell, "prefetch", None)
-    if ahead is not None and len(wanted) > 1:
-        ahead(wanted)
+    if ahead is not None:
+        ahead(wanted)           # one command alone is not batched, but older answers are dropped
