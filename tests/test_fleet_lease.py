@@ -206,3 +206,13 @@ def test_the_first_cases_lease_is_taken_while_the_host_is_opened_and_a_holder_is
     with pytest.raises(LeaseHeld, match="run-1"):
         other.take(100, wait_s=0)               # the case says who holds it
     keeper.release()
+
+
+def test_an_empty_lease_left_by_a_crash_is_nobodys(shell, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "lease").write_text("")            # the rename reached the disk, the data did not
+    assert lease.release(shell, "srv1", str(state), holder("run-1", "aaaa"))
+    assert not (state / "lease").exists()
+    (state / "lease").write_text("")
+    assert lease.take(shell, "srv1", str(state), holder("run-2", "bbbb"), 60)["run_id"] == "run-2"
