@@ -14,6 +14,13 @@ from __future__ import annotations
 #: this plus one login (0.2 s on an idle lab guest, up to ~0.8 s while it loads its crash
 #: kernel right after sshd starts; target <= 1 s).
 SSH_POLL_S = 0.1
+#: After HEDGE_FAST_S of waiting, new probes start every SSH_POLL_SLOW_S. A host is back
+#: 9-12 s after a panic (lab) or minutes (servers); on the lab the probes mostly stall on
+#: their banner (2 s, at most 8 in flight), which paces them at ~4 a second anyway. What
+#: it saves: 1,000 simulated hosts probing at 10 Hz kept the controller's one core busy
+#: (bench/bench_fleet.py). "Reboot noticed" grows by at most SSH_POLL_SLOW_S - SSH_POLL_S.
+HEDGE_FAST_S = 3.0
+SSH_POLL_SLOW_S = 0.25
 #: The probe is three cats and a date: a host that needs longer is not up yet.
 PROBE_TIMEOUT_S = 5.0
 #: Hedged probes at once (each may stall up to its connect + banner timeouts). Below
@@ -108,6 +115,13 @@ LEASE_LOCK_STALE_S = 30
 #: stretched over the case's remaining deadlines (fleet/runner.py).
 LEASE_TTL_S = 120.0
 LEASE_RENEW_S = 30.0
+#: Written on top of what a case asked for, so that the renewals every LEASE_RENEW_S keep the
+#: lease covering a whole next case's budget: that case then sends no lease command
+#: (fleet/lease_keeper.py). A dead holder's lease lasts this much longer (one on the same
+#: machine is still taken over at once).
+LEASE_HEADROOM_S = 2 * LEASE_RENEW_S
+#: A renewal that failed (the host rebooting) is tried again this soon.
+LEASE_RENEW_RETRY_S = 2.0
 
 # -- restoring a host (cycle/arm_journal.py) -------------------------------------------------
 #: Loading the crash kernel again: kexec -p takes ~10 s under TCG, a few s on a server.
@@ -142,6 +156,9 @@ ENGINE_CONNECT_TIMEOUT_S = 5.0
 #: are assembled from them at most this often while a run goes on (and always at its end):
 #: assembling grows with the run, and a 1,000-host run would spend its controller on it.
 REPORT_INTERVAL_S = 5.0
+#: ... and no more often than this many times its own last duration: with 1,000 hosts one
+#: assembly took 2-3.7 s of a GIL the hosts needed, every 5 s (bench/bench_fleet.py).
+REPORT_SHARE_LIMIT = 10.0
 #: How often a case waiting for a host leased by someone else (--lease-wait) looks again.
 LEASE_WAIT_POLL_S = 5.0
 #: After an infrastructure error, one quick look decides whether the host is still there; a

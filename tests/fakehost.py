@@ -53,12 +53,21 @@ class StubLayout:
     def sort_key(self, dump_id: str) -> str:
         return dump_id
 
+    def list_command(self) -> str:
+        return "ls /var/crash"
+
+    def written_since_command(self) -> str:
+        return "stat -c '%Y %n' /var/crash/*/*"
+
+    def collect_reads(self, dump_id: str) -> list[str]:
+        return []
+
     def list_dumps(self, shell) -> list[str]:
-        shell.run("ls /var/crash", timeout=10)
+        shell.run(self.list_command(), timeout=10)
         return sorted(self.host.dumps)
 
     def written_since(self, shell, epoch: float) -> list[str]:
-        shell.run("stat -c '%Y %n' /var/crash/*/*", timeout=10)
+        shell.run(self.written_since_command(), timeout=10)
         return sorted(self.host.rewritten)
 
     def collect(self, shell, dump_id: str) -> StubDump:
@@ -229,8 +238,14 @@ class StubInjector:
     def unavailable_reason(self, shell, *, arch):
         return None
 
+    def probe_command(self):
+        return None
+
     def prepare(self, shell):
-        shell.run("modprobe hwpoison_inject", timeout=10)
+        shell.run(self.prepare_command(), timeout=10)
+
+    def prepare_command(self):
+        return "modprobe hwpoison_inject"
 
     def command(self, target):
         return f"echo {target.pfn:#x} > /sys/kernel/debug/hwpoison/corrupt-pfn"

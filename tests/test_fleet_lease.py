@@ -169,3 +169,50 @@ def test_a_lease_is_given_back_over_a_fresh_connection_when_the_one_it_held_died
     shell.stale = True              # the host panicked and came back; no renewal fell since
     keeper.release()
     assert lease.read(LocalShell(), "srv1", state) == {}
+
+
+def test_a_kept_lease_covering_the_next_case_costs_that_case_no_command(tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+    from orchestrator.tunables import LEASE_HEADROOM_S
+
+    shell, state = LocalShell(), str(tmp_path / "state")
+    keeper = LeaseKeeper(shell, "srv1", state, holder("run-1", "aaaa"))
+    keeper.take(100, wait_s=0)
+    written = int(lease.read(shell, "srv1", state)["left_s"])
+    assert 100 + LEASE_HEADROOM_S - 2 <= written <= 100 + LEASE_HEADROOM_S     # headroom for renewals
+    sent = len(shell.commands)
+    keeper.take(100, wait_s=0)                  # the next case: still covered, nothing sent
+    assert len(shell.commands) == sent
+    keeper.take(100 + LEASE_HEADROOM_S, wait_s=0)   # a longer case than what is left: taken again
+    assert len(shell.commands) == sent + 1
+    keeper.release()
+    keeper.take(100, wait_s=0)                  # given back: a new take goes to the host
+    assert lease.read(shell, "srv1", state)["run_id"] == "run-1"
+    keeper.release()
+
+
+def test_the_first_cases_lease_is_taken_while_the_host_is_opened_and_a_holder_is_left_to_the_case(tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+
+    shell, state = LocalShell(), str(tmp_path / "state")
+    keeper = LeaseKeeper(shell, "srv1", state, holder("run-1", "aaaa"))
+    keeper.warm_up(100).join()
+    assert lease.read(shell, "srv1", state)["run_id"] == "run-1"
+    sent = len(shell.commands)
+    keeper.take(100, wait_s=0)                  # the first case: already taken for it
+    assert len(shell.commands) == sent
+    other = LeaseKeeper(LocalShell(), "srv1", state, holder("run-2", "bbbb"))
+    other.warm_up(100).join()                   # held: nothing taken, nothing raised here
+    with pytest.raises(LeaseHeld, match="run-1"):
+        other.take(100, wait_s=0)               # the case says who holds it
+    keeper.release()
+
+
+def test_an_empty_lease_left_by_a_crash_is_nobodys(shell, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "lease").write_text("")            # the rename reached the disk, the data did not
+    assert lease.release(shell, "srv1", str(state), holder("run-1", "aaaa"))
+    assert not (state / "lease").exists()
+    (state / "lease").write_text("")
+    assert lease.take(shell, "srv1", str(state), holder("run-2", "bbbb"), 60)["run_id"] == "run-2"

@@ -9,7 +9,8 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.kernel import vmcoreinfo as vmci
-from orchestrator.kernel.kdump import kdump_loaded, layout_for, read_bytes
+from orchestrator.kernel.dumpfile import read_bytes
+from orchestrator.kernel.kdump import kdump_loaded, layout_for
 from test_kernel_shells import FakeShell, LocalShell, busybox_shell
 
 INFO = ("OSRELEASE=7.3.4+deb13-cloud-amd64\nBUILD-ID=1fe9968467f2755292a45806719b9bba136b0cc8\n"

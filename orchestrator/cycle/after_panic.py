@@ -5,6 +5,7 @@ the dump the panic left.
 
 from __future__ import annotations
 
+from orchestrator.cycle import ahead
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import BootFacts, retry_transient, wait_for_boot
 from orchestrator.cycle.record import CaseRecord
@@ -19,6 +20,7 @@ def await_reboot(h: HostHandles, before: BootFacts, deadline_s: float) -> Back:
     after = wait_for_boot(h.poll_shell, deadline_s=deadline_s, state="dump", not_boot_id=before.boot_id,
                           sleep=h.pause)
     h.shell.close()   # its connection belonged to the previous boot
+    h.per_boot.seen(after.boot_id)
     return Back(after=after, how="back on SSH with a new boot_id")
 
 
@@ -27,6 +29,7 @@ def recover(h: HostHandles, before: BootFacts, deadlines: dict, record: CaseReco
     after = recover_wedged_host(h, before.boot_id, deadlines["wedge"], record.recovery,
                                 nmi_grace_s=deadlines["nmi"])
     h.shell.close()
+    h.per_boot.seen(after.boot_id)
     return Back(after=after, how="; ".join(record.recovery))
 
 
@@ -35,11 +38,13 @@ def collect_dump(h: HostHandles, dumps_before: tuple[str, ...], injected: Inject
     """The dump made after the injection, if any. Only a dump that was not there before, or
     one rewritten since the injection (kdump names dumps by the minute), counts."""
     kdump, shell = h.kdump, h.shell
+    ahead.collect(h)
     listed = retry_transient(kdump.list_dumps, shell)
     rewritten = retry_transient(kdump.written_since, shell, injected.epoch - CLOCK_SLACK_S)
     new = sorted({d for d in listed if d not in dumps_before} | set(rewritten), key=kdump.sort_key)
     if not new:
         return Collected()
+    ahead.dump_reads(h, new[-1])
     dump = retry_transient(kdump.collect, shell, new[-1])     # with several, the newest
     if len(new) > 1:
         record.add_evidence("dump", f"{len(new)} new dumps: {', '.join(new)}; using the newest")

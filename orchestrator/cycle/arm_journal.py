@@ -13,8 +13,10 @@ import shlex
 from dataclasses import dataclass
 
 from orchestrator.errors import FatalInfraError, OrchestratorError
-from orchestrator.kernel.kdump import kdump_loaded
-from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
+from orchestrator.kernel.kdump import KDUMP_LOADED_CMD, kdump_loaded
+from orchestrator.kernel.sysctl import read_command as sysctl_read_command, read_sysctls, write_sysctls
+from orchestrator.protocols import shell_batch as batch
+from orchestrator.protocols.shell_batch import Section
 from orchestrator.protocols.shell import ShellProtocol
 from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S
 
@@ -57,9 +59,14 @@ def _path(state_dir: str) -> str:
     return shlex.quote(f"{state_dir.rstrip('/')}/{JOURNAL}")
 
 
+def read_command(state_dir: str) -> str:
+    """The command ``read_record`` runs (for protocols/shell_batch.py)."""
+    return f"cat {_path(state_dir)} 2>/dev/null"
+
+
 def read_record(shell: ShellProtocol, state_dir: str) -> ArmRecord | None:
     """The host's pending record: None when the host is not armed by anyone."""
-    result = shell.run(f"cat {_path(state_dir)} 2>/dev/null", timeout=15, check=False)
+    result = shell.run(read_command(state_dir), timeout=15, check=False)
     return ArmRecord.parse(result.stdout) if result.ok and result.stdout.strip() else None
 
 
@@ -67,18 +74,32 @@ def record_originals(shell: ShellProtocol, state_dir: str, names, *, run_id: str
                      boot_id: str = "") -> ArmRecord:
     """Read the sysctls about to be changed and the crash kernel's state, and write them to
     the journal; ``FatalInfraError`` if a record is already there (restore it first)."""
+    record = read_originals(shell, names, run_id=run_id, case=case, boot_id=boot_id)
+    write_record(shell, state_dir, record)
+    return record
+
+
+def read_originals(shell: ShellProtocol, names, *, run_id: str, case: str, boot_id: str = "") -> ArmRecord:
+    """What the journal will hold: the sysctls about to be changed and the crash kernel's state."""
     values = {k: v for k, v in read_sysctls(shell, names).items() if v is not None}
-    record = ArmRecord(sysctls=tuple(sorted(values.items())), kdump_loaded=kdump_loaded(shell),
-                       run_id=run_id, case=case, boot_id=boot_id)
+    return ArmRecord(sysctls=tuple(sorted(values.items())), kdump_loaded=kdump_loaded(shell),
+                     run_id=run_id, case=case, boot_id=boot_id)
+
+
+def write_command(state_dir: str, record: ArmRecord) -> str:
+    """The command ``write_record`` runs (for protocols/shell_batch.py): exits 73 when a record exists."""
     path, tmp = _path(state_dir), shlex.quote(f"{state_dir.rstrip('/')}/{JOURNAL}.tmp")
-    script = (f"umask 077; mkdir -p {shlex.quote(state_dir)} || exit 1; [ -e {path} ] && exit {_EXISTS}; "
-              f"printf '%s' {shlex.quote(record.lines())} > {tmp} && sync {tmp} 2>/dev/null; mv {tmp} {path}")
-    result = shell.run(script, timeout=15, check=False)
+    return (f"umask 077; mkdir -p {shlex.quote(state_dir)} || exit 1; [ -e {path} ] && exit {_EXISTS}; "
+            f"printf '%s' {shlex.quote(record.lines())} > {tmp} && sync {tmp} 2>/dev/null; mv {tmp} {path}")
+
+
+def write_record(shell: ShellProtocol, state_dir: str, record: ArmRecord) -> None:
+    """Write ``record`` as the host's journal; ``FatalInfraError`` if one is already there."""
+    result = shell.run(write_command(state_dir, record), timeout=15, check=False)
     if result.exit_code == _EXISTS:
         raise FatalInfraError(f"an arm journal is already on the host at {state_dir}/{JOURNAL}: restore it first")
     if not result.ok:
         raise FatalInfraError(f"cannot write the arm journal in {state_dir}: {result.stderr.strip()}")
-    return record
 
 
 def restore(shell: ShellProtocol, state_dir: str, record: ArmRecord, *, timeout: float,
@@ -90,6 +111,9 @@ def restore(shell: ShellProtocol, state_dir: str, record: ArmRecord, *, timeout:
     loads its crash kernel by itself while booting, so it is not loaded a second time."""
     done = []
     rebooted = bool(boot_id and record.boot_id and boot_id != record.boot_id)
+    # its reads in one round trip (protocols/shell_batch.py)
+    batch.prefetch(shell, [Section(sysctl_read_command([name for name, _ in record.sysctls])),
+                           Section(KDUMP_LOADED_CMD) if record.kdump_loaded and not rebooted else None])
     try:
         current = read_sysctls(shell, [name for name, _ in record.sysctls])
         changed = {k: v for k, v in record.sysctls if current.get(k) != v}

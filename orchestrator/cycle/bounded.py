@@ -8,10 +8,12 @@ deadline, and a phase out of time raises ``DeadlineExceeded`` instead of startin
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from orchestrator.errors import DeadlineExceeded
 from orchestrator.protocols.shell import CommandResult, ShellProtocol
+from orchestrator.protocols.shell_batch import Section
 
 
 class BoundedShell:
@@ -25,6 +27,14 @@ class BoundedShell:
             raise DeadlineExceeded(self._state, self._seconds, f"before `{command[:40]}`")
         return self._inner.run(command, timeout=min(timeout, left), check=check)
 
+    def prefetch(self, sections: list[Section]) -> None:
+        """Commands sent ahead (cycle/ahead.py) get what is left of the deadline, all together."""
+        left = self._end - time.monotonic()
+        ahead = getattr(self._inner, "prefetch", None)
+        if ahead is not None:
+            ahead([replace(s, timeout=min(s.timeout, left)) for s in sections] if left > 0 else [],
+                  timeout=max(left, 0.0))
+
     def __getattr__(self, name: str) -> Any:
-        # Only run() is bounded: the phases that use this view run nothing else.
+        # Only run() and prefetch() are bounded: the phases that use this view run nothing else.
         return getattr(self._inner, name)

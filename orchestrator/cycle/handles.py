@@ -36,6 +36,17 @@ class PerBoot:
                 self._known[key] = learn()
             return self._known[key]
 
+    def seen(self, boot_id: str) -> None:
+        """The host is now in ``boot_id`` (it came back after a panic): forget the old boot."""
+        with self._lock:
+            if boot_id != self._boot_id:
+                self._boot_id, self._known = boot_id, {}
+
+    def knows(self, key: Hashable) -> bool:
+        """Known for the last boot seen (a step batching its reads leaves out what is known)."""
+        with self._lock:
+            return key in self._known
+
 
 @dataclass
 class HostHandles:

@@ -25,6 +25,7 @@ from orchestrator.config.playbook import Case
 from orchestrator.cycle import after_panic, judging, observe, phases
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.outcome import case_run
+from orchestrator.cycle.prefetch import PrefetchShell
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.steps import LOST, PANICKED, RETURNED, CaseRun, Trail, Verdict
 from orchestrator.cycle.waitmeter import WaitMeter
@@ -87,7 +88,8 @@ class CaseCycle:
                  on_state: Callable[[str, str], None] | None = None, run_id: str = "adhoc"):
         meter = WaitMeter()
         # The cycle sees metered transports, so each phase knows how long it waited on the host.
-        self.h = HostHandles(host=handles.host, shell=meter.wrap(handles.shell),
+        # ... and a shell that answers the commands a step sends ahead (cycle/ahead.py).
+        self.h = HostHandles(host=handles.host, shell=meter.wrap(PrefetchShell(handles.shell)),
                              poll_shell=meter.wrap(handles.poll_shell), power=meter.wrap(handles.power),
                              console=meter.wrap(handles.console), kdump=handles.kdump, pause=meter.sleep,
                              per_boot=handles.per_boot, firmware=meter.wrap(handles.firmware))

@@ -12,6 +12,7 @@ import time
 from typing import Callable
 
 from orchestrator.config.playbook import Expectation
+from orchestrator.cycle import ahead
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import read_boot_facts, retry_transient
 from orchestrator.cycle.record import CaseRecord
@@ -100,6 +101,7 @@ def read_survivor(h: HostHandles, injected: Injected, deadline_s: float, record:
     An injection the kernel or firmware refused (``refusal`` names why: the injector's) is an
     error, not a survival: nothing was injected."""
     after = live = done = None
+    ahead.survivor(h, injected.output, deadline_s)
     try:
         after = retry_transient(read_boot_facts, h.shell)
         live = retry_transient(lambda: h.shell.run("dmesg", timeout=deadline_s, check=False).stdout)

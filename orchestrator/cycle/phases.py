@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from orchestrator.config.playbook import Case
-from orchestrator.cycle import arm_journal
+from orchestrator.cycle import ahead, arm_journal
 from orchestrator.cycle.bounded import BoundedShell
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import BootFacts, read_boot_facts, retry_until, wait_for_boot
@@ -57,6 +57,7 @@ def preflight(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: 
 def _preflight_once(h: HostHandles, case: Case, resolve_expect: Callable, deadline_s: float,
                     record: CaseRecord) -> Preflight:
     host, kdump = h.host, case.kdump == "required" and case.expect.outcome != "survive"
+    ahead.preflight(h, case, make_injector(case.injector))
     facts = _answering(h)
     # A host that answers SSH is powered on: the BMC is asked only when it does not (a slow
     # BMC, whose replies come 2 s late, never completes pyghmi's login and must not cost a
@@ -116,8 +117,9 @@ def arm(h: HostHandles, case: Case, deadline_s: float, *, run_id: str, boot_id: 
     crash kernel if asked."""
     shell = BoundedShell(h.shell, deadline_s, "arm")
     wanted = dict(case.sysctls)
-    journal = arm_journal.record_originals(shell, h.host.state_dir, wanted, run_id=run_id, case=case.name,
-                                           boot_id=boot_id)
+    journal = arm_journal.read_originals(shell, wanted, run_id=run_id, case=case.name, boot_id=boot_id)
+    ahead.arm(shell, case, h.host.state_dir, journal)
+    arm_journal.write_record(shell, h.host.state_dir, journal)
     write_sysctls(shell, wanted)
     if case.kdump == "unload":
         shell.run("kexec -p -u", timeout=deadline_s)
@@ -143,13 +145,14 @@ def inject(h: HostHandles, case: Case, targeted: Targeted, deadline_s: float, re
            run_id: str) -> tuple[Injected, str]:
     """Fire the injection detached; returns it and the timing note."""
     inj = make_injector(case.injector)
-    inj.prepare(h.shell)
     output = inject_output(run_id, case.name)
     # A previous attempt's exit status (a resumed run repeats a case) must not pass for
     # this injection's, even if the launch below drops before its own clean-up ran.
     stale = " ".join(detached_files(output).values())
-    folder = shlex.quote(output.rsplit("/", 1)[0])
-    epoch = h.shell.run(f"mkdir -p {folder}; rm -f {stale}; date +%s", timeout=15).stdout.strip()
+    clear = f"mkdir -p {shlex.quote(output.rsplit('/', 1)[0])}; rm -f {stale}; date +%s"
+    ahead.inject(h.shell, inj, clear)
+    inj.prepare(h.shell)
+    epoch = h.shell.run(clear, timeout=15).stdout.strip()
     if not epoch.isdigit():
         raise RetryableInfraError(f"the host's clock answered {epoch!r}, not seconds since the epoch")
     mark = h.console.mark() if h.console is not None else 0

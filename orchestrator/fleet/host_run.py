@@ -60,21 +60,23 @@ class HostRun:
 
     def run(self, cases: list[Case]) -> None:
         """Open the host once, record its facts, then its cases one after another."""
-        with self.opened():
+        with self.opened(first=cases[0] if cases else None):
             for case in cases:
                 self.run_one(case)
 
     @contextmanager
-    def opened(self) -> Iterator["HostRun"]:
+    def opened(self, first: Case | None = None) -> Iterator["HostRun"]:
         """The host's handles, open until the block ends, its facts recorded. A host that
-        cannot be reached is lost from the start: every case run meanwhile is an error."""
+        cannot be reached is lost from the start: every case run meanwhile is an error.
+        ``first``: the case to come, whose lease is taken while the host is opened."""
         host_dir = self.folder.run_dir / store.safe_name(self.host.name)
         log = store.case_dir(self.folder.run_dir, self.host.name, "_host") / "commands.log"
         with ExitStack() as stack:
             try:
                 self.session = stack.enter_context(self.open_host(self.host, host_dir, commands_log=log))
                 self.keeper = LeaseKeeper(self.session.lease_shell, self.host.name, self.host.state_dir, self.holder)
-                self.keeper.warm_up()
+                # the lease for the ``first`` case taken meanwhile (none when each case gives it back)
+                self.keeper.warm_up(case_budget(first) if first and not self.release_between_cases else None)
                 stack.callback(self.keeper.release)
                 self.folder.record_facts(probe_host_facts(self.session.handles, self.resolver,
                                                           may_inject=self._lease_for_probe))

@@ -140,7 +140,7 @@ def take(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, ttl_s:
             f"  else over=$lines; fi\n"
             f"fi\n"
             f"printf '{text}since=%s\\nexpires=%s\\n' \"$since\" $((now + {int(ttl_s)})) > \"$lease.tmp\" "
-            f"&& mv \"$lease.tmp\" \"$lease\" || exit 1\n"
+            f"&& {{ sync \"$lease.tmp\" 2>/dev/null; mv \"$lease.tmp\" \"$lease\"; }} || exit 1\n"
             f"printf '{text}since=%s\\nexpires=%s\\n' \"$since\" $((now + {int(ttl_s)}))\n"
             f"[ -z \"$over\" ] || echo \"taken_over=$over\"")
     result = _run(shell, host, _locked(state_dir, body))
@@ -154,7 +154,9 @@ def take(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, ttl_s:
 
 def release(shell: ShellProtocol, host: str, state_dir: str, holder: Holder) -> bool:
     """Give the lease back if it is still ours; False if it was not (expired and taken)."""
-    body = f"fields; [ \"$tok\" = {shlex.quote(holder.token)} ] || exit {LOST}\nrm -f \"$lease\""
+    # A lease without a token is what a crash left of a write (an empty file): nobody's.
+    body = (f"fields; [ \"$tok\" = {shlex.quote(holder.token)} ] || [ -z \"$tok\" ] || exit {LOST}\n"
+            f"rm -f \"$lease\"")
     result = _run(shell, host, _locked(state_dir, body))
     if result.exit_code == LOST:
         return False

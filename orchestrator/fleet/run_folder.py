@@ -32,7 +32,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.fleet.plan import RunPlan
 from orchestrator.results import store
 from orchestrator.results.model import CaseResult, HostFacts, RunResult
-from orchestrator.tunables import REPORT_INTERVAL_S
+from orchestrator.tunables import REPORT_INTERVAL_S, REPORT_SHARE_LIMIT
 
 FACTS_JSON = "facts.json"
 
@@ -45,7 +45,7 @@ class RunFolder:
         self._results: dict[tuple[str, str], CaseResult] = {}
         self._facts: dict[str, HostFacts] = {}
         self._last_reports = 0.0
-
+        self._last_assembly_s = 0.0     # how long the last assembly took
     @classmethod
     def create(cls, base: Path, plan: RunPlan) -> "RunFolder":
         run_id, run_dir = store.new_run_dir(Path(base))
@@ -90,7 +90,8 @@ class RunFolder:
             self.reload()
         with self._lock:
             self._results[(result.host, result.case)] = result
-            due = time.monotonic() - self._last_reports >= REPORT_INTERVAL_S
+            due = time.monotonic() - self._last_reports >= max(REPORT_INTERVAL_S,
+                                                               REPORT_SHARE_LIMIT * self._last_assembly_s)
         if due:
             self.assemble()
 
@@ -113,6 +114,7 @@ class RunFolder:
                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
         with self._folder_lock():
             store.write_run(self.run_dir, run)
+        self._last_assembly_s = time.monotonic() - self._last_reports
         return run
 
     @contextmanager

@@ -18,13 +18,14 @@ class HostFacts:
     kdump_loaded: bool
 
 
+# KernelPageSize from smaps: getconf is not in every busybox; 4K/16K/64K arm64 kernels differ.
+PROBE_CMD = ("uname -m; uname -r; "
+             "awk '/^KernelPageSize:/ { print $2 * 1024; exit }' /proc/self/smaps; "
+             "cat /sys/kernel/kexec_crash_loaded 2>/dev/null || echo 0")
+
+
 def probe_facts(shell: ShellProtocol) -> HostFacts:
-    # KernelPageSize from smaps: getconf is not in every busybox; 4K/16K/64K arm64 kernels differ.
-    out = shell.run("uname -m; uname -r; "
-                    "awk '/^KernelPageSize:/ { print $2 * 1024; exit }' /proc/self/smaps; "
-                    "cat /sys/kernel/kexec_crash_loaded 2>/dev/null || echo 0",
-                    timeout=30).stdout.split()
-    return parse_facts(out)
+    return parse_facts(shell.run(PROBE_CMD, timeout=30).stdout.split())
 
 
 def parse_facts(words: list[str]) -> HostFacts:

@@ -16,6 +16,8 @@ from orchestrator.kernel import einj
 from orchestrator.kernel.pages import Target
 from orchestrator.protocols.shell import CommandResult, ShellProtocol
 
+#: For mounting debugfs and loading a module (a modprobe may read the disk).
+PREPARE_TIMEOUT_S = 60.0
 DEBUGFS = einj.DEBUGFS
 _MOUNT_DEBUGFS = (f"grep -q ' {DEBUGFS} debugfs ' /proc/mounts || "
                   f"mount -t debugfs debugfs {DEBUGFS}")
@@ -38,13 +40,16 @@ class Injector(abc.ABC):
 
     def unavailable_reason(self, shell: ShellProtocol, *, arch: str) -> str | None:
         """None if usable; otherwise why not, in words an operator can act on."""
+        return self._verdict(shell.run(self.probe_command(), timeout=30, check=False).stdout, arch)
+
+    def probe_command(self) -> str | None:
+        """The read ``unavailable_reason`` ends with (for protocols/shell_batch.py); None: no command."""
         probe = f"[ -e {self.needs} ] && echo present; {einj.lockdown_probe()}"
         if self.module:
             probe += (f"; (grep -q '^{self.module} ' /proc/modules || modinfo {self.module} || "
                       f"find /lib/modules/$(uname -r) -name '{self.module.replace('_', '[-_]')}.ko*' "
                       f"| grep -q .) >/dev/null 2>&1 && echo module")
-        out = shell.run(probe, timeout=30, check=False).stdout
-        return self._verdict(out, arch)
+        return probe
 
     def _verdict(self, probe_output: str, arch: str) -> str | None:
         locked = einj.lockdown_reason(self.name, probe_output) if self.needs.startswith(DEBUGFS) else None
@@ -57,13 +62,18 @@ class Injector(abc.ABC):
 
     def prepare(self, shell: ShellProtocol) -> None:
         """Make ``needs`` exist (mount debugfs, load the module), then run ``setup``; idempotent."""
+        command = self.prepare_command()
+        if command:
+            shell.run(command, timeout=PREPARE_TIMEOUT_S)
+
+    def prepare_command(self) -> str | None:
+        """The command ``prepare`` runs (for protocols/shell_batch.py); None: nothing to prepare."""
         steps = [_MOUNT_DEBUGFS] if self.needs.startswith(DEBUGFS) else []
         if self.module:
             steps.append(f"[ -e {self.needs} ] || modprobe {self.module}")
         if self.setup:
             steps.append(self.setup)
-        if steps:
-            shell.run("; ".join(steps), timeout=60)
+        return "; ".join(steps) or None
 
     @abc.abstractmethod
     def command(self, target: Target) -> str: ...
@@ -89,8 +99,14 @@ class FirmwareInjector(Injector):
     def unavailable_reason(self, shell, *, arch):
         return None                    # the BMC says so when its firmware lacks the path
 
+    def probe_command(self):
+        return None
+
     def prepare(self, shell):
         pass
+
+    def prepare_command(self):
+        return None
 
     def command(self, target):
         raise NotImplementedError(f"{self.name} is reported by the firmware, not run on the host")
@@ -128,6 +144,9 @@ class Einj(Injector):
     def unavailable_reason(self, shell, *, arch):
         return einj.unusable(self.name, self.error_type, shell.run(einj.probe_command(), timeout=60,
                                                                     check=False).stdout)
+
+    def probe_command(self):
+        return einj.probe_command()
 
     def command(self, target):
         return einj.inject_command(self.error_type, target.phys_addr)

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
 from orchestrator.kernel import vmcoreinfo as vmci
+from orchestrator.kernel.dumpfile import vmcoreinfo_from_dump
 from orchestrator.protocols.shell import ShellProtocol
 from orchestrator.tunables import KDUMP_COMMAND_TIMEOUT_S
-
-_HEAD_BYTES = 8192             # kdump header block + sub-header, or ELF header + phdrs
 
 
 @dataclass(frozen=True)
@@ -34,9 +33,12 @@ class DumpRecord:
     notes: tuple[str, ...]
 
 
+KDUMP_LOADED_CMD = "cat /sys/kernel/kexec_crash_loaded"
+
+
 def kdump_loaded(shell: ShellProtocol) -> bool:
     """True when a crash kernel is loaded (a panic now would be dumped)."""
-    result = shell.run("cat /sys/kernel/kexec_crash_loaded", timeout=30, check=False)
+    result = shell.run(KDUMP_LOADED_CMD, timeout=30, check=False)
     return result.ok and result.stdout.strip() == "1"
 
 
@@ -49,20 +51,30 @@ class KdumpLayout(abc.ABC):
 
     def list_dumps(self, shell: ShellProtocol) -> list[str]:
         """Dump directory names, oldest first."""
-        out = shell.run(f"ls -1 {shlex.quote(self.path)} 2>/dev/null", timeout=KDUMP_COMMAND_TIMEOUT_S,
-                        check=False).stdout
+        out = shell.run(self.list_command(), timeout=KDUMP_COMMAND_TIMEOUT_S, check=False).stdout
         return sorted((n for n in out.split() if self.id_pattern.match(n)), key=self.sort_key)
 
     def sort_key(self, dump_id: str) -> str:
         return dump_id
+
+    # The commands list_dumps, written_since and collect run (for protocols/shell_batch.py).
+    def list_command(self) -> str:
+        return f"ls -1 {shlex.quote(self.path)} 2>/dev/null"
+
+    def written_since_command(self) -> str:
+        return f"stat -c '%Y %n' {shlex.quote(self.path)}/*/* 2>/dev/null"
+
+    def collect_reads(self, dump_id: str) -> list[str]:
+        """The reads ``collect`` is expected to make of a complete dump of this layout."""
+        directory = f"{self.path}/{dump_id}"
+        return [f"ls -ln {shlex.quote(directory)}"]
 
     def written_since(self, shell: ShellProtocol, epoch: float) -> list[str]:
         """Dump directories holding a file modified at or after ``epoch`` (host clock).
 
         Names alone cannot tell a new dump: kdump-tools names a dump by the minute and a
         second crash in the same minute rewrites that directory."""
-        quoted = shlex.quote(self.path)
-        out = shell.run(f"stat -c '%Y %n' {quoted}/*/* 2>/dev/null", timeout=KDUMP_COMMAND_TIMEOUT_S, check=False).stdout
+        out = shell.run(self.written_since_command(), timeout=KDUMP_COMMAND_TIMEOUT_S, check=False).stdout
         found = set()
         for line in out.splitlines():
             mtime, _, name = line.partition(" ")
@@ -86,7 +98,7 @@ class KdumpLayout(abc.ABC):
         if text_name in files:
             info = vmci.parse_vmcoreinfo(_cat(shell, f"{directory}/{text_name}") or "")
         elif dump_name:
-            info, header_incomplete = _vmcoreinfo_from_dump(shell, f"{directory}/{dump_name}", notes)
+            info, header_incomplete = vmcoreinfo_from_dump(shell, f"{directory}/{dump_name}", notes)
             incomplete = incomplete or header_incomplete
         if not info:
             notes.append("no VMCOREINFO")
@@ -107,6 +119,11 @@ class DebianLayout(KdumpLayout):
 
     def vmcoreinfo_text(self, dump_id):
         return f"vmcoreinfo.{dump_id}"
+
+    def collect_reads(self, dump_id):
+        directory = f"{self.path}/{dump_id}"
+        return super().collect_reads(dump_id) + [_cat_command(f"{directory}/{name}.{dump_id}")
+                                                 for name in ("dmesg", "vmcoreinfo")]
 
     def classify(self, dump_id, files, notes):
         dmesg = f"dmesg.{dump_id}" if f"dmesg.{dump_id}" in files else None
@@ -173,6 +190,9 @@ class AutoLayout(KdumpLayout):
     def collect(self, shell, dump_id):
         return self._layout(dump_id).collect(shell, dump_id)
 
+    def collect_reads(self, dump_id):
+        return self._layout(dump_id).collect_reads(dump_id)
+
     def classify(self, dump_id, files, notes):
         return self._layout(dump_id).classify(dump_id, files, notes)
 
@@ -204,46 +224,10 @@ def _list_files(shell, directory) -> dict[str, int]:
     return files
 
 
+def _cat_command(path: str) -> str:
+    return f"cat {shlex.quote(path)}"
+
+
 def _cat(shell, path) -> str | None:
-    result = shell.run(f"cat {shlex.quote(path)}", timeout=KDUMP_COMMAND_TIMEOUT_S, check=False)
+    result = shell.run(_cat_command(path), timeout=KDUMP_COMMAND_TIMEOUT_S, check=False)
     return result.stdout if result.ok else None
-
-
-def read_bytes(shell: ShellProtocol, path: str, offset: int, size: int) -> bytes:
-    """``size`` bytes at ``offset`` of a host file (fewer at its end), through dd + od, which
-    every host has (base64 is not guaranteed)."""
-    first, last = offset // 512, -(-(offset + size) // 512)
-    out = shell.run(f"dd if={shlex.quote(path)} bs=512 skip={first} count={last - first} "
-                    f"2>/dev/null | od -An -v -tx1", timeout=KDUMP_COMMAND_TIMEOUT_S).stdout
-    data = bytes.fromhex("".join(out.split()))
-    return data[offset - first * 512:offset - first * 512 + size]
-
-
-def _vmcoreinfo_from_dump(shell, path, notes) -> tuple[dict[str, str], bool]:
-    """(VMCOREINFO, incomplete-by-header) read from the dump file itself."""
-    try:
-        head = read_bytes(shell, path, 0, _HEAD_BYTES)
-        kind = vmci.dump_format(head)
-        if kind == "kdump":
-            block_size = vmci.kdump_block_size(head)
-            if block_size + 64 > len(head):
-                head = read_bytes(shell, path, 0, block_size + 64)
-            header = vmci.parse_kdump_header(head)
-            if header.incomplete:
-                notes.append("kdump header flags the dump incomplete")
-            offset, size = vmci.vmcoreinfo_from_kdump_header(head)
-            text = read_bytes(shell, path, offset, size).decode(errors="replace")
-            return vmci.parse_vmcoreinfo(text), header.incomplete
-        if kind == "elf":
-            if vmci.elf_headers_size(head) > len(head):
-                head = read_bytes(shell, path, 0, vmci.elf_headers_size(head))
-            for offset, size in vmci.elf_note_segments(head):
-                note = vmci.find_elf_note(read_bytes(shell, path, offset, size))
-                if note is not None:
-                    return vmci.parse_vmcoreinfo(note.decode(errors="replace")), False
-            notes.append("ELF vmcore without a VMCOREINFO note")
-            return {}, False
-        notes.append(f"{path}: {kind} format, VMCOREINFO not read")
-    except vmci.DumpFormatError as exc:
-        notes.append(f"{path}: {exc}")
-    return {}, False

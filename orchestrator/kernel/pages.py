@@ -41,6 +41,15 @@ _ARM64_MARGIN = 32              # arm64 "Kernel code" starts at _text or _stext 
 _RODATA_SYMBOLS = ("_text", "__start_rodata", "__end_rodata")
 
 
+def first_reads(page_class: str, paths: ProcPaths = ProcPaths()) -> list[str]:
+    """The command ``select_target`` starts with for ``page_class`` (for shell_batch.py)."""
+    return [] if page_class in ("pfn", "user-anon") else [_iomem_read(paths)]
+
+
+def _iomem_read(paths: ProcPaths) -> str:
+    return f"cat {shlex.quote(paths.iomem)}"
+
+
 def select_target(shell: ShellProtocol, page_class: str, *, arch: str, page_size: int = 4096,
                   avoid: frozenset[int] = frozenset(), timeout: float = 60.0,
                   paths: ProcPaths = ProcPaths(), scratch_dir: str = "/var/tmp") -> Target:
@@ -53,7 +62,7 @@ def select_target(shell: ShellProtocol, page_class: str, *, arch: str, page_size
     if page_class == "user-anon":
         return find_target(shell, "anon", crit, [], page_class, "present anonymous page of a "
                             "sacrificial shell (pagemap)", page_size, avoid, paths, deadline)
-    iomem = parse_iomem(read_host(shell, f"cat {shlex.quote(paths.iomem)}", deadline))
+    iomem = parse_iomem(read_host(shell, _iomem_read(paths), deadline))
     ram = ram_pfns(iomem, page_size)
     if not ram:
         raise TargetNotFound(f"no System RAM with real addresses in {paths.iomem} (not root?)")

@@ -28,12 +28,16 @@ def read_sysctls(shell: ShellProtocol, names: Iterable[str]) -> dict[str, str | 
     names = list(names)
     if not names:
         return {}
-    # One line per name: "name<TAB>value" (values may hold tabs), or "name absent".
-    script = "; ".join(
+    out = shell.run(read_command(names), timeout=30).stdout
+    return parse_sysctl_lines(out, names)
+
+
+def read_command(names: Iterable[str]) -> str:
+    """The one command ``read_sysctls`` runs (for protocols/shell_batch.py); "" for no names.
+    One line per name: "name<TAB>value" (values may hold tabs), or "name absent"."""
+    return "; ".join(
         f"if [ -e {sysctl_path(n)} ]; then printf '%s\\t' {n}; head -n 1 {sysctl_path(n)}; "
         f"else echo '{n} absent'; fi" for n in names)
-    out = shell.run(script, timeout=30).stdout
-    return parse_sysctl_lines(out, names)
 
 
 def parse_sysctl_lines(text: str, names: Iterable[str]) -> dict[str, str | None]:
@@ -50,15 +54,19 @@ def parse_sysctl_lines(text: str, names: Iterable[str]) -> dict[str, str | None]
     return {n: values[n] for n in names}
 
 
+def write_command(values: Mapping[str, str]) -> str:
+    """The write ``write_sysctls`` runs before reading the values back (for protocols/shell_batch.py)."""
+    return "; ".join(
+        f"printf '%s\\n' {shlex.quote(str(v))} > {sysctl_path(n)} || echo \"refused {n}\" >&2"
+        for n, v in values.items())
+
+
 def write_sysctls(shell: ShellProtocol, values: Mapping[str, str]) -> None:
     """Write each value, then read all back: a value the kernel clamps or ignores is a refusal
     too. Raises ``SysctlRefused`` naming every sysctl that did not take its value."""
     if not values:
         return
-    writes = "; ".join(
-        f"printf '%s\\n' {shlex.quote(str(v))} > {sysctl_path(n)} || echo \"refused {n}\" >&2"
-        for n, v in values.items())
-    result = shell.run(writes, timeout=30, check=False)
+    result = shell.run(write_command(values), timeout=30, check=False)
     now = read_sysctls(shell, values)
     wrong = {n: now[n] for n, v in values.items() if now[n] != " ".join(str(v).split())}
     if wrong:

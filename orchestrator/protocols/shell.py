@@ -28,6 +28,12 @@ def detached_files(output: str) -> dict[str, str]:
     return {suffix: shlex.quote(f"{output}.{suffix}") for suffix in ("out", "err", "rc")}
 
 
+def detached_reads(output: str) -> list[str]:
+    """The commands ``detached_result`` runs: exit status, stdout, stderr (for shell_batch.py)."""
+    files = detached_files(output)
+    return [f"cat {files['rc']} 2>/dev/null", f"cat {files['out']}", f"cat {files['err']}"]
+
+
 class CommandFailed(FatalInfraError):
     """A command run with ``check=True`` exited non-zero; ``result`` says how."""
 
@@ -65,8 +71,8 @@ class ShellProtocol(abc.ABC):
         exit_code = self._detached_exit_code(output, timeout)
         if exit_code is None:
             return None
-        files = detached_files(output)
-        out, err = (self.run(f"cat {files[suffix]}", timeout=timeout, check=False).stdout for suffix in ("out", "err"))
+        _, read_out, read_err = detached_reads(output)
+        out, err = (self.run(read, timeout=timeout, check=False).stdout for read in (read_out, read_err))
         return CommandResult(f"(detached) {output}", exit_code, out, err, 0.0)
 
     def detached_finished(self, *, output: str, timeout: float) -> bool:
@@ -75,7 +81,7 @@ class ShellProtocol(abc.ABC):
         return self._detached_exit_code(output, timeout) is not None
 
     def _detached_exit_code(self, output: str, timeout: float) -> int | None:
-        rc = self.run(f"cat {detached_files(output)['rc']} 2>/dev/null", timeout=timeout, check=False)
+        rc = self.run(detached_reads(output)[0], timeout=timeout, check=False)
         return int(rc.stdout.strip()) if rc.ok and rc.stdout.strip().isdigit() else None
 
     @abc.abstractmethod

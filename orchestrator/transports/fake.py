@@ -10,6 +10,7 @@ import re
 from typing import Callable
 
 from orchestrator.errors import RetryableInfraError
+from orchestrator.protocols import shell_batch as batch
 from orchestrator.protocols.shell import CommandFailed, CommandResult, ShellProtocol
 from orchestrator.protocols.console import ConsoleLine, ConsoleProtocol
 from orchestrator.protocols.power import PowerProtocol
@@ -25,9 +26,13 @@ class FakeShell(ShellProtocol):
                  on_detached: Callable[[str], None] | None = None):
         self.handler, self.reachable, self.on_detached = handler, reachable, on_detached
         self.commands: list[str] = []
+        self.batches: list[list[str]] = []      # the commands of each batch, also in ``commands``
         self.closed = 0
 
     def run(self, command: str, *, timeout: float, check: bool = True) -> CommandResult:
+        packed = batch.unpack(command)
+        if packed is not None:
+            return self._run_batch(command, *packed, timeout=timeout)
         self.commands.append(command)
         if not self.reachable():
             raise RetryableInfraError("fake: connection refused")
@@ -36,6 +41,19 @@ class FakeShell(ShellProtocol):
         if check and code != 0:
             raise CommandFailed(result, "fake")
         return result
+
+    def _run_batch(self, command: str, token: str, sections: list, *, timeout: float) -> CommandResult:
+        """One round trip running several commands (protocols/shell_batch.py), answered as
+        a host's sh would: each by the handler in turn, until a failed ``stop_on_failure`` one.
+        Each is given the batch's timeout: a host cannot hold one command of a script to its own."""
+        self.batches.append([s.command for s in sections])
+        results = []
+        for section in sections:
+            results.append(self.run(section.command, timeout=timeout, check=False))
+            if section.stop_on_failure and not results[-1].ok:
+                break
+        out, err = batch.reply(token, results)
+        return CommandResult(command=command, exit_code=0, stdout=out, stderr=err, seconds=0.0)
 
     def fresh(self) -> "FakeShell":
         return self   # one scripted host: every connection sees the same state
