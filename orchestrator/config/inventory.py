@@ -19,6 +19,7 @@ from orchestrator.errors import ConfigError
 KNOWN_FEATURES = frozenset({
     "hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "kdump", "sol", "nmi",
     "qemu_mce",         # the virtual lab's BMC raises x86 machine checks (lab machines only)
+    "sel",   # the BMC keeps a System Event Log the orchestrator reads around each case
 })
 #: Machine-check injectors exist on x86 only: another arch declaring one is a typo to catch
 #: at load time, not a case that fails at 3 a.m.

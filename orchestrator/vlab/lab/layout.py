@@ -81,7 +81,7 @@ def write_lab_json(machines: list[LabMachine], lab: LabPaths) -> None:
 
 
 def host_features(arch: str) -> list[str]:
-    features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol']
+    features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sel']   # sel: vlab/bmc/sel.py
     if arch == 'x86_64':
         features += ['einj']    # the BMC plays the EINJ firmware (vlab/qemu/einj_table.py)
     if arch == 'x86_64':
