@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from orchestrator.config.playbook import Case
-from orchestrator.cycle import after_panic, judging, observe, phases
+from orchestrator.cycle import after_panic, judging, observe, phases, sel_window
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.outcome import case_run
 from orchestrator.cycle.record import CaseRecord
@@ -90,7 +90,8 @@ class CaseCycle:
         self.h = HostHandles(host=handles.host, shell=meter.wrap(handles.shell),
                              poll_shell=meter.wrap(handles.poll_shell), power=meter.wrap(handles.power),
                              console=meter.wrap(handles.console), kdump=handles.kdump, pause=meter.sleep,
-                             per_boot=handles.per_boot, firmware=meter.wrap(handles.firmware))
+                             per_boot=handles.per_boot, firmware=meter.wrap(handles.firmware),
+                             event_log=meter.wrap(handles.event_log))
         self.case, self.run_id = case, run_id
         self.resolve_expect = expect_resolver or (lambda case, shell: case.expect)
         report = on_state or (lambda host, state: None)
@@ -161,6 +162,7 @@ class CaseCycle:
         return S.TARGETED, f"pfn {targeted.target.pfn:#x}"
 
     def _inject(self, d: dict) -> tuple[State, str]:
+        self._keep(sel_mark=sel_window.mark(self.h, self.record))
         injected, note = phases.inject(self.h, self.case, self.trail.targeted, d["inject"], self.record,
                                        run_id=self.run_id)
         self._keep(injected=injected)
@@ -201,6 +203,7 @@ class CaseCycle:
         reasons = judging.verify(self.h, t.preflight.expect, before=t.preflight.before, targeted=t.targeted,
                                  injected=t.injected, observed=t.observed, back=t.back, collected=t.collected,
                                  record=self.record)
+        reasons += sel_window.judge(t.preflight.expect.sel, sel_window.read(self.h, t.sel_mark, self.record))
         self._keep(reasons=tuple(reasons))
         return S.VERIFIED, "ok" if not reasons else f"{len(reasons)} problem(s)"
 
