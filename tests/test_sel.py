@@ -4,8 +4,11 @@ playbook's ``expect.sel`` and the cycle keeping the case window's records as evi
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +26,7 @@ from orchestrator.vlab.bmc import kcs_link, raw_commands, sel, sel_commands  # n
 from orchestrator.vlab.qemu import platform_errors
 from tests.fakehost import FakeLabHost
 from tests.test_cycle import make_case
+from tests.test_vlab_bmc import PASSWORD, USER, ipmitool, stand_in_bmc_process
 
 # what the 7.3 kernel sent at `echo c > /proc/sysrq-trigger` (sel-in-band.md), unframed
 KERNEL_PANIC_EVENT = bytes.fromhex("41032073 6fa17973".replace(" ", ""))
@@ -222,3 +226,30 @@ def test_host_without_a_sel_is_not_read():
     host = FakeLabHost()
     result = CaseCycle(host.handles(), make_case()).run().result
     assert result.verdict == "pass" and not [e for e in result.evidence if e.source.startswith("sel")]
+
+
+PYGHMI_EVENT_LOG = """
+import json, sys
+from pyghmi.ipmi.command import Command
+cmd = Command(bmc='127.0.0.1', userid=sys.argv[2], password=sys.argv[3], port=int(sys.argv[1]))
+print(json.dumps([{k: e.get(k) for k in ('component_type', 'event', 'severity')} for e in cmd.get_event_log()]))
+"""
+
+
+def test_clients_nobody_here_wrote_read_the_lab_bmcs_sel(tmp_path):
+    """ipmitool (sel list, sel elist) and pyghmi's get_event_log against a served lab BMC,
+    with the kernel's records added over the wire (ipmitool raw) as the guest would."""
+    with stand_in_bmc_process(tmp_path) as port:
+        for netfn, cmd, data in [(0x04, 0x02, KERNEL_PANIC_EVENT)] + [(0x0A, 0x44, r) for r in KERNEL_TEXT]:
+            added = ipmitool(port, "raw", hex(netfn), hex(cmd), *(hex(b) for b in data))
+            assert added.returncode == 0, added.stderr
+        listed = ipmitool(port, "sel", "list")
+        extended = ipmitool(port, "sel", "elist")
+        events = subprocess.run([sys.executable, "-c", PYGHMI_EVENT_LOG, str(port), USER, PASSWORD],
+                                capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "OS Critical Stop #0x73 | Run-time critical stop | Asserted" in listed.stdout
+    assert "Linux kernel panic: sysrq trigg" in listed.stdout and "Linux kernel panic: ered crash" in listed.stdout
+    assert extended.returncode == 0 and "OS Critical Stop" in extended.stdout, extended.stderr
+    assert events.returncode == 0, events.stderr
+    got = json.loads(events.stdout)
+    assert got[0]["component_type"] == "OS Stop" and len(got) == 3, got
