@@ -107,3 +107,25 @@ def test_apt_failure_is_fatal_with_one_line(tmp_path: Path) -> None:
 def test_guest_scripts_parse_as_posix_sh(script: str) -> None:
     proc = subprocess.run(["sh", "-n", str(GUEST_DIR / script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+class NamesOnlyApt:
+    """The package names of a private apt's lists, nothing else."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def package_names(self, prefix):
+        return [n for n in self.names if n.startswith(prefix)]
+
+
+def test_generic_flavour_is_the_backports_kernel_in_its_generic_build():
+    from orchestrator.errors import FatalInfraError
+    from orchestrator.vlab.image.kernels import choose_kernel
+    names = ["linux-binary-7.3.4+deb13-cloud-amd64", "linux-binary-7.3.2+deb13-amd64", "linux-modules-7.3.2+deb13-amd64",
+             "linux-binary-7.3.2+deb13-cloud-amd64", "linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64"]
+    choice = choose_kernel(NamesOnlyApt(names), "x86_64", "generic")
+    assert choice.release == "7.3.4+deb13-amd64"
+    assert choice.packages == ("linux-binary-7.3.4+deb13-amd64:amd64", "linux-modules-7.3.4+deb13-amd64:amd64")
+    with pytest.raises(FatalInfraError, match="no generic build of 7.3.4"):
+        choose_kernel(NamesOnlyApt(names[:4]), "x86_64", "generic")

@@ -3,7 +3,7 @@
 "backports": trixie-backports' newest 7.3.x cloud kernel, which has
 vm.panic_on_unrecoverable_memory_failure. "bookworm": Debian 12's 6.1 kernel (whatever
 bookworm's linux-image-<debarch> meta package depends on), which lacks it: the "legacy"
-semantics of orchestrator/kernel/semantics.yaml. "generic": the same 7.3.x as "backports"
+semantics of orchestrator/kernel/semantics.yaml. "generic": the kernel "backports" picks,
 in Debian's generic (not cloud) build, which has the IPMI drivers (ipmi_msghandler, ipmi_si)
 the guest needs to send its panic into the BMC's SEL in band (sel-in-band.md). Package
 facts come from the private apt lists (apt.py).
@@ -27,8 +27,6 @@ BOOKWORM_SERIES = (6, 1)
 
 _BOOKWORM_IMAGE = re.compile(r"^linux-image-(?P<ver>(\d+)\.(\d+)\.\d+)-\d+-(?P<arch>amd64|arm64)$")
 _KERNEL_NAME = re.compile(r"^linux-binary-(?P<ver>(\d+)\.(\d+)\.(\d+))\+(?P<abi>deb\d+)-cloud-(?P<arch>amd64|arm64)$")
-#: the generic build's names: no flavour between the ABI and the arch
-_GENERIC_NAME = re.compile(r"^linux-binary-(?P<ver>(\d+)\.(\d+)\.(\d+))\+(?P<abi>deb\d+)-(?P<arch>amd64|arm64)$")
 
 
 def check_flavour(kernel: str) -> str:
@@ -53,23 +51,34 @@ def choose_kernel(apt: PrivateApt, arch: str, flavour: str = DEFAULT_FLAVOUR) ->
     """The kernel package(s) of ``flavour`` for ``arch`` (see KERNEL_FLAVOURS)."""
     check_flavour(flavour)
     if flavour == "generic":
-        return newest_kernel(apt, arch, pattern=_GENERIC_NAME, build="")
+        return generic_kernel(apt, arch)
     return newest_kernel(apt, arch) if flavour == "backports" else bookworm_kernel(apt, arch)
 
 
-def newest_kernel(apt: PrivateApt, arch: str, minimum: tuple[int, int] = MIN_KERNEL_SERIES,
-                  pattern: re.Pattern[str] = _KERNEL_NAME, build: str = "cloud-") -> KernelChoice:
+def generic_kernel(apt: PrivateApt, arch: str) -> KernelChoice:
+    """The "backports" kernel's release in the generic build (same version, same ABI)."""
+    cloud = newest_kernel(apt, arch)
+    release = cloud.release.replace("-cloud-", "-")
+    choice = KernelChoice(release, *(p.replace(cloud.release, release) for p in cloud.packages))
+    known = set(apt.package_names(f"linux-binary-{release}")) | set(apt.package_names(f"linux-modules-{release}"))
+    missing = [p for p in choice.packages if p.split(":")[0] not in known]
+    if missing:
+        raise FatalInfraError(f"no generic build of {cloud.release} in {KERNEL_SUITE}: {', '.join(missing)}")
+    return choice
+
+
+def newest_kernel(apt: PrivateApt, arch: str, minimum: tuple[int, int] = MIN_KERNEL_SERIES) -> KernelChoice:
     debarch = debian_arch(arch)
     best: tuple[tuple[int, ...], str] | None = None
     for name in apt.package_names("linux-binary-"):
-        m = pattern.match(name)
+        m = _KERNEL_NAME.match(name)
         if not m or m["arch"] != debarch:
             continue
         version = tuple(int(x) for x in m["ver"].split("."))
         if version[:2] >= minimum and (best is None or version > best[0]):
-            best = (version, f"{m['ver']}+{m['abi']}-{build}{debarch}")
+            best = (version, f"{m['ver']}+{m['abi']}-cloud-{debarch}")
     if best is None:
-        raise FatalInfraError(f"no linux-binary-*-{build}{debarch} >= {minimum[0]}.{minimum[1]} in {KERNEL_SUITE}")
+        raise FatalInfraError(f"no linux-binary-*-cloud-{debarch} >= {minimum[0]}.{minimum[1]} in {KERNEL_SUITE}")
     release = best[1]
     return KernelChoice(release, f"linux-binary-{release}:{debarch}", f"linux-modules-{release}:{debarch}")
 
