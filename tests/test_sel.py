@@ -253,3 +253,16 @@ def test_clients_nobody_here_wrote_read_the_lab_bmcs_sel(tmp_path):
     assert events.returncode == 0, events.stderr
     got = json.loads(events.stdout)
     assert got[0]["component_type"] == "OS Stop" and len(got) == 3, got
+
+
+@pytest.mark.usefixtures("stub_kernel_seams")
+def test_case_that_ends_in_error_after_the_injection_still_keeps_its_sel_records():
+    host = FakeLabHost()
+    host.writes_dump, host.behaviour = False, "hang"     # wedged, and no recovery brings a dump
+    handles = host.handles()
+    handles.event_log = FakeEventLog(host)
+    result = CaseCycle(handles, make_case(deadlines=dict(make_case().deadlines, dump=1.0, wedge=0.5, nmi=0.5))
+                       ).run().result
+    assert result.verdict == "error", result.reasons
+    assert "verified" not in [t.state for t in result.timings], [t.state for t in result.timings]
+    assert [e.text for e in result.evidence if e.source == "sel-panic"] == ["Memory failure: 0x38830: unrecoverable page"]

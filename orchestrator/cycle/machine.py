@@ -115,6 +115,7 @@ class CaseCycle:
         except Exception as exc:  # noqa: BLE001 - one case's bug must not end the whole run
             verdict = Verdict(ERROR, (f"{self.step.name}: internal error: {type(exc).__name__}: {exc}",), ORCHESTRATOR)
         verdict = self._restore(verdict)
+        sel_window.read(self.h, self.trail.sel_mark, self.record)   # a case that ended before verify
         return case_run(self.h, self.case, self.trail, self.record, verdict)
 
     def _drive(self) -> State:
@@ -203,7 +204,9 @@ class CaseCycle:
         reasons = judging.verify(self.h, t.preflight.expect, before=t.preflight.before, targeted=t.targeted,
                                  injected=t.injected, observed=t.observed, back=t.back, collected=t.collected,
                                  record=self.record)
-        reasons += sel_window.judge(t.preflight.expect.sel, sel_window.read(self.h, t.sel_mark, self.record))
+        sel_records = sel_window.read(self.h, t.sel_mark, self.record)
+        self._keep(sel_mark=None)      # read: the records are in the evidence
+        reasons += sel_window.judge(t.preflight.expect.sel, sel_records)
         self._keep(reasons=tuple(reasons))
         return S.VERIFIED, "ok" if not reasons else f"{len(reasons)} problem(s)"
 
