@@ -36,18 +36,24 @@ def bmc_of(inventory: Path):
     return load_inventory(inventory).hosts[0].bmc
 
 
-def test_panic_case_keeps_the_kernels_sel_records_as_evidence(sel_lab, tmp_path):
+def test_panic_cases_keep_their_sel_records_as_evidence(sel_lab, tmp_path):
     code, run, _ = run_playbook(sel_lab, "tests/playbooks/sel.yaml", tmp_path)
-    case = run.cases[0]
-    assert (code, case.verdict) == (0, "pass"), case.reasons
-    sel = [e.text for e in case.evidence if e.source == "sel"]
-    assert any("OS Critical Stop #0x4d" in t for t in sel), sel          # 'M' of "Memory failure"
-    panic = [e.text for e in case.evidence if e.source == "sel-panic"]
-    assert len(panic) == 1 and PANIC_TEXT.match(panic[0]), panic
-    assert int(PANIC_TEXT.match(panic[0])[1], 16) == case.pfn
-    read_s = float(re.search(r"read in ([0-9.]+) s", sel[-1])[1])
-    print(f"SEL read after the case: {sel[-1]}")
-    assert read_s < 0.2, sel[-1]
+    cases = {c.case: c for c in run.cases}
+    assert code == 0 and [c.verdict for c in cases.values()] == ["pass", "pass"], [c.reasons for c in run.cases]
+    for case in cases.values():
+        sel = [e.text for e in case.evidence if e.source == "sel"]
+        assert any("OS Critical Stop #0x4d" in t for t in sel), sel      # 'M' of "Memory failure"
+        panic = [e.text for e in case.evidence if e.source == "sel-panic"]
+        assert len(panic) == 1 and PANIC_TEXT.match(panic[0]), panic
+        assert int(PANIC_TEXT.match(panic[0])[1], 16) == case.pfn
+        read_s = float(re.search(r"read in ([0-9.]+) s", sel[-1])[1])
+        print(f"{case.case}: SEL read after the case: {sel[-1]}")
+        assert read_s < 0.2, sel[-1]
+    software = [e.text for e in cases["rodata-panic-in-the-sel"].evidence if e.source == "sel"]
+    assert not any("Memory #" in t for t in software), "no firmware record for a software injection"
+    mce = cases["rodata-mce-panic-in-the-sel"]
+    oem = [e.text for e in mce.evidence if e.source == "sel" and "OEM record 0xc0" in e.text]
+    assert len(oem) == 1 and int.from_bytes(bytes.fromhex(oem[0].split()[-1]), "little") >> 12 == mce.pfn, oem
 
 
 def test_firmware_memory_error_is_in_the_sel_and_ipmitool_lists_it(sel_lab):
