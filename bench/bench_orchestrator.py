@@ -47,7 +47,7 @@ def one_panic_case(inventory: Path, work: Path) -> None:
     with open_host(host, work / "bench-case") as session:
         handles = session.handles
         assert handles.console is not None and handles.console.wait_until_healthy(30), "no SOL console"
-        cycle = CaseCycle(handles, case, expect_resolver=ExpectationResolver())
+        cycle = CaseCycle(handles, case, expect_resolver=ExpectationResolver(host))
         cpu0 = time.process_time()
         run = cycle.run()
         cpu = time.process_time() - cpu0

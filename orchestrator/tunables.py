@@ -28,6 +28,10 @@ PREFLIGHT_RETRY_PAUSE_S = 1.0
 #: The host's facts when a run first reaches it (fleet/facts.py): as long as a case's
 #: preflight may wait, so that one slow first connection does not lose the host for the run.
 HOST_FACTS_DEADLINE_S = 60.0
+#: The lease a run takes for the slab semantics probe when it first reaches a host (cycle/
+#: expectations.py): the probe measured ~1 s on a TCG lab guest (scan + one injection), a
+#: minute leaves room for a slow host; the first case then takes the lease for its own budget.
+SEMANTICS_PROBE_TTL_S = 60.0
 
 # -- the shell used while a host reboots (fleet/host_handles.py) -----------------------------
 #: While a host reboots, SSH attempts are hedged (a new one every SSH_POLL_S), so a stalled
@@ -54,7 +58,7 @@ INJECTION_POLL_S = 0.25
 CLOCK_SLACK_S = 2.0
 
 # -- bringing a wedged host back (cycle/recovery.py) -----------------------------------------
-#: Power cycles after the NMI, each given its share of the wedge deadline; a host that two
+#: Power cycles after the NMI or the BREAK + SysRq, each given its share of the wedge deadline; a host that two
 #: cold starts do not bring back needs a person, not a third cycle.
 MAX_POWER_CYCLES = 2
 

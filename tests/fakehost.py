@@ -67,7 +67,8 @@ class StubLayout:
 
 @dataclass
 class FakeLabHost:
-    """``behaviour``: panic | survive | no-panic | hang (panics, never reboots by itself)."""
+    """``behaviour``: panic | survive | no-panic | hang (panics, never reboots by itself) |
+    stuck (no panic, SSH gone, kernel alive: a SysRq ``c`` after a serial BREAK crashes it)."""
 
     behaviour: str = "panic"
     pfn: int = 0x38830
@@ -95,7 +96,7 @@ class FakeLabHost:
     command_s: float = 0.0
     reboot_after_s: float | None = None
     def __post_init__(self) -> None:
-        self.console = FakeConsole()
+        self.console = FakeConsole(on_break=self._sysrq)
         self.power = FakePower(on_action=self._power_action, nmi_supported=self.nmi_supported)
         self._probes_down, self._down_since = 0, 0.0
         self.shell = FakeShell(self._answer, reachable=self._reachable, on_detached=self._inject)
@@ -181,6 +182,8 @@ class FakeLabHost:
         lines = self.kernel_lines()
         self.dmesg.extend(lines)
         self.console.feed("/ # \x1b[6n" + "\n".join(lines))
+        if self.behaviour == "stuck":
+            self.up, self.wedged = False, True
         if self.behaviour in ("panic", "hang"):
             self.up, self.kdump_loaded = False, False     # a panic ends this boot and its crash kernel
             self._down_since = time.monotonic()
@@ -196,6 +199,13 @@ class FakeLabHost:
         if self.ssh_drops_on_inject:
             from orchestrator.errors import RetryableInfraError
             raise RetryableInfraError("fake: connection reset by peer")
+
+    def _sysrq(self, key: str) -> None:
+        """A BREAK + key on the serial console: only a live kernel takes it (not a panicked one)."""
+        if key == "c" and self.behaviour == "stuck" and self.wedged:
+            self.console.feed("[  120.000001] sysrq: Trigger a crash\n"
+                              "[  120.000002] Kernel panic - not syncing: sysrq triggered crash")
+            self.wedged, self._down_since = False, time.monotonic()    # kdump, then back
 
     def add_stale_dump(self) -> None:
         stamp = "202611240101"

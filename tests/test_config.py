@@ -80,6 +80,10 @@ INVENTORY_ERRORS = [
     ("missing key file", ("key_file: id_key", "key_file: nope"), 3, "ssh.key_file", "does not exist"),
     ("bad yaml", ("  - name: vm2", "  - name: [vm2"), None, None, "invalid YAML"),
     ("bad host name", ("name: vm2", "name: 'vm 2'"), 15, "hosts[1].name", "not a valid host name"),
+    ("unknown semantics", ("    kdump: {layout: rhel}", "    kdump: {layout: rhel}\n    semantics: v10"), 20,
+     "hosts[1].semantics", "'v10' is not one of: v10-like, v4-like, legacy"),
+    ("semantics in a group", ("platform: ampere-altra}", "platform: ampere-altra, semantics: v5}"), 7,
+     "semantics", "is not one of"),
     ("no pinned host key", ("ssh: {address: 127.0.0.1, port: 2222, host_key: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\"}",
                             "ssh: {address: 127.0.0.1, port: 2222, known_hosts: null}"), 18, "known_hosts", "no pinned host key"),
 ]
@@ -183,6 +187,19 @@ def test_destructive_in_the_global_defaults_is_refused(files, capsys) -> None:
     assert main(["inventory", "check", "--no-probe", str(write(files, "inv.yaml", text))]) == 2
     err = capsys.readouterr().err.strip()
     assert "inv.yaml:3: defaults.destructive: destructive is allowed only on a host or a group" in err
+
+
+def test_semantics_named_on_a_group_or_host(files) -> None:
+    text = GOOD_INVENTORY.replace("platform: ampere-altra}", "platform: ampere-altra, semantics: v4-like}")
+    inventory = load_inventory(write(files, "inv.yaml", text))
+    assert (inventory.host("srv1").semantics, inventory.host("vm2").semantics) == ("v4-like", None)
+
+
+def test_cli_bad_semantics_is_file_line_and_exit_2(files, capsys) -> None:
+    text = GOOD_INVENTORY.replace("    kdump: {layout: rhel}", "    kdump: {layout: rhel}\n    semantics: v10")
+    assert main(["inventory", "check", "--no-probe", str(write(files, "inv.yaml", text))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "inv.yaml:20: hosts[1].semantics:" in err and "v10-like, v4-like, legacy" in err
 
 
 def test_state_dir_is_an_absolute_plain_path(files) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.cycle import phases
+from orchestrator.cycle import machine, phases
 from orchestrator.cycle.machine import CaseCycle
 from orchestrator.errors import UnsupportedOperation
 from orchestrator.kernel.injectors import FirmwareInjector
@@ -35,7 +35,8 @@ class FakeFirmware(FirmwareErrorProtocol):
 
 @pytest.fixture
 def firmware_injector(monkeypatch):
-    monkeypatch.setattr(phases, "make_injector", lambda name: ScrubberMce())
+    for module in (phases, machine):     # the inject step, and read_live's refusal check
+        monkeypatch.setattr(module, "make_injector", lambda name: ScrubberMce())
 
 
 def handles_with(host, firmware):
@@ -62,3 +63,27 @@ def test_host_whose_firmware_cannot_report_is_an_error_with_nothing_injected(fir
     assert result.verdict == "error", result.reasons
     assert any(says in r for r in result.reasons), result.reasons
     assert not host.injected and host.up
+
+
+class ConsoleLosesThePanicLine(FakeLabHost):
+    """Seen on the lab: bytes of the panic line lost in QEMU's own serial log."""
+
+    def kernel_lines(self):
+        return [line.replace("Kernel panic", "ernel panic") for line in super().kernel_lines()]
+
+    def _inject(self, command):
+        super()._inject(command)
+        if self.dumps:     # the dump's dmesg, written by the crash kernel, has the whole line
+            stamp = self.dump_stamp
+            dump = self.dumps[stamp]
+            self.dumps[stamp] = type(dump)(**{**dump.__dict__, "dmesg": dump.dmesg.replace("ernel panic", "Kernel panic")})
+
+
+def test_a_panic_the_console_missed_is_found_by_its_dump_and_blamed_on_the_console(firmware_injector):
+    host = ConsoleLosesThePanicLine()
+    result = CaseCycle(handles_with(host, FakeFirmware(host)), make_case(injector="test_mce")).run().result
+    states = [t.state for t in result.timings]
+    assert states[:8] == ["preflight", "armed", "targeted", "injected", "survived", "lost", "dumped", "collected"], states
+    assert result.verdict == "error", result.reasons          # not a kernel "fail": the kernel did panic
+    assert any("console: no kernel panic line, although the other source shows it" in r for r in result.reasons)
+    assert any(e.source == "dump-dmesg" and "unrecoverable page" in e.text for e in result.evidence)

@@ -78,8 +78,6 @@ def test_expectation_refuses_what_it_cannot_know(semantics, page_class, sysctls)
 
 
 @pytest.mark.parametrize("probe,name", [
-    ("7.3.4+deb13-cloud-arm64\nhas-knob\nhas-recovery\n", "v10-like"),
-    ("7.3.4+deb13-cloud-amd64\nhas-knob\nhas-recovery\n", "v10-like"),
     ("7.4.0-rc1\nhas-knob\nhas-recovery\nsymbol is_kernel_owned_page\n", "v10-like"),
     ("7.1.0-mm\nhas-knob\nhas-recovery\nsymbol is_unrecoverable_memory_failure\n", "v4-like"),
     ("6.1.0-56-amd64\nhas-recovery\n", "legacy"),
@@ -90,8 +88,8 @@ def test_decide_semantics(probe, name):
 
 
 @pytest.mark.parametrize("probe,fragment", [
-    ("7.4.0\nhas-knob\nhas-recovery\n", "never measured"),           # no guess from a version
-    ("7.3.5+deb13-amd64\nhas-knob\n", "never measured"),
+    ("7.3.4+deb13-cloud-amd64\nhas-knob\nhas-recovery\n", "semantics: v10-like | v4-like | legacy"),
+    ("7.3.5+deb13-amd64\nhas-knob\n", "slab probe did not run"),      # no guess from a version
     ("6.18.0\n", "CONFIG_MEMORY_FAILURE"),
     ("7.4.0\nhas-knob\nsymbol is_kernel_owned_page\nsymbol is_unrecoverable_memory_failure\n", "contradicting"),
 ])
@@ -101,11 +99,24 @@ def test_undecidable_kernels_raise(probe, fragment):
     assert isinstance(err.value, FatalInfraError)
 
 
-def test_probe_runs_one_harmless_command():
-    shell = FakeShell([(r"uname -r", "7.3.4+deb13-cloud-amd64\nhas-knob\nhas-recovery\n")])
+def test_probe_without_measuring_reads_files_and_symbols_only():
+    shell = FakeShell([(r"uname -r", "7.4.0\nhas-recovery\nhas-knob\n"),
+                       (r"kallsyms", "symbol is_kernel_owned_page\n")])
     assert probe_semantics(shell).name == "v10-like"
-    [command] = shell.commands
-    assert "/proc/kallsyms" in command and ">" not in command.replace("2>", "")   # reads only
+    assert len(shell.commands) == 2 and "/proc/kallsyms" in shell.commands[1]
+    assert all(">" not in c.replace("2>", "") for c in shell.commands)   # reads only
+
+
+def test_measuring_replaces_the_symbol_scan():
+    shell = FakeShell([(r"uname -r", "7.3.5+deb13-cloud-amd64\nhas-recovery\nhas-knob\n")])
+    found = probe_semantics(shell, measure=lambda: ("v10-like", "measured: slab"))
+    assert (found.name, found.evidence[-1], len(shell.commands)) == ("v10-like", "measured: slab", 1)
+
+
+def test_a_kernel_without_the_sysctl_is_legacy_before_any_symbol_or_probe():
+    shell = FakeShell([(r"uname -r", "7.2.12+deb13-cloud-amd64\nhas-recovery\n")])
+    assert probe_semantics(shell, measure=lambda: pytest.fail("probed")).name == "legacy"
+    assert len(shell.commands) == 1
 
 
 @pytest.mark.skipif(os.path.exists("/proc/sys/vm/memory_failure_recovery"),
@@ -113,3 +124,34 @@ def test_probe_runs_one_harmless_command():
 def test_probe_on_this_machine_without_memory_failure():
     with pytest.raises(SemanticsUnknown, match="CONFIG_MEMORY_FAILURE"):
         probe_semantics(LocalShell())
+
+
+def test_inventory_name_decides_what_files_cannot():
+    found = decide_semantics("7.3.5+deb13-cloud-amd64\nhas-knob\nhas-recovery\n", named="v4-like")
+    assert found.name == "v4-like" and "named in the inventory" in found.evidence[-1]
+
+
+@pytest.mark.parametrize("probe,named", [
+    ("6.1.0-56-amd64\nhas-recovery\n", "v10-like"),                      # no sysctl: legacy, not v10
+    ("7.4.0\nhas-knob\nsymbol is_kernel_owned_page\n", "v4-like"),
+])
+def test_inventory_name_contradicted_by_the_kernel_is_an_error(probe, named):
+    with pytest.raises(SemanticsUnknown, match=f"inventory names {named}"):
+        decide_semantics(probe, named=named)
+
+
+def test_measure_runs_only_when_nothing_else_decides():
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return "v10-like", "measured: ..."
+    assert decide_semantics("7.3.5\nhas-knob\nhas-recovery\n", measure=measure).evidence[-1] == "measured: ..."
+    assert decide_semantics("6.1.0\nhas-recovery\n", measure=measure).name == "legacy"
+    assert decide_semantics("7.3.5\nhas-knob\n", named="v4-like", measure=measure).name == "v4-like"
+    assert calls == [1]
+
+
+def test_semantics_names_agree_with_the_matrix():
+    assert tuple(matrix()["semantics"]) == SEMANTICS
+    assert set(matrix()["probe"]["labels"].values()) <= set(SEMANTICS) - {"legacy"}

@@ -66,11 +66,16 @@ def _serve_bmc(machine_dir: Path, port: int, nmi: bool) -> None:
             MemoryMachine(nmi=nmi))
 
 
-class GuestSerial:
-    """A unix socket server standing in for QEMU's serial chardev (one client at a time)."""
+#: what QEMU's telnet=on chardev sends first on every connection (WILL ECHO, SGA, BINARY; DO BINARY)
+QEMU_TELNET_GREETING = bytes.fromhex("fffb01fffb03fffb00fffd00")
 
-    def __init__(self, path: Path):
-        self.path = path
+
+class GuestSerial:
+    """A unix socket server standing in for QEMU's serial chardev (one client at a time);
+    ``telnet``: it greets each client as QEMU's ``telnet=on`` chardev does."""
+
+    def __init__(self, path: Path, telnet: bool = False):
+        self.path, self.telnet = path, telnet
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(path))
         self._server.listen(1)
@@ -85,6 +90,8 @@ class GuestSerial:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self.telnet:
+                client.sendall(QEMU_TELNET_GREETING)
             with self._connected:
                 self._client = client
                 self._connected.notify_all()
@@ -116,12 +123,12 @@ class GuestSerial:
 class LoopbackBmc:
     """One BMC subprocess on 127.0.0.1; ``kill()`` and ``start()`` keep its UDP port."""
 
-    def __init__(self, machine_dir: Path, *, nmi: bool = True):
+    def __init__(self, machine_dir: Path, *, nmi: bool = True, telnet: bool = False):
         self.machine_dir = machine_dir
         machine_dir.mkdir(parents=True, exist_ok=True)
         self.nmi = nmi
         self.port = 0
-        self.guest = GuestSerial(machine_dir / "serial.sock")
+        self.guest = GuestSerial(machine_dir / "serial.sock", telnet=telnet)
         self.process: subprocess.Popen | None = None
         self.start()
 

@@ -159,6 +159,31 @@ def test_sol_deactivated_by_another_client_is_noticed_and_reactivated(bmc, conso
     assert console.wait_for(re.compile("back again"), since=since, timeout=5)
 
 
+def test_break_and_key_reach_a_telnet_uart_and_its_greeting_stays_out_of_the_console(tmp_path):
+    """SOL "generate break" -> the lab BMC -> ``IAC BREAK`` on QEMU's telnet chardev, then the
+    key; QEMU's telnet negotiation (sent at connect) is in neither log nor transcript."""
+    bmc = LoopbackBmc(tmp_path / "m1", telnet=True)
+    console = SolConsole(bmc.bmc_config(), raw_log=tmp_path / "console.raw")
+    try:
+        assert console.wait_until_healthy(20), console.last_failure
+        printed = b"login: \xff byte-exact\r\n"     # guest output is never escaped by QEMU
+        bmc.guest.say(printed)
+        assert console.wait_for(re.compile("byte-exact"), since=0, timeout=5)
+        console.send_break(then="c")
+        wait_until(lambda: bytes(bmc.guest.received) == b"\xff\xf3c", 5, "BREAK + c at the UART")
+        assert (tmp_path / "console.raw").read_bytes() == printed
+        assert (tmp_path / "m1" / "console.log").read_bytes() == printed
+    finally:
+        console.close()
+        bmc.stop()
+
+
+def test_break_on_a_plain_socket_chardev_is_dropped_and_the_key_still_typed(bmc, console):
+    console.send_break(then="c")
+    wait_until(lambda: bytes(bmc.guest.received) == b"c", 5, "the key at the guest")
+    assert "serial BREAK dropped" in (bmc.machine_dir / "bmc.log").read_text()
+
+
 # -- unit: line assembly and cleaning --------------------------------------------------------
 
 @pytest.mark.parametrize("raw, clean", [

@@ -64,6 +64,56 @@ def test_machine_check_on_the_ignored_page_is_consumed_later_and_elsewhere_is_no
     assert other.bucket == "firmware-fatal" and other.address == 0x38050080
 
 
+def _untimed_sea_after_another_page(*, recovered: bool) -> str:
+    """The v4 production crash as a console without timestamps (printk.time=0), 67 s of other
+    kernel lines after the Ignored page, then firmware reporting ANOTHER page just before the
+    SEA: memory_failure() recovered that page (recovered=True), or the report is the SEA's own."""
+    text = (LOGS / "arm64-sea-consumed.vmcore-dmesg.txt").read_text()
+    text = re.sub(r"^\[ *\d+\.\d+\] \[ *[TC] *\d+\] ", "", text, flags=re.M)
+    chatter = "".join(f"mlx5_core 0000:0{i % 4}:00.0 eth{i % 4}: Link up, 100000 Mbps full duplex, "
+                      "Flow control: ON, hw offload: tx-checksum rx-checksum tso gro lro\n" for i in range(40))
+    other = "\n".join(f"{{2}}[Hardware Error]: {line}" for line in (
+        "Hardware error from APEI Generic Hardware Error Source: 784", "event severity: recoverable",
+        "Error 0, type: recoverable", "section_type: memory error", "physical_address: 0x0000004130be2040",
+        "physical_address_mask: 0xfffffffffffff000", "error_type: 3, multi-bit ECC")) + "\n"
+    if recovered:
+        other += "Memory failure: 0x4130be: recovery action for free buddy page: Recovered\n"
+    return text.replace("Internal error: synchronous", chatter + other + "Internal error: synchronous", 1)
+
+
+def test_recovered_report_of_another_page_does_not_hide_the_earlier_ignored_page():
+    # Seen on real arm64 logs: the recovered report of page B, printed shortly before the
+    # SEA, was taken for the SEA's own report and cleared the Ignored page A.
+    crash, = classify(_untimed_sea_after_another_page(recovered=True), source="x")
+    assert (crash.bucket, crash.pfn, crash.address_in_page) == ("hw-error-consumed-later", 0x40272D, "unknown")
+    assert crash.delay_s is None and crash.address is None
+    assert any("get hwpoison page: Ignored" in line for line in crash.evidence)
+    assert not any("4130be" in line for line in crash.evidence)
+
+
+def test_the_seas_own_report_of_another_page_still_clears_the_earlier_one():
+    crash, = classify(_untimed_sea_after_another_page(recovered=False), source="x")
+    assert crash.bucket == "firmware-fatal" and crash.address == 0x4130BE2040
+
+
+def test_seed_story_sysctl_0_keeps_running_on_an_ignored_page_and_sysctl_1_fails_fast():
+    kept, failed = crashes_of("arm64-ghes-sysctl0-then-1.console.log")
+    assert (kept.boot, kept.bucket, kept.pfn, kept.panic) == (0, "mf-unrecovered", 0x40990, None)
+    assert "reserved kernel page" in kept.signature and "hardware" in kept.signature
+    assert any("physical_address: 0x0000000040990000" in line for line in kept.evidence)
+    assert kept.evidence[-1].endswith("recovery action for reserved kernel page: Ignored")
+    assert (failed.boot, failed.bucket, failed.pfn) == (1, "mf-fail-fast", 0x409A0)
+    assert failed.panic == "Memory failure: 0x409a0: unrecoverable page"
+    assert "memory_failure_work_func" in failed.frames and "hardware" in failed.signature
+
+
+def test_a_boot_whose_every_failure_recovered_reports_nothing():
+    text = (LOGS / "arm64-ghes-sysctl0-then-1.console.log").read_text()
+    text = text.replace("0x40990: unhandlable page.", "0x40990: free buddy page.").replace(
+        "reserved kernel page: Ignored", "free buddy page: Recovered", 1)
+    assert [c.boot for c in classify(text, source="x")] == [1]
+
+
 def test_unknown_label_still_counts_as_an_unrecovered_page():
     text = (LOGS / "arm64-sea-consumed.vmcore-dmesg.txt").read_text().replace(
         "get hwpoison page: Ignored", "kernel page of a 2030 kind: Ignored")
@@ -110,7 +160,7 @@ def _another_host(text: str) -> str:
     text = re.sub(r"PID: \d+", "PID: 4242", text).replace("[Fri Mar 20 ", "[Sun Mar 22 ")
     for old, new in (("38830", "1be30"), ("42c00", "43d00"), ("40272d", "80a11b"), ("38040", "29110"),
                      ("40230", "4a230"), ("0x2:", "0x3:"), ("page 2", "page 3"),
-                     ("2f3a41", "1b0001"), ("409a0", "40aa0"), ("1be10", "2be10"), ("12c40", "13c41")):
+                     ("2f3a41", "1b0001"), ("409a0", "40aa0"), ("40990", "41990"), ("1be10", "2be10"), ("12c40", "13c41")):
         text = text.replace(old, new)
     return text
 
@@ -130,8 +180,9 @@ def test_fingerprints_differ_between_different_bugs():
         for crash in crashes_of(path):
             fingerprints.setdefault(crash.fingerprint, set()).add(crash.signature)
     assert all(len(signatures) == 1 for signatures in fingerprints.values())
-    # injected fail-fast on x86, arm64 and RHEL is one bug; legacy via corrupt-pfn and hard_offline too
-    assert len(fingerprints) == 11
+    # injected fail-fast on x86, arm64 and RHEL is one bug; legacy via corrupt-pfn and hard_offline too;
+    # so is a hardware error failing fast on a kernel page (x86 MCE SRAO, arm64 GHES)
+    assert len(fingerprints) == 12
     oops = (LOGS / "x86-null-deref-oops.log").read_text()
     a, = classify(oops, source="a")
     b, = classify(oops.replace("nvme_reset_work+", "nvme_probe_work+"), source="b")
@@ -161,7 +212,7 @@ def test_directory_walk_picks_logs_and_skips_dump_files():
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     files = {Path(r["file"]).name for r in rows}
     assert "vmcore-dmesg.txt" in files and "dmesg.202611251737" in files and "vmcore" not in files
-    assert len(rows) == 14
+    assert len(rows) == 16
     for key in ("file", "bucket", "fingerprint", "pfn", "panic", "evidence", "delay_s", "address_in_page", "boot"):
         assert all(key in r for r in rows), key
     sea = next(r for r in rows if r["file"].endswith("arm64-sea-consumed.vmcore-dmesg.txt"))

@@ -14,6 +14,7 @@ from orchestrator.errors import ConfigError, FatalInfraError
 from orchestrator.vlab.image import build as image
 from orchestrator.vlab.image import cpio
 from orchestrator.vlab.image.apt import PrivateApt
+from orchestrator.vlab.image.kernels import PINNED, pinned_kernel
 from orchestrator.vlab.image.rootfs import GUEST_DIR, GUEST_FILES
 
 
@@ -24,9 +25,7 @@ def x86_manifest() -> image.ImageManifest:
 
 def test_manifest_records_versions_and_existing_files(x86_manifest: image.ImageManifest) -> None:
     m = x86_manifest
-    series = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", m.kernel_release).groups())
-    assert series >= (7, 3), m.kernel_release
-    assert m.kernel_release.endswith("-cloud-amd64")
+    assert m.kernel_release == f"{PINNED['backports']}-cloud-amd64"     # the pin, never "the newest"
     versions = dict(m.packages)
     for pkg in (f"linux-binary-{m.kernel_release}:amd64", f"linux-modules-{m.kernel_release}:amd64",
                 "busybox-static:amd64", "dropbear-bin:amd64", "kexec-tools:amd64", "makedumpfile:amd64",
@@ -109,14 +108,27 @@ def test_guest_scripts_parse_as_posix_sh(script: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-class NamesOnlyApt:
-    """The package names of a private apt's lists, nothing else."""
+class _Names:
+    """The one PrivateApt call pinned_kernel makes, over a fixed package list."""
 
-    def __init__(self, names):
+    def __init__(self, *names: str):
         self.names = names
 
-    def package_names(self, prefix):
+    def package_names(self, prefix: str) -> list[str]:
         return [n for n in self.names if n.startswith(prefix)]
+
+
+def test_a_pinned_kernel_gone_from_the_archive_names_the_pin_and_what_is_there() -> None:
+    apt = _Names("linux-binary-7.3.6+deb13-cloud-amd64", "linux-binary-7.3.5+deb13-cloud-amd64",
+                 "linux-binary-7.3.4+deb13-cloud-arm64", "linux-binary-7.2.12+deb13-cloud-amd64")
+    with pytest.raises(FatalInfraError) as err:
+        pinned_kernel(apt, "x86_64", "7.3.4+deb13")
+    message = str(err.value)
+    assert "linux-binary-7.3.4+deb13-cloud-amd64 is no longer in trixie-backports" in message
+    assert "available 7.3.x: 7.3.5+deb13, 7.3.6+deb13" in message and "PINNED" in message
+    choice = pinned_kernel(apt, "x86_64", "7.3.5+deb13")
+    assert choice.packages == ("linux-binary-7.3.5+deb13-cloud-amd64:amd64",
+                               "linux-modules-7.3.5+deb13-cloud-amd64:amd64")
 
 
 def test_generic_flavour_is_the_backports_kernel_in_its_generic_build():
@@ -124,8 +136,8 @@ def test_generic_flavour_is_the_backports_kernel_in_its_generic_build():
     from orchestrator.vlab.image.kernels import choose_kernel
     names = ["linux-binary-7.3.4+deb13-cloud-amd64", "linux-binary-7.3.2+deb13-amd64", "linux-modules-7.3.2+deb13-amd64",
              "linux-binary-7.3.2+deb13-cloud-amd64", "linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64"]
-    choice = choose_kernel(NamesOnlyApt(names), "x86_64", "generic")
+    choice = choose_kernel(_Names(*names), "x86_64", "generic")
     assert choice.release == "7.3.4+deb13-amd64"
     assert choice.packages == ("linux-binary-7.3.4+deb13-amd64:amd64", "linux-modules-7.3.4+deb13-amd64:amd64")
     with pytest.raises(FatalInfraError, match="no generic build of 7.3.4"):
-        choose_kernel(NamesOnlyApt(names[:4]), "x86_64", "generic")
+        choose_kernel(_Names(*names[:4]), "x86_64", "generic")

@@ -143,7 +143,8 @@ def test_lab_up_writes_inventory_and_is_idempotent(running_lab):
     host, = load_inventory(os.environ['ORCH_VIRTUAL_INVENTORY']).hosts
     assert (host.name, host.arch, host.platform, host.destructive) == \
         ('vlab-x86-1', 'x86_64', 'qemu-x86_64', True)
-    assert host.features == {'hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'nmi', 'einj'}
+    assert host.features == {'hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sol_break', 'nmi', 'einj',
+                             'qemu_mce'}
     assert (host.ssh.port, host.bmc.port) == (running_lab.ssh_port, running_lab.bmc_port)
     assert host.bmc.password.resolve() == lab._password(lab.lab_paths()).decode()
     assert stat.S_IMODE(os.stat(lab.lab_paths().bmc_password).st_mode) == 0o600
@@ -182,6 +183,10 @@ def test_ipmitool_sol_shows_the_reset_boot(running_lab):
         sol.expect(rb'VLAB: ready', 120)
         sol.send(b'\runame -r\r')
         sol.expect(rb'\n7\.3\.4\+deb13-cloud-amd64', 30)
+        sol.send(b'\r~B')      # ipmitool's SOL break -> the BMC -> a BREAK on the 16550 -> SysRq
+        sol.expect(rb'\[send break\]', 10)
+        sol.send(b'h')          # SysRq h: the help line, harmless
+        sol.expect(rb'sysrq: HELP', 10)
         sol.send(b'\r~.')
     finally:
         os.environ.pop('IPMI_PASSWORD', None)

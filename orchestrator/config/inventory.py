@@ -11,7 +11,7 @@ from pathlib import Path
 
 import paramiko
 
-from orchestrator.config.model import (ARCHES, KDUMP_LAYOUTS, BmcConfig, Host, Inventory, KdumpConfig,
+from orchestrator.config.model import (ARCHES, KDUMP_LAYOUTS, KERNEL_SEMANTICS, BmcConfig, Host, Inventory, KdumpConfig,
                                        SecretRef, SshConfig)
 from orchestrator.config.yamlsrc import Fields, LocDict, UniqueNames, deep_merge, describe, load_located
 from orchestrator.errors import ConfigError
@@ -19,13 +19,15 @@ from orchestrator.errors import ConfigError
 KNOWN_FEATURES = frozenset({
     "hwpoison_inject", "hard_offline_page", "einj", "mce_inject", "kdump", "sol", "nmi",
     "qemu_mce",         # the virtual lab's BMC raises x86 machine checks (lab machines only)
+    "sol_break",    # SOL sends a serial BREAK and the kernel takes SysRq keys after it
     "sel",   # the BMC keeps a System Event Log the orchestrator reads around each case
 })
 #: Machine-check injectors exist on x86 only: another arch declaring one is a typo to catch
 #: at load time, not a case that fails at 3 a.m.
 X86_ONLY_FEATURES = frozenset({"mce_inject", "qemu_mce"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_HOST_FIELDS = {"name", "arch", "platform", "features", "destructive", "ssh", "bmc", "kdump", "state_dir"}
+_HOST_FIELDS = {"name", "arch", "platform", "features", "destructive", "ssh", "bmc", "kdump", "state_dir",
+                "semantics"}
 
 
 
@@ -114,6 +116,7 @@ def _build_host(f: Fields, groups: tuple[str, ...]) -> Host:
         groups=groups,
         origin=f"{f.path}:{f.line}",
         state_dir=_state_dir(f),
+        semantics=f.get("semantics", str, None, choices=KERNEL_SEMANTICS),
     )
 
 

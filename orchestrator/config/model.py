@@ -10,6 +10,8 @@ from orchestrator.errors import ConfigError
 
 ARCHES = ("x86_64", "aarch64")
 KDUMP_LAYOUTS = ("debian", "rhel", "auto")
+#: kernel/semantics.yaml's kinds of kernel; an inventory may name one per host (``semantics:``).
+KERNEL_SEMANTICS = ("v10-like", "v4-like", "legacy")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class Host:
     # Where the orchestrator keeps its own records ON the host (lease, arm journal): a folder
     # on a disk that survives the host's panics and reboots, never a tmpfs.
     state_dir: str = "/var/lib/memfail-orchestrator"
+    # The kernel's semantics, named by the operator (KERNEL_SEMANTICS) for hosts that may not
+    # be probed; None: decided from the kernel's files and symbols, else by the slab probe.
+    semantics: str | None = None
 
 
 @dataclass(frozen=True)

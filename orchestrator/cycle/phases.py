@@ -83,7 +83,8 @@ def _preflight_once(h: HostHandles, case: Case, resolve_expect: Callable, deadli
                               blame=getattr(why, "blame", LAB))
     if skip:
         return Preflight(before=facts, page_size=kernel.page_size, expect=None, dumps_before=(), skip_reason=skip)
-    return Preflight(before=facts, page_size=kernel.page_size, expect=resolve_expect(case, h.shell),
+    expect = resolve_expect(case, h.shell, per_boot=h.per_boot, boot_id=facts.boot_id, record=record)
+    return Preflight(before=facts, page_size=kernel.page_size, expect=expect,
                      dumps_before=tuple(h.kdump.list_dumps(h.shell)))
 
 

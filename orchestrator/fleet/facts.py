@@ -3,7 +3,9 @@ matter here, and its memory-failure semantics (probed without crashing anything)
 
 from __future__ import annotations
 
-from orchestrator.cycle.expectations import ExpectationResolver
+from typing import Callable
+
+from orchestrator.cycle.expectations import ExpectationResolver, probe_allowed
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import read_boot_facts, retry_until
 from orchestrator.kernel.semantics import SemanticsUnknown
@@ -15,19 +17,24 @@ WATCHED_SYSCTLS = ("vm.panic_on_unrecoverable_memory_failure", "vm.memory_failur
                    "vm.memory_failure_early_kill", "kernel.panic")
 
 
-def probe_host_facts(handles: HostHandles, resolver: ExpectationResolver) -> HostFacts:
-    # Read-only, so retried: the run's first connections meeting a late sshd banner (or an
-    # sshd refusing connections for a moment) lost the host for the whole run at once.
-    return retry_until(HOST_FACTS_DEADLINE_S, lambda _left: _probe_once(handles, resolver),
+def probe_host_facts(handles: HostHandles, resolver: ExpectationResolver, *,
+                     may_inject: Callable[[], bool] = lambda: False) -> HostFacts:
+    """``may_inject``: whether the slab semantics probe may run now (the host's lease is held);
+    without it, only what the kernel's files and symbols (or the inventory) say is recorded."""
+    # Read-only (the probe puts back what it changes), so retried: the run's first connections
+    # meeting a late sshd banner (or an sshd refusing connections for a moment) lost the host
+    # for the whole run at once.
+    return retry_until(HOST_FACTS_DEADLINE_S, lambda _left: _probe_once(handles, resolver, may_inject),
                        sleep=handles.pause, on_retry=lambda _exc: handles.shell.close())
 
 
-def _probe_once(handles: HostHandles, resolver: ExpectationResolver) -> HostFacts:
+def _probe_once(handles: HostHandles, resolver: ExpectationResolver, may_inject: Callable[[], bool]) -> HostFacts:
     facts = read_boot_facts(handles.poll_shell)
     sysctls = read_sysctls(handles.shell, WATCHED_SYSCTLS)
     host = handles.host
     try:
-        semantics = resolver.probe(handles.shell)
+        semantics = resolver.probe(handles.shell, per_boot=handles.per_boot, boot_id=facts.boot_id,
+                                   may_inject=probe_allowed(host) and may_inject())
         name, evidence = semantics.name, semantics.evidence
     except SemanticsUnknown as exc:
         # recorded, not fatal: only `outcome: matrix` cases need it, and they say so

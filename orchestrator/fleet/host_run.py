@@ -30,7 +30,7 @@ from orchestrator.fleet.lease_keeper import LeaseKeeper, case_budget
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.results import store
 from orchestrator.results.model import ERROR, SKIP, CaseResult, HostFacts
-from orchestrator.tunables import HOST_ALIVE_PROBE_S
+from orchestrator.tunables import HOST_ALIVE_PROBE_S, SEMANTICS_PROBE_TTL_S
 
 OnState = Callable[[str, str, str], None]      # (host, case, state)
 
@@ -53,7 +53,7 @@ class HostRun:
         self.lease_wait_s = folder.plan.lease_wait_s if lease_wait_s is None else lease_wait_s
         self.release_between_cases = release_between_cases     # the pytest face: siblings take turns
         self.holder = Holder.for_run(folder.run_id)
-        self.resolver = ExpectationResolver()       # the host's semantics, probed once
+        self.resolver = ExpectationResolver(host)   # the host's semantics, once per boot
         self.session: HostSession | None = None
         self.keeper: LeaseKeeper | None = None
         self.lost: _Lost | None = None
@@ -76,7 +76,10 @@ class HostRun:
                 self.keeper = LeaseKeeper(self.session.lease_shell, self.host.name, self.host.state_dir, self.holder)
                 self.keeper.warm_up()
                 stack.callback(self.keeper.release)
-                self.folder.record_facts(probe_host_facts(self.session.handles, self.resolver))
+                self.folder.record_facts(probe_host_facts(self.session.handles, self.resolver,
+                                                          may_inject=self._lease_for_probe))
+                if self.release_between_cases:
+                    self.keeper.release()
             except OrchestratorError as exc:
                 self.folder.record_facts(HostFacts(host=self.host.name, arch=self.host.arch,
                                                    platform=self.host.platform,
@@ -84,6 +87,15 @@ class HostRun:
                 self.lost = _Lost("preflight", str(exc))
             yield self
         self.session = None
+
+    def _lease_for_probe(self) -> bool:
+        """The slab probe changes the panic sysctl for a moment: only under the host's lease
+        (never while someone else's case may be armed); held by another, the cases probe."""
+        try:
+            self.keeper.take(SEMANTICS_PROBE_TTL_S, 0)
+        except (LeaseHeld, InfraError):
+            return False
+        return True
 
     def run_one(self, case: Case) -> CaseResult:
         """One case, recorded in the run folder; the host must be ``opened``."""

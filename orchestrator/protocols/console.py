@@ -6,6 +6,8 @@ import abc
 import re
 from dataclasses import dataclass
 
+from orchestrator.errors import UnsupportedOperation
+
 
 @dataclass(frozen=True)
 class ConsoleLine:
@@ -54,6 +56,12 @@ class ConsoleProtocol(abc.ABC):
     @abc.abstractmethod
     def healthy(self) -> bool:
         """False once the console is known dead (and not yet re-established)."""
+
+    def send_break(self, then: str = "") -> None:
+        """A serial BREAK, then ``then`` typed within the kernel's 5 s magic-SysRq window
+        (``c``: crash into kdump: what arm64 hosts without NMI get instead of one).
+        Optional: raises ``UnsupportedOperation``; returns once the BMC took both."""
+        raise UnsupportedOperation("serial BREAK on this console")
 
     @abc.abstractmethod
     def close(self) -> None: ...

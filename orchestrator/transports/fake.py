@@ -86,9 +86,12 @@ class FakeConsole(ConsoleProtocol):
     """A transcript fed by the test (``feed``), with the real console's line cleaning and
     condition waits (``ConsoleTranscript``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, break_supported: bool = True, on_break: Callable[[str], None] | None = None) -> None:
         self._transcript = ConsoleTranscript()
         self.alive = True
+        self.break_supported = break_supported
+        self.on_break = on_break or (lambda then: None)
+        self.breaks: list[str] = []       # what was typed after each BREAK
 
     def feed(self, text: str) -> None:
         self._transcript.feed(text.encode() + b"\n")
@@ -104,6 +107,12 @@ class FakeConsole(ConsoleProtocol):
 
     def healthy(self) -> bool:
         return self.alive
+
+    def send_break(self, then: str = "") -> None:
+        if not self.break_supported:
+            raise UnsupportedOperation("serial BREAK")
+        self.breaks.append(then)
+        self.on_break(then)
 
     def close(self) -> None:
         self.alive = False

@@ -13,6 +13,9 @@ SOL owner (Get Payload Instance Info, the same command pyghmi's keepalive sends)
 means dead. ``healthy()`` also turns false when nothing has proven the console alive (a
 probe answer or console bytes) for ``dead_after`` seconds, which covers a BMC that stopped
 answering while the probe is still blocked in pyghmi's retries.
+
+``send_break`` sends SOL's serial BREAK + a key (magic SysRq: the crash request of hosts
+without NMI); the lab BMC passes it to QEMU's UART (vlab/bmc/telnet.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Callable
 from pyghmi.ipmi.console import Console
 
 from orchestrator.config.model import BmcConfig
+from orchestrator.errors import RetryableInfraError
 from orchestrator.transports import pyghmi_loop
 from orchestrator.protocols.console import ConsoleLine, ConsoleProtocol
 from orchestrator.transports.console_transcript import ConsoleTranscript
@@ -101,6 +105,22 @@ class SolConsole(ConsoleProtocol):
         """Block until the console is (re-)established; False on timeout."""
         with self._health:
             return self._health.wait_for(self.healthy, timeout)
+
+    def send_break(self, then: str = "") -> None:
+        """SOL's "generate break" (operation bit 4 of a SOL data packet, ipmitool's ``~B``),
+        then ``then`` typed. pyghmi's client has it (``Console.send_break``) and sends each
+        packet once the previous one is acked, waiting in this thread: the key cannot
+        overtake the break. Raises ``RetryableInfraError`` when SOL is down or drops."""
+        console, generation = self._console, self._generation
+        if console is None or not self.healthy():
+            raise RetryableInfraError(f"SOL {self.cfg.address}:{self.cfg.port} is down, no break sent: "
+                                      f"{self.last_failure or 'not active'}")
+        console.send_break()
+        if then:
+            console.send_data(then.encode())
+        if console.broken or (self._failure is not None and generation == self._generation):
+            raise RetryableInfraError(f"SOL {self.cfg.address}:{self.cfg.port} dropped while sending a break: "
+                                      f"{self._failure or 'session broken'}")
 
     def close(self) -> None:
         self._stop.set()

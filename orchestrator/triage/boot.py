@@ -18,11 +18,16 @@ MAX_INCIDENT_LINES = 3
 MAX_HW_REPORTS = 64
 MAX_FRAMES = 16          # enough for the generic frames plus the top frames a fingerprint uses
 MAX_INJECTED = 256
+PAGE_SHIFTS = (12, 14, 16)  # 4K, 16K, 64K: the log never says which one the host used
 
 # Results after which the page is no longer in use by anyone: it cannot be consumed later.
 SETTLED_RESULTS = ("Recovered", "Delayed")
 # mf_other lines that still leave a poisoned page in place.
 UNSETTLED_NOTES = ("memory outside kernel control", "Unknown page state")
+
+
+def same_page(address: int, pfn: int) -> bool:
+    return any(address >> shift == pfn for shift in PAGE_SHIFTS)
 
 
 class Incident:
@@ -80,6 +85,10 @@ class BootRecord:
         self.hw_notes: deque[tuple[int, str]] = deque(maxlen=8)   # addressless [Hardware Error] lines
         self.injected: dict[int, str] = {}
         self.crash: CrashRecord | None = None
+
+    def incident_lines(self, incident: Incident) -> list[str]:
+        """The first hardware report of the incident's page, then the incident's own lines."""
+        return [r.text for r in self.hw_reports if same_page(r.address, incident.pfn)][:1] + incident.lines
 
     @property
     def wants_frames(self) -> bool:

@@ -25,14 +25,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from orchestrator.triage.boot import BootRecord, CrashRecord, HwReport, Incident
+from orchestrator.triage.boot import BootRecord, CrashRecord, HwReport, Incident, same_page
 
 TOP_FRAMES = 5                  # frames in a software crash's fingerprint
 SHOWN_FRAMES = 8
 MAX_EVIDENCE = 8
 OWN_REPORT_WINDOW_S = 1.0       # a hardware-error line this close before a crash is its own report
 OWN_REPORT_WINDOW_CHARS = 4096  # the same, for logs without timestamps
-PAGE_SHIFTS = (12, 14, 16)      # 4K, 16K, 64K: the log never says which one the host used
 
 # Frames every crash of a kind shares: they say how the kernel died, not where.
 GENERIC_FRAMES = frozenset("""
@@ -99,12 +98,15 @@ def significant_frames(crash: CrashRecord) -> tuple[str, ...]:
     return tuple(f for i, f in enumerate(frames) if i == 0 or f != frames[i - 1])
 
 
-def _same_page(address: int, pfn: int) -> bool:
-    return any(address >> shift == pfn for shift in PAGE_SHIFTS)
-
-
 def _own_addresses(boot: BootRecord, crash: CrashRecord) -> list[int]:
-    return [r.address for r in boot.hw_reports if not _before_own_report(r.ts, r.offset, crash)]
+    return [r.address for r in boot.hw_reports
+            if not _before_own_report(r.ts, r.offset, crash) and not _handled(boot, r)]
+
+
+def _handled(boot: BootRecord, report: HwReport) -> bool:
+    """memory_failure() took the report's page after it: the report was that incident's, not the
+    crash's (whose queued work never runs). Else a recovered page hid an earlier Ignored one."""
+    return any(i.offset > report.offset and same_page(report.address, i.pfn) for i in boot.incidents.values())
 
 
 def _before_own_report(ts: float | None, offset: int, crash: CrashRecord) -> bool:
@@ -120,14 +122,14 @@ def _prior_errors(boot: BootRecord, crash: CrashRecord) -> list[Incident | HwRep
     for report in boot.hw_reports:
         if report.offset >= crash.offset or not _before_own_report(report.ts, report.offset, crash):
             continue
-        if not any(_same_page(report.address, i.pfn) for i in boot.incidents.values()):
+        if not any(same_page(report.address, i.pfn) for i in boot.incidents.values()):
             priors.append(report)
     return sorted(priors, key=lambda p: p.offset)
 
 
 def _hits_page(prior: Incident | HwReport, address: int) -> bool:
     if isinstance(prior, Incident):
-        return _same_page(address, prior.pfn)
+        return same_page(address, prior.pfn)
     return address >> 12 == prior.address >> 12
 
 
@@ -141,7 +143,7 @@ def _blame(boot: BootRecord, crash: CrashRecord, addresses: list[int]) -> tuple[
     return (hits[-1], "yes") if hits else None
 
 
-def _lines(*groups) -> tuple[str, ...]:
+def evidence_lines(*groups) -> tuple[str, ...]:
     lines = [line for group in groups for line in group if line]
     return tuple(dict.fromkeys(lines))[:MAX_EVIDENCE]
 
@@ -173,7 +175,8 @@ def assemble(boot: BootRecord, *, source: str, index: int) -> Crash | None:
     if _is_hardware_crash(crash):
         return _firmware_fatal(boot, crash, addresses, common)
     parts = ["software", _crash_title(crash), *common["frames"][:TOP_FRAMES]]
-    return Crash(bucket="software", **_fp(parts), evidence=_lines(_text(crash.title, crash.site, panic)), **common)
+    evidence = evidence_lines(_text(crash.title, crash.site, panic))
+    return Crash(bucket="software", **_fp(parts), evidence=evidence, **common)
 
 
 def _memory_failure_panic(boot: BootRecord, crash: CrashRecord, common: dict) -> Crash:
@@ -184,7 +187,7 @@ def _memory_failure_panic(boot: BootRecord, crash: CrashRecord, common: dict) ->
         parts = ["mf-fail-fast", label, _origin(boot, crash, panic.pfn)]
     else:  # the legacy panic comes before any classification: there is no label
         parts = ["mf-legacy", _origin(boot, crash, panic.pfn)]
-    evidence = _lines([boot.injected.get(panic.pfn)], incident.lines if incident else [], _text(panic))
+    evidence = evidence_lines([boot.injected.get(panic.pfn)], incident.lines if incident else [], _text(panic))
     return Crash(bucket=parts[0], **_fp(parts), pfn=panic.pfn, evidence=evidence, **common)
 
 
@@ -192,13 +195,13 @@ def _consumed_later(boot: BootRecord, crash: CrashRecord, addresses: list[int], 
                     in_page: str, common: dict) -> Crash:
     if isinstance(prior, Incident):
         label, pfn = prior.label or "unhandlable page", prior.pfn
-        prior_lines = [r.text for r in boot.hw_reports if _same_page(r.address, prior.pfn)][:1] + prior.lines
+        prior_lines = boot.incident_lines(prior)
     else:
         label, pfn, prior_lines = "hardware error report", None, [prior.text]
     delay = None if prior.ts is None or crash.ts is None else round(crash.ts - prior.ts, 3)
     site = crash.site.label if crash.site else (common["frames"] or ("?",))[0]
     parts = ["hw-error-consumed-later", label, _crash_title(crash), site]
-    evidence = _lines(prior_lines, _text(crash.title, crash.firmware, crash.site, crash.panic))
+    evidence = evidence_lines(prior_lines, _text(crash.title, crash.firmware, crash.site, crash.panic))
     return Crash(bucket=parts[0], **_fp(parts), pfn=pfn, delay_s=delay, address_in_page=in_page,
                  address=addresses[-1] if addresses else None, evidence=evidence, **common)
 
@@ -211,7 +214,7 @@ def _firmware_fatal(boot: BootRecord, crash: CrashRecord, addresses: list[int], 
     parts = ["firmware-fatal", *dict.fromkeys(_message(e) for e in named if e is not None)]
     own_reports = [r.text for r in boot.hw_reports if r.address in addresses]
     notes = [text for offset, text in boot.hw_notes if offset >= crash.offset - OWN_REPORT_WINDOW_CHARS]
-    evidence = _lines(notes[:2], own_reports[:2], _text(crash.title, crash.firmware, crash.site, crash.panic))
+    evidence = evidence_lines(notes[:2], own_reports[:2], _text(crash.title, crash.firmware, crash.site, crash.panic))
     return Crash(bucket=parts[0], **_fp(parts), address=addresses[-1] if addresses else None,
                  evidence=evidence, **common)
 

@@ -2,7 +2,8 @@
 
 Input: raw console captures (prompts, escapes, ``[T<pid>]`` caller ids), Debian kdump
 ``dmesg.<stamp>``, RHEL ``vmcore-dmesg.txt``, journal/syslog kernel lines, each optionally
-``.gz``. A file may hold several boots; each boot contributes at most one crash.
+``.gz``. A file may hold several boots; each boot contributes at most one crash, or, when it
+did not crash, the oldest page it kept running on unrecovered (``triage.unrecovered``).
 
 Pipeline (each stage streams, so a 100 MB log runs in bounded memory):
 ``triage.scan.candidate_lines`` (literal pre-filter) -> ``kernel.signatures.parse_line`` ->
@@ -26,6 +27,7 @@ from orchestrator.errors import EXIT_BAD_INPUT, EXIT_OK
 from orchestrator.kernel.signatures import KernelEvent, frame_function, parse_line
 from orchestrator.triage.boot import BootRecord
 from orchestrator.triage.buckets import Crash, assemble
+from orchestrator.triage.unrecovered import unrecovered_boot
 from orchestrator.triage.scan import CHUNK_BYTES, candidate_lines, open_log, read_chunks, trace_lines
 
 __all__ = ["Crash", "LogTriage", "classify", "triage_stream", "triage_paths"]
@@ -77,7 +79,8 @@ class LogTriage:
             return None  # the crash kernel echoing the saved dmesg: same stamp, same panic
         if key is not None:
             self._last_panic = key
-        return assemble(self.boot, source=self.source, index=self.index)
+        return (assemble(self.boot, source=self.source, index=self.index)
+                or unrecovered_boot(self.boot, source=self.source, index=self.index))
 
 
 def triage_stream(chunks: Iterable[str], *, source: str) -> Iterator[Crash]:

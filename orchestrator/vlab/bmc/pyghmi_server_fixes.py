@@ -3,7 +3,7 @@
 pyghmi's ``Bmc`` is a toolkit for fake BMCs; its SOL and session code were written for a
 client and break in ways a lab BMC meets within minutes (sol-and-ghes.md part A4,
 virtual-lab-notes.md section 7). Each patch says which bug it fixes and why: the session
-fixes are here, the SOL ones (F1-F4) in pyghmi_sol_fixes.py.
+fixes are here, the SOL ones (F1-F4, F7 the serial BREAK) in pyghmi_sol_fixes.py.
 ``install()`` is idempotent and must run before the first ``Bmc`` is created.
 
 Model the patches assume (and ``QemuBmc`` keeps): ONE thread runs every pyghmi call,

@@ -14,11 +14,12 @@ import pyghmi.ipmi.console as pyghmi_console
 SOL_PACKET_MAX = 255          # the SOL "accepted character count" is one byte (F1)
 SOL_RETRANSMIT_SECONDS = 1.0  # the spec's SOL retry interval; clients ack within ms
 SOL_RETRANSMIT_LIMIT = 5
+GENERATE_BREAK = 0b10000      # client-to-BMC operation bit 4 (ipmitool ~B, pyghmi send_break)
 DEFAULT_SOL_IDLE_TIMEOUT = 65.0  # > 2 pyghmi keepalive periods (24-29 s) and ipmitool's 30 s
 
 
 class NonBlockingServerConsole(pyghmi_console.ServerConsole):
-    """F1 + F4: a ServerConsole that never runs the event loop inside itself.
+    """F1 + F4 (+ F7, the serial BREAK): a ServerConsole that never runs the event loop inside itself.
 
     pyghmi's ``Console._sendoutput`` sends one chunk, then spins ``wait_for_rsp`` until the
     ack arrives; the ack handler sends the next chunk from inside that wait, one stack level
@@ -59,6 +60,16 @@ class NonBlockingServerConsole(pyghmi_console.ServerConsole):
         self._sent_at = time.monotonic()
         self._retransmits = 0
         self.send_payload(payload)
+
+    def _got_sol_payload(self, payload):
+        """F7: pyghmi acks a client's "generate BREAK" and drops it. Hand it to the iohandler
+        as ``{'break': True}`` before the ack (the key the client types next must come after
+        it), once per packet: a retransmit repeats the sequence number."""
+        if not isinstance(payload, dict) and len(payload) >= 4 and payload[3] & GENERATE_BREAK:
+            seq = payload[0] & 0xF
+            if seq and seq != self.remseq:
+                self.out_handler({'break': True})
+        super()._got_sol_payload(payload)
 
     def send_payload(self, payload, payload_type=1, retry=True, needskeepalive=False):
         # retry=False always: ServerSession._timedout is a stub, so pyghmi's generic retry

@@ -14,8 +14,10 @@ Power is "on" while a QEMU process exists whose QMP status is not 'shutdown' —
 or paused guest is still powered, as a hung server is. A BMC whose QEMU died reports off.
 
 SOL streams ``serial.sock`` (via ``SerialConsoleReader``) to the client; console.log
-always gets every byte. All pyghmi calls run in the thread that runs ``serve()``
-(sol-and-ghes.md F4); the reader thread only buffers and wakes that loop.
+always gets every byte. A SOL "generate break" becomes a BREAK on the guest's UART
+(telnet.py), so BREAK + a SysRq key stands in for the NMI that aarch64 -M virt lacks. All
+pyghmi calls run in the thread that runs ``serve()`` (sol-and-ghes.md F4); the reader
+thread only buffers and wakes that loop.
 """
 
 from __future__ import annotations
@@ -190,6 +192,9 @@ class QemuBmc(pyghmi_bmc.Bmc):
     # --- SOL -----------------------------------------------------------------------------
     def _from_sol_client(self, data) -> None:
         if isinstance(data, dict):
+            if data.get('break'):   # SOL "generate break" -> a BREAK on the guest's UART
+                log.info('SOL break -> serial BREAK %s', 'sent' if self.console.send_break() else 'dropped')
+                return
             log.info('SOL event: %s', data)
             return
         self.console.write(bytes(data))

@@ -5,8 +5,10 @@ the BMC keeps exactly one reader connected at all times (reconnecting across QEM
 restarts) and fans the bytes out: every byte to ``console.log`` (raw, appended, whether or
 not a SOL client is attached) and a copy to a buffer the BMC main loop drains into SOL.
 
-Only this module's thread touches the socket for reading; pyghmi is never called here
-(sol-and-ghes.md F4): the thread wakes the BMC main loop with a small UDP datagram to the
+The chardev is a telnet one (telnet.py: how a serial BREAK gets to the guest): each
+connection's leading negotiation is dropped, keystrokes are escaped, and the rest is
+passed on byte-exact. Only this module's thread touches the socket for reading; pyghmi is
+never called here (sol-and-ghes.md F4): the thread wakes the BMC main loop with a small UDP datagram to the
 BMC port instead, which pyghmi's sessionless handler ignores (shorter than 22 bytes).
 """
 
@@ -18,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from orchestrator.vlab.bmc import telnet
 
 RECONNECT_SECONDS = 0.1   # QEMU needs ~0.2 s from start to its first console byte
 WAKE_DATAGRAM = b'WAKE'   # >= 4 bytes, or pyghmi's I/O thread skips it without waking anyone
@@ -38,6 +42,7 @@ class SerialConsoleReader:
         self._pending = bytearray()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._greeting = telnet.TelnetGreeting()
         self._stop = threading.Event()
         self._reconnect_now = threading.Event()
         self._thread = threading.Thread(target=self._run, name='serial-reader', daemon=True)
@@ -67,13 +72,26 @@ class SerialConsoleReader:
 
     def write(self, data: bytes) -> None:
         """Keystrokes from the SOL client. Dropped while QEMU is off, as on a real BMC."""
+        self._send(telnet.escape(data) if self._greeting.telnet else data)
+
+    def send_break(self) -> bool:
+        """A serial BREAK on the guest's UART (SOL's "generate break"); False where the
+        chardev cannot carry one (not a telnet one, or QEMU is off)."""
+        if not self._greeting.telnet:
+            log.info('serial BREAK requested but the console is not a telnet chardev: dropped')
+            return False
+        return self._send(telnet.BREAK)
+
+    def _send(self, data: bytes) -> bool:
         sock = self._sock
         if sock is None:
-            return
+            return False
         try:
             sock.sendall(data)
+            return True
         except OSError as error:
             log.info('console write failed (%s); QEMU is probably gone', error)
+            return False
 
     def _run(self) -> None:
         with open(self.console_log, 'ab', buffering=0) as console_log:
@@ -88,6 +106,7 @@ class SerialConsoleReader:
     def _connect(self) -> socket.socket | None:
         sock = connect_unix(self.socket_path)
         if sock is not None:
+            self._greeting = telnet.TelnetGreeting()   # every QEMU connection starts with one
             self._sock = sock
             log.info('serial console connected: %s', self.socket_path)
         return sock
@@ -100,6 +119,9 @@ class SerialConsoleReader:
                 chunk = b''
             if not chunk:
                 break
+            chunk = self._greeting.strip(chunk)
+            if not chunk:
+                continue
             read_at = time.monotonic()
             console_log.write(chunk)
             if self._trace is not None:

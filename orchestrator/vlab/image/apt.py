@@ -28,7 +28,8 @@ MIRROR = "http://deb.debian.org/debian"
 KERNEL_SUITE = "trixie-backports"      # the 7.3.x cloud kernels that carry the sysctl
 USERSPACE_SUITE = "bookworm"           # busybox, dropbear, kexec-tools, makedumpfile
 #: Lists older than this are refreshed; a day keeps a cached build well under its 5 s budget
-#: while still picking up a new kernel point release the next day.
+#: while still picking up userspace updates the next day (the backports kernel is pinned:
+#: kernels.PINNED; a pin gone from the fresh lists fails the build, naming what is there).
 LISTS_MAX_AGE_HOURS = 24.0
 
 def debian_arch(arch: str) -> str:

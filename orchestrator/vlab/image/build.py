@@ -1,10 +1,11 @@
 """Guest image builder: kernel, initramfs and crash initramfs for one guest arch.
 
-    python -m orchestrator.vlab.image.build build --arch x86_64|aarch64 [--kernel backports|bookworm]
+    python -m orchestrator.vlab.image.build build --arch x86_64|aarch64 [--kernel FLAVOUR]
                                             [--refresh] [--force]
 
-Kernel flavours (kernels.py): ``backports`` (default; trixie-backports 7.3, has the
-sysctl) and ``bookworm`` (Debian 12's 6.1, without it). Both images share the userspace.
+Kernel flavours (kernels.py): ``backports`` (default; the pinned trixie-backports 7.3, has the
+sysctl), ``backports-7.2`` (the pinned 7.2, without it) and ``bookworm`` (Debian 12's 6.1,
+without it). All images share the userspace.
 Output: ``<cache>/images/<arch>-<kernel release>/`` (so the flavours sit side by side) with ``vmlinuz``, ``initrd.img``
 (the guest userspace; it is also the crash kernel's initramfs), ``boot.img`` (a read-only
 disk holding vmlinuz + crash-initrd.img, from which the guest loads its own crash kernel)
@@ -31,7 +32,7 @@ from uuid import UUID
 from orchestrator.errors import ConfigError, FatalInfraError, OrchestratorError
 from orchestrator.vlab.image import cpio, disk, rootfs
 from orchestrator.vlab.image.apt import PrivateApt, debian_arch, file_lock
-from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR, KernelChoice, check_flavour, choose_kernel
+from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR, PINNED, KernelChoice, check_flavour, choose_kernel
 from orchestrator.vlab.image.manifest import (MANIFEST_FORMAT, ImageManifest, images_dir, load_manifest,
                                               sha256_file)
 
@@ -45,6 +46,8 @@ __all__ = ["ImageManifest", "build_image", "images_dir", "inputs_key", "load_man
 def inputs_key(arch: str, versions: dict[str, str]) -> str:
     """Everything that determines the image bytes: package versions, guest files, builder code."""
     digest = hashlib.sha256(f"format={MANIFEST_FORMAT} arch={arch}\n".encode())
+    # the kernel pins: images built while the lab took "the newest 7.3.x" are not reused as pinned
+    digest.update(f"pins={sorted(PINNED.items())}\n".encode())
     for name in sorted(versions):
         digest.update(f"{name}={versions[name]}\n".encode())
     sources = [rootfs.GUEST_DIR / n for n in sorted(rootfs.GUEST_FILES)]
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build or reuse the guest image for one arch")
     build.add_argument("--arch", required=True, help="x86_64 or aarch64")
-    build.add_argument("--kernel", default=DEFAULT_FLAVOUR, help="backports (7.3, default) or bookworm (6.1)")
+    build.add_argument("--kernel", default=DEFAULT_FLAVOUR, help="backports (7.3, default), backports-7.2 or bookworm (6.1)")
     build.add_argument("--refresh", action="store_true", help="run apt-get update even if the lists are fresh")
     build.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
     args = parser.parse_args(argv)

@@ -1,12 +1,14 @@
 """Guest kernel flavours, and which Debian package provides each one's kernel.
 
-"backports": trixie-backports' newest 7.3.x cloud kernel, which has
-vm.panic_on_unrecoverable_memory_failure. "bookworm": Debian 12's 6.1 kernel (whatever
-bookworm's linux-image-<debarch> meta package depends on), which lacks it: the "legacy"
-semantics of orchestrator/kernel/semantics.yaml. "generic": the kernel "backports" picks,
-in Debian's generic (not cloud) build, which has the IPMI drivers (ipmi_msghandler, ipmi_si)
-the guest needs to send its panic into the BMC's SEL in band (sel-in-band.md). Package
-facts come from the private apt lists (apt.py).
+"backports": the trixie-backports 7.3 cloud kernel PINNED below, which has
+vm.panic_on_unrecoverable_memory_failure ("v10-like"). "backports-7.2": the pinned 7.2 cloud
+kernel of the same suite, from before the series ("legacy", measured). "bookworm": Debian 12's
+6.1 kernel (whatever bookworm's linux-image-<debarch> meta package depends on: Debian's archive
+keeps only the current bookworm ABI, so a pin there would break on every security update),
+which lacks the sysctl: "legacy". "generic": the pinned "backports" kernel in Debian's generic
+(not cloud) build, which has the IPMI drivers (ipmi_msghandler, ipmi_si) the guest needs to
+send its panic into the BMC's SEL in band (sel-in-band.md). Package facts come from the
+private apt lists (apt.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from orchestrator.errors import ConfigError, FatalInfraError
 from orchestrator.vlab.image.apt import KERNEL_SUITE, USERSPACE_SUITE, PrivateApt, debian_arch
 
-KERNEL_FLAVOURS = ("backports", "bookworm", "generic")
+KERNEL_FLAVOURS = ("backports", "bookworm", "backports-7.2", "generic")
 #: x86 lab machines stay on the cloud build by default; "generic" (the SEL's in-band panic
 #: records) is chosen per machine (`lab up --kernels generic`). Measured 2026-12-01,
 #: bench/bench_vlab_boot.py --boots 3, two interleaved rounds on the loaded 2-core host:
@@ -26,8 +28,13 @@ KERNEL_FLAVOURS = ("backports", "bookworm", "generic")
 #: and ~35 MB more RSS per machine (441 vs 407-411 MB). Not worth it for cases that do not
 #: read the SEL, and every other e2e result was measured on the cloud kernel.
 DEFAULT_FLAVOUR = "backports"
-#: The oldest kernel series with vm.panic_on_unrecoverable_memory_failure.
-MIN_KERNEL_SERIES = (7, 3)
+#: The exact trixie-backports kernel (upstream version + ABI) each pinned flavour runs. The lab's
+#: verdicts are measurements of THIS kernel: a new point release is a deliberate, reviewed update,
+#: never picked up by an image build on its own. To update: build with --refresh (fresh lists),
+#: pick a version from the "available" list the build prints when the pin is gone (or `apt-cache
+#: pkgnames linux-binary-7.3` against <cache>/apt), change it here, and run
+#: tests/test_e2e_semantics.py (the probe must still find each flavour's semantics) before merging.
+PINNED = {"backports": "7.3.4+deb13", "backports-7.2": "7.2.12+deb13"}
 #: bookworm's kernel series; a meta package resolving to anything else means the lists are
 #: not what we think (e.g. a backports meta package outranking bookworm's) and must not be used.
 BOOKWORM_SERIES = (6, 1)
@@ -59,12 +66,12 @@ def choose_kernel(apt: PrivateApt, arch: str, flavour: str = DEFAULT_FLAVOUR) ->
     check_flavour(flavour)
     if flavour == "generic":
         return generic_kernel(apt, arch)
-    return newest_kernel(apt, arch) if flavour == "backports" else bookworm_kernel(apt, arch)
+    return pinned_kernel(apt, arch, PINNED[flavour]) if flavour in PINNED else bookworm_kernel(apt, arch)
 
 
 def generic_kernel(apt: PrivateApt, arch: str) -> KernelChoice:
     """The "backports" kernel's release in the generic build (same version, same ABI)."""
-    cloud = newest_kernel(apt, arch)
+    cloud = pinned_kernel(apt, arch, PINNED["backports"])
     release = cloud.release.replace("-cloud-", "-")
     choice = KernelChoice(release, *(p.replace(cloud.release, release) for p in cloud.packages))
     known = set(apt.package_names(f"linux-binary-{release}")) | set(apt.package_names(f"linux-modules-{release}"))
@@ -74,19 +81,25 @@ def generic_kernel(apt: PrivateApt, arch: str) -> KernelChoice:
     return choice
 
 
-def newest_kernel(apt: PrivateApt, arch: str, minimum: tuple[int, int] = MIN_KERNEL_SERIES) -> KernelChoice:
+
+
+def pinned_kernel(apt: PrivateApt, arch: str, pin: str) -> KernelChoice:
+    """The cloud kernel ``pin`` (e.g. 7.3.4+deb13); gone from the archive -> an error naming
+    the pin and the versions of its series that are there (never a silent substitute)."""
     debarch = debian_arch(arch)
-    best: tuple[tuple[int, ...], str] | None = None
+    available = []
     for name in apt.package_names("linux-binary-"):
         m = _KERNEL_NAME.match(name)
-        if not m or m["arch"] != debarch:
-            continue
-        version = tuple(int(x) for x in m["ver"].split("."))
-        if version[:2] >= minimum and (best is None or version > best[0]):
-            best = (version, f"{m['ver']}+{m['abi']}-cloud-{debarch}")
-    if best is None:
-        raise FatalInfraError(f"no linux-binary-*-cloud-{debarch} >= {minimum[0]}.{minimum[1]} in {KERNEL_SUITE}")
-    release = best[1]
+        if m and m["arch"] == debarch:
+            available.append((tuple(int(x) for x in m["ver"].split(".")), f"{m['ver']}+{m['abi']}"))
+    if pin not in {version for _, version in available}:
+        series = pin.split(".")[:2]
+        same = [v for key, v in sorted(available) if [str(x) for x in key[:2]] == series]
+        raise FatalInfraError(
+            f"the pinned lab kernel linux-binary-{pin}-cloud-{debarch} is no longer in {KERNEL_SUITE}; "
+            f"available {'.'.join(series)}.x: {', '.join(same) or 'none'}. Update PINNED in "
+            f"orchestrator/vlab/image/kernels.py (a reviewed change: see the comment there)")
+    release = f"{pin}-cloud-{debarch}"
     return KernelChoice(release, f"linux-binary-{release}:{debarch}", f"linux-modules-{release}:{debarch}")
 
 

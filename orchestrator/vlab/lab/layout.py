@@ -80,11 +80,16 @@ def write_lab_json(machines: list[LabMachine], lab: LabPaths) -> None:
     temporary.replace(lab.lab_json)
 
 
+#: the guest takes magic SysRq keys after a serial BREAK (Debian's default kernel.sysrq=438
+#: refuses 'c': "sysrq: This sysrq operation is disabled.", arm64-ras-lab.md)
+LAB_KERNEL_ARGS = ('sysrq_always_enabled',)
+
+
 def host_features(arch: str) -> list[str]:
-    features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sel']   # sel: vlab/bmc/sel.py
+    # sol_break: the lab BMC turns a SOL break into a BREAK on the guest's UART (bmc/telnet.py)
+    features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sol_break', 'sel']   # sel: vlab/bmc/sel.py
     if arch == 'x86_64':
         features += ['einj']    # the BMC plays the EINJ firmware (vlab/qemu/einj_table.py)
-    if arch == 'x86_64':
         # no mce_inject: its in-guest hw mode writes MCA bank MSRs, which QEMU does not take
         # (the injector refuses hosts under a hypervisor); QEMU 7.2 arm virt has no NMI source
         features += ['nmi']

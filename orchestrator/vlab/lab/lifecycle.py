@@ -27,7 +27,7 @@ from orchestrator.vlab.image.kernels import DEFAULT_FLAVOUR
 from orchestrator.vlab.lab.access import (is_ready, machine_power, machine_shell, power_on,
                                          wait_ready)
 from orchestrator.vlab.lab.checks import check_kernel_args, check_request, free_tcp_port, machine_kernels
-from orchestrator.vlab.lab.layout import (BMC_USER, LabMachine, LabPaths, host_features,
+from orchestrator.vlab.lab.layout import (BMC_USER, LAB_KERNEL_ARGS, LabMachine, LabPaths, host_features,
                                          write_inventory, write_known_hosts, write_lab_json)
 from orchestrator.vlab.lab.layout import read_lab as read_lab_json
 from orchestrator.vlab.bmc.process import (bmc_alive, start_bmc_process, stop_bmc_process,
@@ -79,7 +79,7 @@ def _prepare_machine(lab: LabPaths, name: str, arch: str, ssh_port: int, manifes
     create_disk(machine_dir, ensure_host_key(machine_dir), Path(f'{lab.client_key}.pub'))
     write_machine_spec(machine_dir, name=name, arch=arch, ssh_port=ssh_port, memory_mb=LAB_MEMORY_MB,
                        tcg_thread=LAB_TCG_THREAD, tcg_cache_mb=LAB_TCG_CACHE_MB,
-                       accel=accel, extra_kernel_args=list(kernel_args),
+                       accel=accel, extra_kernel_args=[*LAB_KERNEL_ARGS, *kernel_args],
                        image_manifest=str(manifest.directory / 'manifest.json'))
     return machine_dir
 

@@ -2,7 +2,8 @@
 
 In a running lab the BMC is the socket's one client (it logs the console and serves SOL);
 this tap is for a bare ``QemuMachine`` with no BMC attached. It reads in a thread and
-``wait_for`` polls the transcript against a deadline.
+``wait_for`` polls the transcript against a deadline. The telnet negotiation QEMU starts
+each connection with is dropped (bmc/telnet.py), so the text is the guest's alone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 from orchestrator.vlab.bmc.sol_bridge import connect_unix
+from orchestrator.vlab.bmc.telnet import TelnetGreeting
 
 
 class SerialTap:
@@ -30,10 +32,12 @@ class SerialTap:
 
     def _pump(self) -> None:
         sock: socket.socket | None = self.sock
+        greeting = TelnetGreeting()
         while not self._closed.is_set():
             if sock is None:
                 self._closed.wait(self.RECONNECT_SECONDS)
                 sock = self.sock = connect_unix(self.path)
+                greeting = TelnetGreeting()
                 continue
             try:
                 data = sock.recv(65536)
@@ -44,7 +48,7 @@ class SerialTap:
                 sock = None
                 continue
             with self._lock:
-                self._text += data.decode(errors="replace")
+                self._text += greeting.strip(data).decode(errors="replace")
 
     @property
     def text(self) -> str:

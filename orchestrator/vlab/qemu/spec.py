@@ -116,7 +116,8 @@ def command_line(spec: MachineSpec, *, disk: Path, serial_socket: Path, qmp_sock
         *(["-action", "reboot=shutdown", "-qmp", f"unix:{events_socket},server=on,wait=off"]
           if s.cold_reboot else []),
         "-kernel", str(s.image.kernel), "-initrd", str(s.image.initrd), "-append", kernel_cmdline(s),
-        "-chardev", f"socket,id=ser0,path={serial_socket},server=on,wait=off", "-serial", "chardev:ser0",
+        # telnet=on: the BMC's SOL break reaches the UART as a serial BREAK (bmc/telnet.py)
+        "-chardev", f"socket,id=ser0,path={serial_socket},server=on,wait=off,telnet=on", "-serial", "chardev:ser0",
         "-qmp", f"unix:{qmp_socket},server=on,wait=off", *_ipmi_devices(s),
         "-netdev", f"user,id=n0,hostfwd=tcp:{s.address}:{s.ssh_port}-:22", "-device", "virtio-net-pci,netdev=n0",
         # the persistent disk first, so that the guest names it vda; the boot disk follows
