@@ -1,7 +1,7 @@
 """Virtual lab timings: image build (cold and cached), boot -> SSH, panic -> dump -> SSH, RSS.
 
     .venv/bin/python bench/bench_vlab_boot.py [--arch x86_64 --arch aarch64] [--boots 5] [--kdumps 5] [--no-cold]
-                                              [--kernel backports|bookworm] [--memory-mb 768]
+                                              [--kernel backports|bookworm|generic] [--memory-mb 768]
 
 One guest at a time. "Cold" builds use a fresh, temporary cache dir (apt update and
 downloads included); everything else uses the normal cache. Targets (2-core TCG host):
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestrator import tunables  # noqa: E402
 from orchestrator.vlab.image import build as image  # noqa: E402
+from orchestrator.vlab.image.kernels import KERNEL_FLAVOURS  # noqa: E402
 from orchestrator.vlab.qemu.machine import MachineSpec, QemuMachine, create_disk, ensure_host_key, known_hosts_line  # noqa: E402
 from orchestrator.vlab.qemu.serial_tap import SerialTap  # noqa: E402
 
@@ -175,7 +176,7 @@ def main() -> int:
     parser.add_argument("--arch", action="append", choices=["x86_64", "aarch64"])
     parser.add_argument("--boots", type=int, default=5)
     parser.add_argument("--kdumps", type=int, default=5, help="panic -> dump -> reboot cycles (RSS growth)")
-    parser.add_argument("--kernel", default="backports", choices=["backports", "bookworm"])
+    parser.add_argument("--kernel", default="backports", choices=list(KERNEL_FLAVOURS))
     # defaults: what `orchestrator lab up` gives its machines
     parser.add_argument("--memory-mb", type=int, default=tunables.LAB_MEMORY_MB, help="guest RAM")
     parser.add_argument("--tcg-cache-mb", type=int, default=tunables.LAB_TCG_CACHE_MB, help="TCG translation cache cap (MiB)")

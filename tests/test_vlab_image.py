@@ -129,3 +129,15 @@ def test_a_pinned_kernel_gone_from_the_archive_names_the_pin_and_what_is_there()
     choice = pinned_kernel(apt, "x86_64", "7.3.5+deb13")
     assert choice.packages == ("linux-binary-7.3.5+deb13-cloud-amd64:amd64",
                                "linux-modules-7.3.5+deb13-cloud-amd64:amd64")
+
+
+def test_generic_flavour_is_the_backports_kernel_in_its_generic_build():
+    from orchestrator.errors import FatalInfraError
+    from orchestrator.vlab.image.kernels import choose_kernel
+    names = ["linux-binary-7.3.4+deb13-cloud-amd64", "linux-binary-7.3.2+deb13-amd64", "linux-modules-7.3.2+deb13-amd64",
+             "linux-binary-7.3.2+deb13-cloud-amd64", "linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64"]
+    choice = choose_kernel(_Names(*names), "x86_64", "generic")
+    assert choice.release == "7.3.4+deb13-amd64"
+    assert choice.packages == ("linux-binary-7.3.4+deb13-amd64:amd64", "linux-modules-7.3.4+deb13-amd64:amd64")
+    with pytest.raises(FatalInfraError, match="no generic build of 7.3.4"):
+        choose_kernel(_Names(*names[:4]), "x86_64", "generic")

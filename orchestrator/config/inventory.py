@@ -21,6 +21,7 @@ KNOWN_FEATURES = frozenset({
     "qemu_mce",         # the virtual lab's BMC raises x86 machine checks (lab machines only)
     "sol_break",    # SOL sends a serial BREAK and the kernel takes SysRq keys after it
     "ghes",     # the platform's firmware reports memory errors through GHES (arm64 RAS)
+    "sel",   # the BMC keeps a System Event Log the orchestrator reads around each case
 })
 #: Machine-check injectors exist on x86 only: another arch declaring one is a typo to catch
 #: at load time, not a case that fails at 3 a.m.

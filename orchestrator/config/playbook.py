@@ -60,6 +60,9 @@ class Expectation:
     signature: str = "any"              # new | legacy | any | machine-check (panic cases)
     dump: bool = True                   # a panic case needs a kdump dump unless false
     memory_failure: bool = True         # false: the kernel must not run memory_failure() on the page
+    #: texts the BMC's SEL must show among the case's records (or in the kernel's panic text
+    #: reassembled from them), e.g. ("OS Critical Stop", "Memory"); cycle/sel_window.py
+    sel: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def _build_case(f: Fields) -> Case:
                                 "state the expectation (panic or survive)")
     return Case(
         name=name, injector=f.get("injector", str, choices=INJECTORS), target=target, pfn=pfn,
-        sysctls=_build_sysctls(f), expect=expect, limits=_build_limits(f),
+        sysctls=_build_sysctls(f), expect=expect, limits=_needs_sel(_build_limits(f), expect),
         deadlines=_build_deadlines(f), kdump=kdump,
         description=f.get("description", str, ""), origin=f"{f.path}:{f.line}",
     )
@@ -180,7 +183,7 @@ def _build_sysctls(f: Fields) -> tuple[tuple[str, str], ...]:
 
 def _build_expect(f: Fields, kdump: str) -> Expectation:
     sub = f.sub("expect")
-    sub.reject_unknown({"outcome", "action", "signature", "dump", "memory_failure"})
+    sub.reject_unknown({"outcome", "action", "signature", "dump", "memory_failure", "sel"})
     outcome = sub.get("outcome", str, choices=OUTCOMES)
     label = result = None
     action = sub.sub("action", None)
@@ -194,8 +197,18 @@ def _build_expect(f: Fields, kdump: str) -> Expectation:
     dump = sub.get("dump", bool, outcome != "survive" and kdump != "unload")
     if dump and kdump == "unload":
         raise sub.error("dump", "kdump: unload leaves no crash kernel to write a dump; set dump: false")
+    sel = sub.str_list("sel")
+    if any(not text.strip() for text in sel):
+        raise sub.error("sel", "each SEL text must be non-empty (a part of a record, e.g. 'OS Critical Stop')")
     return Expectation(outcome=outcome, action_label=label, action_result=result, signature=signature, dump=dump,
-                       memory_failure=sub.get("memory_failure", bool, True))
+                       memory_failure=sub.get("memory_failure", bool, True), sel=sel)
+
+
+def _needs_sel(limits: Limits, expect: Expectation) -> Limits:
+    """A case that expects SEL records runs only on hosts whose BMC keeps a SEL."""
+    if not expect.sel or "sel" in limits.features:
+        return limits
+    return replace(limits, features=limits.features + ("sel",))
 
 
 def _build_limits(f: Fields) -> Limits:

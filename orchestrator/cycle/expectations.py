@@ -83,4 +83,5 @@ class ExpectationResolver:
             action_result=case.expect.action_result or found.action_result,
             signature=found.signature or "any",
             dump=case.expect.dump if found.panic else False,
+            sel=case.expect.sel,
         ))

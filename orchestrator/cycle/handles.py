@@ -14,6 +14,7 @@ from typing import Any, Callable, Hashable
 from orchestrator.config.model import Host
 from orchestrator.kernel.kdump import KdumpLayout
 from orchestrator.protocols.console import ConsoleProtocol
+from orchestrator.protocols.event_log import EventLogProtocol
 from orchestrator.protocols.firmware import FirmwareErrorProtocol
 from orchestrator.protocols.power import PowerProtocol
 from orchestrator.protocols.shell import ShellProtocol
@@ -59,3 +60,4 @@ class HostHandles:
     pause: Callable[[float], None] = time.sleep   # between polls of the host
     per_boot: PerBoot = field(default_factory=PerBoot)
     firmware: FirmwareErrorProtocol | None = None   # the platform's RAS firmware, via the BMC
+    event_log: EventLogProtocol | None = None       # the BMC's SEL (hosts with the "sel" feature)

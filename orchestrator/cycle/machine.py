@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from orchestrator.config.playbook import Case
-from orchestrator.cycle import after_panic, judging, observe, phases
+from orchestrator.cycle import after_panic, judging, observe, phases, sel_window
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.outcome import case_run
 from orchestrator.cycle.prefetch import PrefetchShell
@@ -92,7 +92,8 @@ class CaseCycle:
         self.h = HostHandles(host=handles.host, shell=meter.wrap(PrefetchShell(handles.shell)),
                              poll_shell=meter.wrap(handles.poll_shell), power=meter.wrap(handles.power),
                              console=meter.wrap(handles.console), kdump=handles.kdump, pause=meter.sleep,
-                             per_boot=handles.per_boot, firmware=meter.wrap(handles.firmware))
+                             per_boot=handles.per_boot, firmware=meter.wrap(handles.firmware),
+                             event_log=meter.wrap(handles.event_log))
         self.case, self.run_id = case, run_id
         self.resolve_expect = expect_resolver or (lambda case, shell, **_: case.expect)
         report = on_state or (lambda host, state: None)
@@ -116,6 +117,7 @@ class CaseCycle:
         except Exception as exc:  # noqa: BLE001 - one case's bug must not end the whole run
             verdict = Verdict(ERROR, (f"{self.step.name}: internal error: {type(exc).__name__}: {exc}",), ORCHESTRATOR)
         verdict = self._restore(verdict)
+        sel_window.read(self.h, self.trail.sel_mark, self.record)   # a case that ended before verify
         return case_run(self.h, self.case, self.trail, self.record, verdict)
 
     def _drive(self) -> State:
@@ -163,6 +165,7 @@ class CaseCycle:
         return S.TARGETED, f"pfn {targeted.target.pfn:#x}"
 
     def _inject(self, d: dict) -> tuple[State, str]:
+        self._keep(sel_mark=sel_window.mark(self.h, self.record))
         injected, note = phases.inject(self.h, self.case, self.trail.targeted, d["inject"], self.record,
                                        run_id=self.run_id)
         self._keep(injected=injected)
@@ -209,6 +212,9 @@ class CaseCycle:
         reasons = judging.verify(self.h, t.preflight.expect, before=t.preflight.before, targeted=t.targeted,
                                  injected=t.injected, observed=t.observed, back=t.back, collected=t.collected,
                                  record=self.record)
+        sel_records = sel_window.read(self.h, t.sel_mark, self.record)
+        self._keep(sel_mark=None)      # read: the records are in the evidence
+        reasons += sel_window.judge(t.preflight.expect.sel, sel_records)
         self._keep(reasons=tuple(reasons))
         return S.VERIFIED, "ok" if not reasons else f"{len(reasons)} problem(s)"
 

@@ -14,8 +14,9 @@ from orchestrator.results.model import CaseResult
 
 
 def expect_dict(expect: Expectation) -> dict:
-    return {"outcome": expect.outcome, "action_label": expect.action_label, "action_result": expect.action_result,
-            "signature": expect.signature, "dump": expect.dump}
+    out = {"outcome": expect.outcome, "action_label": expect.action_label, "action_result": expect.action_result,
+           "signature": expect.signature, "dump": expect.dump}
+    return {**out, "sel": list(expect.sel)} if expect.sel else out
 
 
 def case_run(h: HostHandles, case: Case, trail: Trail, record: CaseRecord, verdict: Verdict) -> CaseRun:

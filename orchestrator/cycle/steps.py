@@ -54,6 +54,11 @@ class Injected:
 
 
 @dataclass(frozen=True)
+class SelMark:
+    last_id: int | None                 # the BMC's newest SEL record before the injection (None: empty)
+
+
+@dataclass(frozen=True)
 class PanicSeen:
     event: sig.KernelEvent
     t: float                            # when the panic line completed on the controller
@@ -130,6 +135,7 @@ class Trail:
     observed: Observed | None = None
     back: Back | None = None
     collected: Collected | None = None
+    sel_mark: SelMark | None = None     # hosts with a SEL (cycle/sel_window.py)
     reasons: tuple[str, ...] = ()       # the judge's findings (cycle/verify.py Finding: text + blame)
 
     def panic_event(self) -> sig.KernelEvent | None:

@@ -20,6 +20,7 @@ from orchestrator.kernel.kdump import layout_for
 from orchestrator.protocols.shell import ShellProtocol
 from orchestrator.transports.ipmi import IpmiPower
 from orchestrator.transports.ipmi_firmware import IpmiFirmware
+from orchestrator.transports.ipmi_sel import IpmiEventLog
 from orchestrator.transports.sol import SolConsole
 from orchestrator.transports.ssh import FabricShell
 from orchestrator.tunables import POLL_BANNER_TIMEOUT_S, POLL_COMMAND_TIMEOUT_S, POLL_CONNECT_TIMEOUT_S
@@ -91,7 +92,8 @@ def build_handles(host: Host, command_log: CommandLog, host_dir: Path) -> HostHa
         console = SolConsole(host.bmc, raw_log=host_dir / "console.raw.log")
     return HostHandles(host=host, shell=shell, poll_shell=poll_shell, power=power, console=console,
                        kdump=layout_for(host.kdump.layout, host.kdump.path),
-                       firmware=IpmiFirmware(power) if power is not None else None)
+                       firmware=IpmiFirmware(power) if power is not None else None,
+                       event_log=IpmiEventLog(power) if power is not None and "sel" in host.features else None)
 
 
 def close_handles(handles: HostHandles) -> None:

@@ -26,15 +26,22 @@ def register(netfn: int, command: int) -> Callable[[Handler], Handler]:
     return decorate
 
 
+def answer(bmc: Any, netfn: int, command: int, data: bytes) -> tuple[int, bytes]:
+    """(completion code, data) of a registered handler; 0xC1 when none is registered."""
+    handler = _HANDLERS.get((netfn, command))
+    if handler is None:
+        return CC_INVALID_COMMAND, b""
+    try:
+        return handler(bmc, data)
+    except Exception:
+        log.exception('IPMI netfn %#x command %#x failed', netfn, command)
+        return CC_UNSPECIFIED, b''
+
+
 def dispatch(bmc: Any, request: dict, session: Any) -> bool:
     """Answer ``request`` if a handler is registered for it; False lets pyghmi answer."""
-    handler = _HANDLERS.get((request['netfn'], request['command']))
-    if handler is None:
+    if (request['netfn'], request['command']) not in _HANDLERS:
         return False
-    try:
-        code, data = handler(bmc, bytes(request.get('data') or b''))
-    except Exception:
-        log.exception('IPMI netfn %#x command %#x failed', request['netfn'], request['command'])
-        code, data = CC_UNSPECIFIED, b''
+    code, data = answer(bmc, request['netfn'], request['command'], bytes(request.get('data') or b''))
     session.send_ipmi_response(code=code, data=list(data))
     return True

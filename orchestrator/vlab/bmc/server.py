@@ -32,7 +32,8 @@ import pyghmi.ipmi.private.session as ipmisession
 
 from orchestrator.errors import UnsupportedOperation
 from orchestrator.vlab.bmc import einj_doorbell
-from orchestrator.vlab.bmc import firmware_requests, pyghmi_server_fixes, raw_commands  # noqa: F401 (registers)
+from orchestrator.vlab.bmc import firmware_requests, pyghmi_server_fixes, raw_commands, sel_commands  # noqa: F401 (registers)
+from orchestrator.vlab.bmc.kcs_link import KcsLink
 from orchestrator.vlab.bmc.machine_config import BmcConfig, Machine
 from orchestrator.vlab.bmc.sol_bridge import SerialConsoleReader, udp_waker
 
@@ -68,6 +69,7 @@ class QemuBmc(pyghmi_bmc.Bmc):
         self.einj = einj_doorbell.for_machine(machine)
         # a guest reboot replaces the QEMU process and its serial socket (cold_reboot.py)
         machine.on_cold_reboot = self._reconnect_soon
+        self.kcs = KcsLink.attach(self, config.machine_dir)   # in-band IPMI + SEL device (kcs_link.py)
 
     # --- power --------------------------------------------------------------------------
     def powered_on(self) -> bool:
@@ -209,6 +211,7 @@ class QemuBmc(pyghmi_bmc.Bmc):
         self.console.start()
         if self.einj is not None:
             self.einj.start()
+        self.kcs.start()
         log.info('BMC listening on %s:%d for %s', self.config.address, self.port,
                  self.config.machine_dir.name)
         while not stop.is_set():
@@ -230,6 +233,7 @@ class QemuBmc(pyghmi_bmc.Bmc):
         self.console.stop()
         if self.einj is not None:
             self.einj.stop()
+        self.kcs.stop()
         try:
             if self.machine.is_running():
                 self.machine.stop()

@@ -34,7 +34,9 @@ _COMMON_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_gen
                    "hwpoison_inject", "einj", "evdev")
 GUEST_ARCHES = {
     "x86_64": GuestArch("x86_64", "x86_64-linux-gnu", "ttyS0",
-                        _COMMON_MODULES + ("mce_inject", "button", "pvpanic_mmio", "pvpanic_pci")),
+                        _COMMON_MODULES + ("mce_inject", "button", "pvpanic_mmio", "pvpanic_pci",
+                                           # the BMC's SEL in band (KCS); the cloud kernel lacks them
+                                           "ipmi_msghandler", "ipmi_si")),
     "aarch64": GuestArch("aarch64", "aarch64-linux-gnu", "ttyAMA0", _COMMON_MODULES + ("button",)),
 }
 

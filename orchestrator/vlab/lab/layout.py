@@ -88,7 +88,7 @@ LAB_KERNEL_ARGS = ('sysrq_always_enabled',)
 
 def host_features(arch: str, ras: bool = False) -> list[str]:
     # sol_break: the lab BMC turns a SOL break into a BREAK on the guest's UART (bmc/telnet.py)
-    features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sol_break']
+    features = ['hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sol_break', 'sel']   # sel: vlab/bmc/sel.py
     if arch == 'x86_64':
         features += ['einj']    # the BMC plays the EINJ firmware (vlab/qemu/einj_table.py)
         # no mce_inject: its in-guest hw mode writes MCA bank MSRs, which QEMU does not take

@@ -75,11 +75,27 @@ def offers_einj(spec: MachineSpec) -> bool:
     return spec.einj and spec.arch == "x86_64"
 
 
+#: x86 machines have a BMC interface in band (KCS; the BMC process serves ipmi.sock, see
+#: vlab/bmc/kcs_link.py). The kernel sends its panic text to the SEL (panic_op=string) and,
+#: with a crash kernel loaded, only if the panic notifiers run before kdump
+#: (crash_kexec_post_notifiers; sel-in-band.md: without it no record arrives).
+_SEL_KERNEL_ARGS = {"x86_64": ("crash_kexec_post_notifiers", "ipmi_msghandler.panic_op=string")}
+IPMI_SOCKET = "ipmi.sock"
+
+
 def kernel_cmdline(spec: MachineSpec) -> str:
     return " ".join([f"console={spec.image.console}", f"crashkernel={spec.crashkernel}",
                      f"vlab.hostname={spec.name}",
                      *(einj_table.kernel_args(spec.memory_mb) if offers_einj(spec) else []),
-                     *spec.extra_kernel_args])
+                     *_SEL_KERNEL_ARGS.get(spec.arch, ()), *spec.extra_kernel_args])
+
+
+def _ipmi_devices(spec: MachineSpec) -> list[str]:
+    """QEMU connects to the BMC (reconnect=1: each new QEMU of a cold reboot, a BMC restart)."""
+    if spec.arch != "x86_64":
+        return []
+    return ["-chardev", f"socket,id=ipmi0,path={spec.machine_dir / IPMI_SOCKET},reconnect=1",
+            "-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0", "-device", "isa-ipmi-kcs,bmc=bmc0"]
 
 
 def _accel_option(spec: MachineSpec) -> str:
@@ -119,7 +135,7 @@ def command_line(spec: MachineSpec, *, disk: Path, serial_socket: Path, qmp_sock
         "-kernel", str(s.image.kernel), "-initrd", str(s.image.initrd), "-append", kernel_cmdline(s),
         # telnet=on: the BMC's SOL break reaches the UART as a serial BREAK (bmc/telnet.py)
         "-chardev", f"socket,id=ser0,path={serial_socket},server=on,wait=off,telnet=on", "-serial", "chardev:ser0",
-        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
+        "-qmp", f"unix:{qmp_socket},server=on,wait=off", *_ipmi_devices(s),
         "-netdev", f"user,id=n0,hostfwd=tcp:{s.address}:{s.ssh_port}-:22", "-device", f"virtio-net-pci,netdev=n0{nic}",
         # the persistent disk first, so that the guest names it vda; the boot disk follows
         "-drive", f"file={disk},format=raw,if=none,id=d0,cache=unsafe",

@@ -130,6 +130,10 @@ normal_boot() {
     hostname "$(cmdline_value vlab.hostname || echo vlab)"
     if panic=$(cmdline_value vlab.panic); then sysctl -q -w kernel.panic="$panic"; fi
     [ "$(uname -m)" = x86_64 ] && { modprobe -q pvpanic_mmio; modprobe -q pvpanic_pci; }
+    # The BMC's KCS interface (QEMU isa-ipmi-kcs): at a panic the kernel writes "OS Critical
+    # Stop" and the panic text into the SEL (panic_op=string is on the command line). Only
+    # kernels with IPMI drivers (the generic flavour, not cloud) have these modules.
+    [ "$(uname -m)" = x86_64 ] && { modprobe -q ipmi_msghandler; modprobe -q ipmi_si; }
     setup_network
     mount_disk && mkdir -p "$DISK_MNT/crash" && mount --bind "$DISK_MNT/crash" /var/crash
     # The orchestrator's own records on the host (lease, arm journal) must outlive panics
