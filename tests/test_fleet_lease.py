@@ -81,6 +81,22 @@ def test_a_stale_lock_left_by_a_killed_command_is_removed(shell, tmp_path):
     assert lease.take(shell, "srv1", str(state), holder("run-1", "aaaa"), ttl_s=60)["run_id"] == "run-1"
 
 
+def test_a_stale_lock_whose_time_never_reached_the_disk_is_removed_by_its_age(shell, tmp_path):
+    import os
+    state = tmp_path / "state"
+    (state / "lease.lock").mkdir(parents=True)
+    (state / "lease.lock" / "at").write_text("")              # power lost before the write landed
+    os.utime(state / "lease.lock", (1000, 1000))
+    assert lease.take(shell, "srv1", str(state), holder("run-1", "aaaa"), ttl_s=60)["run_id"] == "run-1"
+
+
+def test_a_fresh_lock_without_a_time_yet_is_busy_not_stale(tmp_path):
+    state = tmp_path / "state"
+    (state / "lease.lock").mkdir(parents=True)                # its holder is between mkdir and echo
+    with pytest.raises(RetryableInfraError, match="lease lock"):
+        lease.take(LocalShell(), "srv1", str(state), holder("run-1", "aaaa"), ttl_s=60)
+
+
 def test_a_busy_lock_is_a_retryable_error_not_a_verdict(tmp_path):
     state = tmp_path / "state"
     (state / "lease.lock").mkdir(parents=True)

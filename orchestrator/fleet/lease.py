@@ -111,13 +111,18 @@ show() { for kv in $lines; do echo "$kv"; done; }
 def _locked(state_dir: str, body: str) -> str:
     """``body`` run under the host-wide lease lock, a directory made with ``mkdir`` (atomic on
     every filesystem and in every shell; busybox guests have no flock). A lock left by a
-    command killed mid-way is older than LEASE_LOCK_STALE_S and is removed; one that stays
+    command killed mid-way (by its time, or by the lock's own age when the time never reached
+    the disk) is older than LEASE_LOCK_STALE_S and is removed; one that stays
     busy past 10 s exits LOCKED."""
     d = shlex.quote(state_dir)
     return (f"{_HELPERS}umask 077; lock={d}/lease.lock; lease={d}/lease; n=0\n"
             f"until mkdir \"$lock\" 2>/dev/null; do\n"
             f"  [ -d {d} ] || mkdir -p {d} || exit 1\n"
             f"  at=''; read -r at < \"$lock/at\" 2>/dev/null; now=$(date +%s)\n"
+            # no time written: the holder died between mkdir and echo, or the host lost power
+            # before the write reached the disk (seen after `lab down` killed a machine): the
+            # lock's own age says how stale it is
+            f"  [ -n \"$at\" ] || at=$(stat -c %Y \"$lock\" 2>/dev/null)\n"
             f"  if [ -n \"$at\" ] && [ $((now - at)) -gt {int(LEASE_LOCK_STALE_S)} ]; then rm -rf \"$lock\"; fi\n"
             f"  n=$((n + 1)); [ $n -le 100 ] || exit {LOCKED}; sleep 0.1\n"
             f"done\ntrap 'rm -rf \"$lock\"' EXIT; now=$(date +%s); echo \"$now\" > \"$lock/at\"\n{body}")
