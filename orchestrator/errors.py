@@ -48,6 +48,19 @@ KERNEL, KDUMP, FIRMWARE, LAB, ORCHESTRATOR = "kernel", "kdump", "firmware", "lab
 BLAMES = (KERNEL, KDUMP, FIRMWARE, LAB, ORCHESTRATOR)
 
 
+class BlamedText(str):
+    """A reason in words that also says who is to blame for it (one of BLAMES); subclasses
+    name their usual culprit (a verifier's finding: the kernel; an unusable injector: the lab)."""
+
+    default_blame = ORCHESTRATOR
+    blame: str
+
+    def __new__(cls, text: str, blame: str | None = None) -> "BlamedText":
+        reason = super().__new__(cls, text)
+        reason.blame = blame or cls.default_blame
+        return reason
+
+
 class InfraError(OrchestratorError):
     """The lab, not the kernel, failed. Verdict 'error', exit status 3. ``blame`` says which
     part of the lab (LAB unless the raiser knows better: KDUMP, FIRMWARE)."""

@@ -24,6 +24,15 @@ def vlab_arm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def files(tmp_path: Path) -> Path:
+    """The files an inventory refers to: an SSH key, a known_hosts and a BMC password file."""
+    (tmp_path / "id_key").write_text("not a real key\n")
+    (tmp_path / "known_hosts").write_text("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\n")
+    (tmp_path / "bmc-password").write_text("secret\n")
+    return tmp_path
+
+
+@pytest.fixture
 def stub_kernel_seams(monkeypatch):
     """The scenario host (tests/fakehost.py) decides what the kernel does, so the state
     machine is what is under test; returns the stub kernel's sysctls."""

@@ -15,12 +15,7 @@ from orchestrator.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> Path:
-    (tmp_path / "id_key").write_text("not a real key\n")
-    (tmp_path / "known_hosts").write_text("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\n")
-    (tmp_path / "bmc-password").write_text("secret\n")
-    return tmp_path
+# `files` (an inventory's key, known_hosts and password files): tests/conftest.py
 
 
 GOOD_INVENTORY = """\

@@ -57,12 +57,6 @@ def test_the_lab_declares_qemu_mce_on_its_x86_machines_only():
 
 # --- inventory, applicability --------------------------------------------------------------
 
-@pytest.fixture
-def files(tmp_path: Path) -> Path:
-    (tmp_path / "id_key").write_text("not a real key\n")
-    (tmp_path / "known_hosts").write_text("[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\n")
-    (tmp_path / "bmc-password").write_text("secret\n")
-    return tmp_path
 
 
 @pytest.mark.parametrize("feature", ["qemu_mce", "mce_inject"])

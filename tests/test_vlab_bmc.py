@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from orchestrator.errors import UnsupportedOperation  # noqa: E402
-from orchestrator.vlab.bmc.sol_bridge import shutdown_and_close
+from orchestrator.vlab.bmc.chardev_client import shutdown_and_close
 from orchestrator.vlab.bmc.server import (CC_NOT_IN_PRESENT_STATE, BmcConfig,  # noqa: E402
                                    QemuBmc)
 

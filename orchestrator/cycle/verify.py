@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator.config.playbook import Expectation
-from orchestrator.errors import KDUMP, KERNEL, LAB, ORCHESTRATOR
+from orchestrator.errors import KDUMP, KERNEL, LAB, ORCHESTRATOR, BlamedText
 from orchestrator.kernel import signatures as sig
 from orchestrator.tunables import CLOCK_SLACK_S
 
@@ -26,15 +26,10 @@ NO_PFN_PANICS = {"ghes_fatal": "GHES: Fatal hardware error"}
 NO_PFN_SIGNATURES = ("machine-check", *NO_PFN_PANICS)
 
 
-class Finding(str):
+class Finding(BlamedText):
     """A reason the case did not pass, and who is to blame for it (errors.BLAMES)."""
 
-    blame: str
-
-    def __new__(cls, text: str, blame: str = KERNEL) -> "Finding":
-        finding = super().__new__(cls, text)
-        finding.blame = blame
-        return finding
+    default_blame = KERNEL
 
 
 @dataclass(frozen=True)

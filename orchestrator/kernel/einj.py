@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from orchestrator.errors import FIRMWARE, LAB, ORCHESTRATOR
+from orchestrator.errors import FIRMWARE, LAB, ORCHESTRATOR, BlamedText
 
 DEBUGFS = "/sys/kernel/debug"
 EINJ_DIR = f"{DEBUGFS}/apei/einj"
@@ -26,15 +26,10 @@ SECURE_BOOT = ("Secure Boot lockdown: boot the host with Secure Boot off (or loc
                "or use hard_offline_page, which lockdown does not block")
 
 
-class Unusable(str):
+class Unusable(BlamedText):
     """Why an injector cannot inject on this host, and whom to blame (errors.BLAMES)."""
 
-    blame: str
-
-    def __new__(cls, text: str, blame: str = LAB) -> "Unusable":
-        reason = super().__new__(cls, text)
-        reason.blame = blame
-        return reason
+    default_blame = LAB
 
 
 def lockdown_probe() -> str:

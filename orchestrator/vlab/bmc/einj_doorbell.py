@@ -19,19 +19,17 @@ import logging
 import os
 import struct
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from orchestrator.errors import InfraError, UnsupportedOperation
-from orchestrator.vlab.bmc.sol_bridge import connect_unix, shutdown_and_close
+from orchestrator.vlab.bmc.chardev_client import ChardevClient
 from orchestrator.vlab.qemu import einj_table, platform_errors
 from orchestrator.vlab.qemu.spec import offers_einj
 
 log = logging.getLogger(__name__)
 
-RECONNECT_SECONDS = 0.1     # QEMU listens ~0.2 s after its start; the guest injects seconds later
 #: the EINJ error type -> the machine-check severity a platform raises for it (vlab/qemu/mce.py)
 SEVERITY = {0x10: "srao", 0x20: "fatal"}
 FLAG_MEMORY_ADDRESS = 0x2   # SETWA_FLAGS_MEM: memory_address and its range are valid
@@ -60,50 +58,18 @@ class Request:
         return None
 
 
-class EinjDoorbell:
+class EinjDoorbell(ChardevClient):
     """Keeps ``einj.sock`` of one machine connected and serves each EXECUTE."""
 
     def __init__(self, machine: Any, raise_error: Callable[..., None] = platform_errors.report_memory_error):
         self.machine, self.spec = machine, machine.spec
-        self.socket_path = einj_table.doorbell_socket(self.spec.machine_dir)
+        super().__init__(einj_table.doorbell_socket(self.spec.machine_dir), "einj-doorbell")
         self.base = einj_table.register_base(self.spec.memory_mb)
         self._raise_error = raise_error
-        self._sock = None
-        self._stop, self._reconnect_now = threading.Event(), threading.Event()
-        self._thread = threading.Thread(target=self._run, name="einj-doorbell", daemon=True)
         #: the last EXECUTEs served: (request, refusal or None, seconds from doorbell to raised)
         self.served: collections.deque = collections.deque(maxlen=100)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._reconnect_now.set()
-        sock, self._sock = self._sock, None
-        shutdown_and_close(sock)
-        self._thread.join(timeout=2)
-
-    def reconnect_soon(self) -> None:
-        self._reconnect_now.set()
-
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sock = connect_unix(self.socket_path)
-            if self._sock is None:
-                self._reconnect_now.wait(RECONNECT_SECONDS)
-                self._reconnect_now.clear()
-                continue
-            log.info("EINJ doorbell connected: %s", self.socket_path)
-            self._listen(self._sock)
-            sock, self._sock = self._sock, None
-            shutdown_and_close(sock)
-
-    def _listen(self, sock) -> None:
+    def _serve(self, sock) -> None:
         while not self._stop.is_set():
             try:
                 data = sock.recv(64)

@@ -22,47 +22,27 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from orchestrator.vlab.bmc import telnet
+from orchestrator.vlab.bmc.chardev_client import ChardevClient
 
-RECONNECT_SECONDS = 0.1   # QEMU needs ~0.2 s from start to its first console byte
 WAKE_DATAGRAM = b'WAKE'   # >= 4 bytes, or pyghmi's I/O thread skips it without waking anyone
 READ_SIZE = 4096
 
 log = logging.getLogger(__name__)
 
 
-class SerialConsoleReader:
+class SerialConsoleReader(ChardevClient):
     """Keeps ``socket_path`` connected; ``take()`` returns the bytes read since last time."""
 
     def __init__(self, socket_path: Path, console_log: Path, wake: Callable[[], None],
                  trace: BinaryIO | None = None):
-        self.socket_path = socket_path
+        super().__init__(socket_path, 'serial-reader')
         self.console_log = console_log
         self._wake = wake
         self._trace = trace          # bench: "<monotonic> <console.log size>" per read
         self._pending = bytearray()
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
         self._greeting = telnet.TelnetGreeting()
-        self._stop = threading.Event()
-        self._reconnect_now = threading.Event()
-        self._thread = threading.Thread(target=self._run, name='serial-reader', daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._reconnect_now.set()
-        self._drop_connection()
-        self._thread.join(timeout=2)
-
-    def reconnect_soon(self) -> None:
-        """Called right after QEMU (re)starts, so the first boot bytes are not dropped."""
-        self._reconnect_now.set()
-
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
+        self._log_file: BinaryIO | None = None
 
     def take(self) -> bytes:
         with self._lock:
@@ -94,24 +74,14 @@ class SerialConsoleReader:
             return False
 
     def _run(self) -> None:
-        with open(self.console_log, 'ab', buffering=0) as console_log:
-            while not self._stop.is_set():
-                sock = self._connect()
-                if sock is None:
-                    self._reconnect_now.wait(RECONNECT_SECONDS)
-                    self._reconnect_now.clear()
-                    continue
-                self._pump(sock, console_log)
+        with open(self.console_log, 'ab', buffering=0) as self._log_file:
+            super()._run()
 
-    def _connect(self) -> socket.socket | None:
-        sock = connect_unix(self.socket_path)
-        if sock is not None:
-            self._greeting = telnet.TelnetGreeting()   # every QEMU connection starts with one
-            self._sock = sock
-            log.info('serial console connected: %s', self.socket_path)
-        return sock
+    def _connected(self, sock: socket.socket) -> None:
+        self._greeting = telnet.TelnetGreeting()   # every QEMU connection starts with one
 
-    def _pump(self, sock: socket.socket, console_log: BinaryIO) -> None:
+    def _serve(self, sock: socket.socket) -> None:
+        console_log = self._log_file
         while not self._stop.is_set():
             try:
                 chunk = sock.recv(READ_SIZE)
@@ -130,33 +100,7 @@ class SerialConsoleReader:
             with self._lock:
                 self._pending += chunk
             self._wake()
-        self._drop_connection()
         log.info('serial console disconnected (QEMU stopped or restarting)')
-
-    def _drop_connection(self) -> None:
-        sock, self._sock = self._sock, None
-        shutdown_and_close(sock)
-
-
-def connect_unix(path: Path) -> socket.socket | None:
-    """A stream connection to QEMU's unix socket at ``path``, or None while it is not there."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(path))
-    except OSError:
-        sock.close()
-        return None
-    return sock
-
-
-def shutdown_and_close(sock: socket.socket | None) -> None:
-    """shutdown() first: a bare close() does not wake a thread blocked in recv/accept."""
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
 
 
 def udp_waker(port: int, address: str = '127.0.0.1') -> Callable[[], None]:

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator.vlab.bmc.sol_bridge import connect_unix
+from orchestrator.vlab.bmc.chardev_client import connect_unix
 from orchestrator.vlab.bmc.telnet import TelnetGreeting
 
 
