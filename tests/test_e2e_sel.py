@@ -55,9 +55,9 @@ def test_panic_cases_keep_their_sel_records_as_evidence(sel_lab, tmp_path):
         assert read_s < SEL_READ_BOUND_S, sel[-1]
     software = [e.text for e in cases["rodata-panic-in-the-sel"].evidence if e.source == "sel"]
     assert not any("Memory #" in t for t in software), "no firmware record for a software injection"
-    mce = cases["rodata-mce-panic-in-the-sel"]
-    oem = [e.text for e in mce.evidence if e.source == "sel" and "OEM record 0xc0" in e.text]
-    assert len(oem) == 1 and int.from_bytes(bytes.fromhex(oem[0].split()[-1]), "little") >> 12 == mce.pfn, oem
+    einj = cases["rodata-einj-panic-in-the-sel"]
+    oem = [e.text for e in einj.evidence if e.source == "sel" and "OEM record 0xc0" in e.text]
+    assert len(oem) == 1 and int.from_bytes(bytes.fromhex(oem[0].split()[-1]), "little") >> 12 == einj.pfn, oem
 
 
 def test_firmware_memory_error_is_in_the_sel_and_ipmitool_lists_it(sel_lab):

@@ -549,3 +549,18 @@ def test_firmware_error_report_over_ipmi_maps_completion_codes(bmc_port, tmp_pat
             firmware.report_memory_error(0x1000, path='mce', severity='srao')
     finally:
         power.close()
+
+
+@pytest.mark.parametrize('desc', ['machine does not provide NMIs',                      # QEMU 11 (RAS machines)
+                                  'Injecting an NMI is not supported on this machine'])  # QEMU 7.2 arm virt
+def test_a_machine_without_nmi_is_unsupported_so_the_bmc_answers_d5(desc):
+    from types import SimpleNamespace
+    from orchestrator.vlab.qemu.machine import QemuMachine
+    from orchestrator.vlab.qemu.qmp import QmpError
+
+    def refuse(command, **arguments):
+        raise QmpError(command, 'GenericError', desc)
+    machine = object.__new__(QemuMachine)
+    machine.spec, machine.qmp = SimpleNamespace(name='vlab-arm-1', arch='aarch64'), refuse
+    with pytest.raises(UnsupportedOperation, match='NMI on vlab-arm-1'):
+        machine.inject_nmi()

@@ -143,7 +143,7 @@ def test_lab_up_writes_inventory_and_is_idempotent(running_lab):
     host, = load_inventory(os.environ['ORCH_VIRTUAL_INVENTORY']).hosts
     assert (host.name, host.arch, host.platform, host.destructive) == \
         ('vlab-x86-1', 'x86_64', 'qemu-x86_64', True)
-    assert host.features == {'hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sol_break', 'nmi', 'einj',
+    assert host.features == {'hwpoison_inject', 'hard_offline_page', 'kdump', 'sol', 'sol_break', 'sel', 'nmi', 'einj',
                              'qemu_mce'}
     assert (host.ssh.port, host.bmc.port) == (running_lab.ssh_port, running_lab.bmc_port)
     assert host.bmc.password.resolve() == lab._password(lab.lab_paths()).decode()
