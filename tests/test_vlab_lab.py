@@ -190,7 +190,6 @@ def test_ipmitool_sol_shows_the_reset_boot(running_lab):
     assert 'Linux version 7.3.4' in console_text(running_lab)
 
 
-
 @pytest.mark.vlab
 def test_pyghmi_client_power_and_sol(running_lab):
     from pyghmi.ipmi.console import Console
