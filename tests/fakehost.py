@@ -7,8 +7,10 @@ so tests are fast and deterministic.
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -20,6 +22,7 @@ from orchestrator.cycle.hostwait import BOOT_FACTS_CMD
 from orchestrator.transports.fake import FakeConsole, FakePower, FakeShell
 
 EPOCH = 1_795_628_000
+KERNEL_SYSCTLS: dict = {}       # the stubbed kernel's sysctls (install_kernel_stubs)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class FakeLabHost:
     injected: bool = False                  # the injection's exit status is on the host
     kdump_loaded: bool = True
     journal: str | None = None              # the arm journal the cycle keeps on the host
+    refuses: set = field(default_factory=set)   # (sysctl, value) writes the kernel does not take
     state_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fakehost-state-"))
     # Real time, for benchmarks of many simulated hosts: each SSH command takes this long, and
     # a panicked host answers again this many seconds after it went down (None: after
@@ -127,6 +131,9 @@ class FakeLabHost:
             return (0, "16\n") if self.injected else (1, "")
         if command.startswith("cat ") and command.split()[1].endswith("/inject.err"):
             return 0, "sh: write error: Device or resource busy\n"
+        sysctl_answer = self._sysctl_answer(command)
+        if sysctl_answer is not None:
+            return sysctl_answer
         return self._state_answer(command)
 
     def _state_answer(self, command: str) -> tuple[int, str]:
@@ -149,7 +156,33 @@ class FakeLabHost:
             self.journal = shlex.split(command.split("printf '%s' ", 1)[1])[0]
         elif "/armed" in command and command.startswith("rm -f"):
             self.journal = None
+        elif "/armed" in command and "rm -f" in command:      # dropped only if the host holds the record
+            if not self._holds_recorded_values(command):
+                return 1, ""
+            self.journal = None
         return 0, ""
+
+    def _holds_recorded_values(self, command: str) -> bool:
+        """arm_journal.disarm_command's checks, against the sysctls install_kernel_stubs keeps."""
+        for path, value in re.findall(r"head -n 1 /proc/sys/(\S+)\); \[ \"\$\*\" = ('[^']*'|\S+) \]", command):
+            if " ".join(str(KERNEL_SYSCTLS.get(path.replace("/", "."))).split()) != shlex.split(value)[0]:
+                return False
+        return "kexec_crash_loaded" not in command or self.kdump_loaded
+
+    def _sysctl_answer(self, command: str) -> tuple[int, str] | None:
+        """kernel/sysctl.py's reads and writes, on the sysctls install_kernel_stubs keeps; a
+        write of a pair in ``refuses`` does not take (the read-back shows it)."""
+        if command.startswith("if [ -e /proc/sys/"):
+            names = re.findall(r"printf '%s\\t' (\S+); head -n 1", command)
+            return 0, "".join(f"{n} absent\n" if KERNEL_SYSCTLS.get(n) is None else f"{n}\t{KERNEL_SYSCTLS[n]}\n"
+                              for n in names)
+        if command.startswith("printf '%s\\n' ") and "/proc/sys/" in command:
+            for value, path in re.findall(r"printf '%s\\n' ('[^']*'|\S+) > /proc/sys/(\S+) \|\|", command):
+                pair = (path.replace("/", "."), shlex.split(value)[0])
+                if pair not in self.refuses:
+                    KERNEL_SYSCTLS[pair[0]] = pair[1]
+            return 0, ""
+        return None
 
     def _reachable(self) -> bool:
         if self.up:
@@ -254,12 +287,8 @@ class StubInjector:
 def install_kernel_stubs(setattr_, sysctls: dict) -> None:
     """Target selection, injectors and sysctls have their own tests; with these stubs the
     scenario host decides what the kernel does. ``setattr_``: monkeypatch.setattr in tests."""
-    from orchestrator.cycle import arm_journal, phases
-    from orchestrator.fleet import facts
+    from orchestrator.cycle import phases
 
+    setattr_(sys.modules[__name__], "KERNEL_SYSCTLS", sysctls)     # what FakeLabHost's /proc/sys holds
     setattr_(phases, "make_injector", lambda name: StubInjector())
-    for module in (phases, arm_journal, facts):     # the phases, the journal and the host facts read them
-        setattr_(module, "read_sysctls", lambda shell, names: {n: sysctls.get(n) for n in names})
-    for module in (phases, arm_journal):
-        setattr_(module, "write_sysctls", lambda shell, values: sysctls.update(values))
     setattr_(phases, "select_target", lambda shell, cls, arch, page_size, timeout: StubTarget(cls, 0x38830, 0x38830000))

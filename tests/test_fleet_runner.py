@@ -13,14 +13,12 @@ import pytest
 
 from orchestrator.config.model import Inventory
 from orchestrator.config.playbook import Limits, Playbook
-from orchestrator.cycle import arm_journal
 from orchestrator.cycle.arm_journal import ArmRecord
 from orchestrator.fleet import lease
 from orchestrator.fleet.host_handles import CommandLog, HostSession
 from orchestrator.fleet.plan import RunPlan
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.fleet.runner import Runner
-from orchestrator.kernel.sysctl import SysctlRefused
 from orchestrator.results import store
 from tests.fakehost import FakeLabHost
 from tests.test_cycle import make_case
@@ -103,13 +101,9 @@ def test_a_lost_host_ends_its_remaining_cases_at_once_naming_where_it_was_lost(t
     assert time.monotonic() - started < 60
 
 
-def test_a_restore_that_cannot_happen_is_an_error_left_armed_and_exit_3(tmp_path, monkeypatch):
+def test_a_restore_that_cannot_happen_is_an_error_left_armed_and_exit_3(tmp_path, stub_kernel_seams):
     host = FakeLabHost(behaviour="survive")
-
-    def refuse(shell, values):
-        raise SysctlRefused(f"sysctl write refused: {', '.join(values)}")
-
-    monkeypatch.setattr(arm_journal, "write_sysctls", refuse)
+    host.refuses.add((PANIC, "0"))                  # armed to 1, the kernel will not go back to 0
     result = run(host, RunFolder.create(tmp_path / "results", plan_for(
         host, cases("c1", outcome="survive", sysctls=((PANIC, "1"),)), tmp_path)))
     case = result.cases[0]

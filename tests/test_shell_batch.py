@@ -11,7 +11,7 @@ from orchestrator.errors import RetryableInfraError
 from orchestrator.protocols import shell_batch as batch
 from orchestrator.protocols.shell import CommandFailed, CommandResult
 from orchestrator.protocols.shell_batch import Section
-from fakehost import FakeLabHost
+from tests.fakehost import FakeLabHost
 from test_cycle import make_case
 from test_kernel_shells import LocalShell, busybox_shell
 
@@ -86,3 +86,27 @@ def test_a_case_runs_its_preflight_and_arm_in_few_round_trips(stub_kernel_seams)
     assert any(len(b) >= 4 and b[0].startswith("cat /proc/sys/kernel/random/boot_id") for b in shell.batches)
     before_injection = fired - sum(len(b) - 1 for b in shell.batches if shell.commands.index(b[0]) < fired)
     assert batched and before_injection <= 6, shell.commands[:fired]
+
+
+def test_a_host_back_from_its_panic_is_collected_and_restored_in_one_round_trip(stub_kernel_seams):
+    host = FakeLabHost()
+    result = CaseCycle(host.handles(), make_case()).run().result
+    assert result.verdict == "pass", result.reasons
+    assert host.journal is None and stub_kernel_seams["vm.panic_on_unrecoverable_memory_failure"] == "0"
+    commands = host.shell.commands
+    back = max(i for i, c in enumerate(commands) if c.startswith("cat /proc/sys/kernel/random/boot_id")) + 1
+    # the dump's looks, then the restore: its reads, the originals written back, and the journal
+    # dropped by the host's own check, all answered by one batch
+    assert host.shell.batches[-1] == commands[back:], commands[back:]
+    assert "rm -f" in commands[-1] and "/armed" in commands[-1]
+
+
+def test_a_step_asking_for_what_an_earlier_batch_holds_sends_nothing():
+    shell = LocalShell()
+    ahead = PrefetchShell(shell)
+    ahead.prefetch([Section("echo one"), Section("echo two"), Section("echo three")])
+    ahead.run("echo one", timeout=5)
+    ahead.prefetch([Section("echo two"), Section("echo three")])       # the next step's own
+    assert ahead.run("echo two", timeout=5).stdout == "two\n" and len(shell.commands) == 1
+    ahead.prefetch([Section("echo three"), Section("echo four")])      # not all held: asked again
+    assert len(shell.commands) == 2

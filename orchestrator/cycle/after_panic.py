@@ -5,12 +5,15 @@ the dump the panic left.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from orchestrator.cycle import ahead
 from orchestrator.cycle.handles import HostHandles
 from orchestrator.cycle.hostwait import BootFacts, retry_transient, wait_for_boot
 from orchestrator.cycle.record import CaseRecord
 from orchestrator.cycle.recovery import recover_wedged_host
 from orchestrator.cycle.steps import Back, Collected, Injected
+from orchestrator.protocols.shell_batch import Section
 from orchestrator.tunables import CLOCK_SLACK_S
 
 
@@ -34,17 +37,17 @@ def recover(h: HostHandles, before: BootFacts, deadlines: dict, record: CaseReco
 
 
 def collect_dump(h: HostHandles, dumps_before: tuple[str, ...], injected: Injected,
-                 record: CaseRecord) -> Collected:
+                 record: CaseRecord, then: Sequence[Section] = ()) -> Collected:
     """The dump made after the injection, if any. Only a dump that was not there before, or
     one rewritten since the injection (kdump names dumps by the minute), counts."""
     kdump, shell = h.kdump, h.shell
-    ahead.collect(h)
+    ahead.collect(h, then)
     listed = retry_transient(kdump.list_dumps, shell)
     rewritten = retry_transient(kdump.written_since, shell, injected.epoch - CLOCK_SLACK_S)
     new = sorted({d for d in listed if d not in dumps_before} | set(rewritten), key=kdump.sort_key)
     if not new:
         return Collected()
-    ahead.dump_reads(h, new[-1])
+    ahead.dump_reads(h, new[-1], then)
     dump = retry_transient(kdump.collect, shell, new[-1])     # with several, the newest
     if len(new) > 1:
         record.add_evidence("dump", f"{len(new)} new dumps: {', '.join(new)}; using the newest")

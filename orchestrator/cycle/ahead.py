@@ -12,6 +12,8 @@ after a command that was not in it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from orchestrator.config.playbook import Case
 from orchestrator.cycle import arm_journal
 from orchestrator.cycle.handles import HostHandles
@@ -69,18 +71,21 @@ def inject(shell: ShellProtocol, injector: Injector, clear: str) -> None:
     prefetch(shell, [_maybe(injector.prepare_command(), 60.0), Section(clear, 15)])
 
 
-def collect(h: HostHandles) -> None:
-    """The two looks for a new dump."""
+def collect(h: HostHandles, then: Sequence[Section] = ()) -> None:
+    """The two looks for a new dump; ``then``: the restore's commands, for a host with no new dump."""
     prefetch(h.shell, [Section(h.kdump.list_command(), KDUMP_COMMAND_TIMEOUT_S),
-                       Section(h.kdump.written_since_command(), KDUMP_COMMAND_TIMEOUT_S)])
+                       Section(h.kdump.written_since_command(), KDUMP_COMMAND_TIMEOUT_S), *then])
 
 
-def dump_reads(h: HostHandles, dump_id: str) -> None:
-    """The dump's file list and the files a complete dump of its layout is read from."""
-    prefetch(h.shell, [Section(command, KDUMP_COMMAND_TIMEOUT_S) for command in h.kdump.collect_reads(dump_id)])
+def dump_reads(h: HostHandles, dump_id: str, then: Sequence[Section] = ()) -> None:
+    """The dump's file list and the files a complete dump of its layout is read from; ``then``:
+    the restore's commands (arm_journal.restore_sections), the step that comes next."""
+    prefetch(h.shell, [*(Section(command, KDUMP_COMMAND_TIMEOUT_S) for command in h.kdump.collect_reads(dump_id)),
+                       *then])
 
 
-def survivor(h: HostHandles, output: str, deadline_s: float) -> None:
-    """A host that kept running: its boot now, its dmesg, the injection's outcome."""
+def survivor(h: HostHandles, output: str, deadline_s: float, then: Sequence[Section] = ()) -> None:
+    """A host that kept running: its boot now, its dmesg, the injection's outcome; ``then``:
+    the restore's commands."""
     prefetch(h.shell, [Section(BOOT_FACTS_CMD, 15), Section("dmesg", deadline_s),
-                       *(Section(command, 15) for command in detached_reads(output))])
+                       *(Section(command, 15) for command in detached_reads(output)), *then])

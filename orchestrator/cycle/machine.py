@@ -191,13 +191,15 @@ class CaseCycle:
 
     def _collect_dump(self, d: dict) -> tuple[State, str]:
         t = self.trail
-        collected = after_panic.collect_dump(self.h, t.preflight.dumps_before, t.injected, self.record)
+        collected = after_panic.collect_dump(self.h, t.preflight.dumps_before, t.injected, self.record,
+                                             then=phases.restore_ahead(self.h, t.armed, t.back.after.boot_id if t.back.after else None))
         self._keep(collected=collected)
         return S.COLLECTED, collected.dump.dump_id if collected.dump else "no new dump"
 
     def _read_live(self, d: dict) -> tuple[State, str]:
-        back, collected = observe.read_survivor(self.h, self.trail.injected, d["collect"], self.record,
-                                                refusal=make_injector(self.case.injector).refusal)
+        back, collected = observe.read_survivor(
+            self.h, self.trail.injected, d["collect"], self.record, refusal=make_injector(self.case.injector).refusal,
+            then=phases.restore_ahead(self.h, self.trail.armed, self.trail.preflight.before.boot_id))
         if back.after is None or back.after.boot_id != self.trail.preflight.before.boot_id:
             # It did not keep running: a panic the console missed (seen on the lab: 6 bytes of the
             # panic line lost in QEMU's own serial log, 1 machine-check panic in 11). Its dump,

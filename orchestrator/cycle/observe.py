@@ -8,6 +8,8 @@ status is on the host (it returned) or the host stops answering (it died).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import time
 from typing import Callable
 
@@ -20,6 +22,7 @@ from orchestrator.cycle.steps import LOST, PANICKED, RETURNED, Back, Collected, 
 from orchestrator.errors import LAB, FatalInfraError, InfraError, RetryableInfraError
 from orchestrator.kernel import signatures as sig
 from orchestrator.protocols.shell import CommandResult
+from orchestrator.protocols.shell_batch import Section
 from orchestrator.tunables import INJECTION_POLL_S, LOST_AFTER_FAILURES, SETTLE_S
 
 
@@ -95,13 +98,14 @@ def _console_watching(watch: _PanicWatch) -> bool:
 
 
 def read_survivor(h: HostHandles, injected: Injected, deadline_s: float, record: CaseRecord,
-                  refusal: Callable[[CommandResult], str | None] = lambda done: None) -> tuple[Back, Collected]:
+                  refusal: Callable[[CommandResult], str | None] = lambda done: None,
+                  then: Sequence[Section] = ()) -> tuple[Back, Collected]:
     """A host whose injection returned: its boot now, its dmesg and the injection's own exit
     status. A host that stops answering here is evidence, not an error: the judge decides.
     An injection the kernel or firmware refused (``refusal`` names why: the injector's) is an
     error, not a survival: nothing was injected."""
     after = live = done = None
-    ahead.survivor(h, injected.output, deadline_s)
+    ahead.survivor(h, injected.output, deadline_s, then)
     try:
         after = retry_transient(read_boot_facts, h.shell)
         live = retry_transient(lambda: h.shell.run("dmesg", timeout=deadline_s, check=False).stdout)

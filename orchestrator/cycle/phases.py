@@ -23,6 +23,7 @@ from orchestrator.kernel.pages import explicit_target, select_target
 from orchestrator.kernel.sysctl import read_sysctls, write_sysctls
 from orchestrator.results.store import safe_name
 from orchestrator.protocols.shell import detached_files
+from orchestrator.protocols.shell_batch import Section
 from orchestrator.tunables import KDUMP_RELOAD_TIMEOUT_S, SETTLE_S, SETTLE_SYNC_S
 
 #: Where a case's detached injection leaves its .rc/.out/.err (ShellProtocol.fire_detached):
@@ -183,6 +184,12 @@ def _report_through_firmware(h: HostHandles, inj: FirmwareInjector, target, outp
     files = detached_files(output)
     h.shell.run(f"echo 'firmware accepted the {inj.severity} {inj.path} report' > {files['out']}; "
                 f": > {files['err']}; echo 0 > {files['rc']}", timeout=15)
+
+
+def restore_ahead(h: HostHandles, armed: Armed | None, boot_id: str | None) -> list[Section]:
+    """The restore's commands when all goes well, for the step before it to send ahead with its
+    own (cycle/ahead.py): a host back from its panic is then restored in no round trip of its own."""
+    return arm_journal.restore_sections(h.host.state_dir, armed.record, boot_id) if armed is not None else []
 
 
 def restore(h: HostHandles, armed: Armed | None, targeted: Targeted | None, after: BootFacts | None,

@@ -31,7 +31,11 @@ class PrefetchShell(ShellProtocol):
 
     def prefetch(self, sections: list[batch.Section], *, timeout: float | None = None) -> None:
         """Run ``sections`` in one round trip (within ``timeout`` seconds, if given); fewer
-        than two are left to run on their own. Whatever an earlier batch answered is dropped."""
+        than two are left to run on their own. Whatever an earlier batch answered is dropped,
+        unless it already holds an answer for each of ``sections`` (an earlier step sent them
+        ahead with its own: cycle/ahead.py), which are then not asked for again."""
+        if self._holds(sections):
+            return
         self._drop()
         if len(sections) < 2:
             return
@@ -81,6 +85,13 @@ class PrefetchShell(ShellProtocol):
         with self._lock:
             for command, answer in pairs:
                 self._ready.setdefault(command, deque()).append(answer)
+
+    def _holds(self, sections: list[batch.Section]) -> bool:
+        with self._lock:
+            wanted: dict[str, int] = {}
+            for section in sections:
+                wanted[section.command] = wanted.get(section.command, 0) + 1
+            return bool(sections) and all(len(self._ready.get(c, ())) >= n for c, n in wanted.items())
 
     def _drop(self) -> None:
         with self._lock:

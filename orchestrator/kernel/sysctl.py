@@ -10,6 +10,7 @@ from orchestrator.errors import ConfigError, FatalInfraError
 from orchestrator.protocols.shell import ShellProtocol
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+([./][A-Za-z0-9_-]+)+$")
+PROC_SYS = "/proc/sys"          # tests point it at a folder of their own
 
 
 class SysctlRefused(FatalInfraError):
@@ -20,7 +21,7 @@ def sysctl_path(name: str) -> str:
     """``vm.panic_on_unrecoverable_memory_failure`` -> ``/proc/sys/vm/panic_on_...``."""
     if not _NAME.match(name):
         raise ConfigError(f"not a sysctl name: {name!r}")
-    return "/proc/sys/" + name.replace(".", "/")
+    return f"{PROC_SYS}/" + name.replace(".", "/")
 
 
 def read_sysctls(shell: ShellProtocol, names: Iterable[str]) -> dict[str, str | None]:
@@ -59,6 +60,13 @@ def write_command(values: Mapping[str, str]) -> str:
     return "; ".join(
         f"printf '%s\\n' {shlex.quote(str(v))} > {sysctl_path(n)} || echo \"refused {n}\" >&2"
         for n, v in values.items())
+
+
+def equal_test(name: str, value: str) -> str:
+    """A sh test that holds when the sysctl's value is ``value`` (whitespace normalised as
+    ``read_sysctls`` does: ``set --`` splits it into words that ``$*`` joins with one space)."""
+    path = sysctl_path(name)
+    return f"[ -e {path} ] && ( set -f; set -- $(head -n 1 {path}); [ \"$*\" = {shlex.quote(' '.join(str(value).split()))} ] )"
 
 
 def write_sysctls(shell: ShellProtocol, values: Mapping[str, str]) -> None:
