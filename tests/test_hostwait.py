@@ -20,11 +20,13 @@ class ScriptedHost:
     def __init__(self, *behaviours: str):
         self.behaviours, self.connections = behaviours, 0
         self.lock, self.released = threading.Lock(), threading.Event()
+        self.made: list[ScriptedShell] = []
 
     def shell(self) -> "ScriptedShell":
         with self.lock:
             n, self.connections = self.connections, self.connections + 1
-        return ScriptedShell(self, self.behaviours[min(n, len(self.behaviours) - 1)])
+            self.made.append(ScriptedShell(self, self.behaviours[min(n, len(self.behaviours) - 1)]))
+            return self.made[-1]
 
 
 class ScriptedShell(ShellProtocol):
@@ -68,6 +70,24 @@ def test_the_old_boot_is_not_taken_for_the_new_one():
     host = ScriptedHost("old", "old", "refuse", "new")
     facts = wait_for_boot(host.shell(), deadline_s=10, state="dump", not_boot_id="old-boot")
     assert facts.boot_id == "new-boot" and host.connections >= 4   # the caller's + three probes
+
+
+def test_the_answering_probe_hands_its_connection_over_and_every_other_one_is_closed():
+    host = ScriptedHost("stall", "old", "new")
+    main = host.shell()
+    adopted = []
+    main.adopt = adopted.append
+    try:
+        facts = wait_for_boot(host.shell(), deadline_s=10, state="dump", not_boot_id="old-boot", keep_for=main)
+    finally:
+        host.released.set()
+    assert facts.boot_id == "new-boot"
+    assert len(adopted) == 1 and adopted[0].behaviour == "new" and not adopted[0].closed
+    others = [s for s in host.made if s is not adopted[0] and s is not main]
+    deadline = time.monotonic() + 10
+    while not all(s.closed for s in others) and time.monotonic() < deadline:
+        time.sleep(0.01)        # the stalled one closes when it gives up
+    assert all(s.closed for s in others)
 
 
 def test_deadline_names_the_state_and_the_last_reason():

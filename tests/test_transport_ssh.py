@@ -21,6 +21,7 @@ from orchestrator.config.model import SecretRef, SshConfig
 from orchestrator.errors import ConfigError, FatalInfraError, RetryableInfraError
 from orchestrator.protocols.shell import CommandResult
 from orchestrator.transports.ssh import CommandFailed, FabricShell
+from orchestrator.tunables import DETACH_WAIT_MAX_S
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -107,6 +108,19 @@ def test_run_returns_output_and_logs_it(shell):
     assert "-> exit 0" in shell.commands_log[1] and "| out" in shell.commands_log[1]
 
 
+def test_a_shell_adopts_another_ones_live_connection_and_drops_its_own(shell):
+    probe = shell.fresh()
+    probe.run("true", timeout=10)
+    shell.run("true", timeout=10)
+    own, probes = shell._connection, probe._connection
+    shell.adopt(probe)
+    assert shell._connection is probes and probe._connection is None and not own.is_connected
+    assert shell.run("echo same", timeout=10).stdout == "same\n" and shell._connection is probes
+    shell.adopt(shell.fresh())          # nothing live to take over: connects again when used
+    assert shell._connection is None and not probes.is_connected
+    assert shell.run("echo again", timeout=10).stdout == "again\n"
+
+
 def test_nonzero_exit_raises_command_failed_with_result_unless_unchecked(shell):
     with pytest.raises(CommandFailed) as failure:
         shell.run("echo nope >&2; exit 3", timeout=10)
@@ -179,6 +193,20 @@ def test_fire_detached_returns_at_once_and_records_the_outcome(shell, tmp_path):
         assert time.monotonic() < deadline, "detached command never finished"
         time.sleep(0.2)
     assert (outcome.exit_code, outcome.stdout, outcome.stderr) == (7, "injected\n", "oops\n")
+
+
+def test_a_detached_command_starts_only_after_the_call_that_fired_it_returned(shell, tmp_path):
+    output = str(tmp_path / "injection")
+    for _ in range(5):
+        shell.fire_detached("date +%s.%N", timeout=10, output=output)
+        returned = time.time()
+        deadline = time.monotonic() + 15
+        while (outcome := shell.detached_result(output=output, timeout=10)) is None:
+            assert time.monotonic() < deadline, "detached command never finished"
+            time.sleep(0.02)
+        # it waits for the launching shell to be gone, then DETACH_GRACE_S (0.1 s) more
+        assert float(outcome.stdout) >= returned + 0.05, (float(outcome.stdout), returned)
+        assert float(outcome.stdout) < returned + DETACH_WAIT_MAX_S + 1
 
 
 def test_dropped_connection_is_retryable_and_reconnects(shell):

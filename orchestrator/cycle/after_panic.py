@@ -20,9 +20,9 @@ from orchestrator.tunables import CLOCK_SLACK_S
 def await_reboot(h: HostHandles, before: BootFacts, deadline_s: float) -> Back:
     """The host back on SSH with a new boot_id; raises ``InfraError`` when it stays away
     (the host is then wedged)."""
+    # the shell's connection belonged to the previous boot: the answering probe's takes its place
     after = wait_for_boot(h.poll_shell, deadline_s=deadline_s, state="dump", not_boot_id=before.boot_id,
-                          sleep=h.pause)
-    h.shell.close()   # its connection belonged to the previous boot
+                          sleep=h.pause, keep_for=h.shell)
     h.per_boot.seen(after.boot_id)
     return Back(after=after, how="back on SSH with a new boot_id")
 

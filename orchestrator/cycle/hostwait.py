@@ -48,7 +48,7 @@ def read_boot_facts(shell: ShellProtocol, timeout: float = 15.0) -> BootFacts:
 
 def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
                   not_boot_id: str | None = None, kdump_loaded: bool = False,
-                  sleep: Callable[[float], None] = time.sleep) -> BootFacts:
+                  sleep: Callable[[float], None] = time.sleep, keep_for: ShellProtocol | None = None) -> BootFacts:
     """Poll until the host answers SSH (with a boot_id different from ``not_boot_id`` and, if
     asked, the crash kernel loaded). Raises ``DeadlineExceeded`` naming ``state``.
 
@@ -56,20 +56,11 @@ def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
     waiting for earlier ones, because an attempt made just before the host's network came
     up stalls until its banner timeout (slirp and NAT accept TCP for a dead guest and retry
     it seconds later), and waiting that out put "reboot noticed" 1.4 s after sshd started.
-    ``sleep`` paces the polling, so the caller's meter counts it as waiting on the host."""
+    ``sleep`` paces the polling, so the caller's meter counts it as waiting on the host.
+    ``keep_for``: the shell that takes over the answering probe's connection (the first
+    command after a reboot waited 0.25-0.4 s for a handshake of its own on a lab guest)."""
     if not_boot_id is not None:
         shell.close()   # a connection from the old boot would hang until its timeout
-
-    def probe(attempt_shell: ShellProtocol, left: float) -> BootFacts:
-        try:
-            facts = read_boot_facts(attempt_shell, timeout=max(0.5, min(PROBE_TIMEOUT_S, left)))
-        finally:
-            attempt_shell.close()
-        if not_boot_id is not None and facts.boot_id == not_boot_id:
-            raise RetryableInfraError("still the same boot")
-        if kdump_loaded and not facts.kdump_loaded:
-            raise RetryableInfraError("up, but the crash kernel is not loaded yet")
-        return facts
 
     began = time.monotonic()
     end = began + deadline_s
@@ -80,19 +71,46 @@ def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
         next_start = time.monotonic()
         while (now := time.monotonic()) < end:
             if now >= next_start and len(pending) < MAX_PROBES_IN_FLIGHT:
-                pending.append(pool.submit(probe, shell.fresh(), end - now))
+                pending.append(pool.submit(_probe, shell.fresh(), end - now, not_boot_id, kdump_loaded))
                 next_start = now + (SSH_POLL_S if now - began < HEDGE_FAST_S else SSH_POLL_SLOW_S)
             for finished in [f for f in pending if f.done()]:
                 pending.remove(finished)
                 try:
-                    return finished.result()
+                    facts, attempt = finished.result()
                 except RetryableInfraError as exc:   # anything else (a wrong host key) is final
                     why = str(exc) or why
+                    continue
+                if keep_for is not None:
+                    keep_for.adopt(attempt)
+                else:
+                    attempt.close()
+                return facts
             sleep(min(_pause(pending, next_start), max(0.0, end - time.monotonic())))
     finally:
-        # stalled probes end by their own timeouts and close their connections
+        for future in pending:      # stalled probes end by their own timeouts
+            future.add_done_callback(_close_if_answered)
         pool.shutdown(wait=False, cancel_futures=True)
     raise DeadlineExceeded(state, deadline_s, why)
+
+
+def _probe(attempt_shell: ShellProtocol, left: float, not_boot_id: str | None,
+           kdump_loaded: bool) -> tuple[BootFacts, ShellProtocol]:
+    """One look on a connection of its own, kept open if the host answers as wanted."""
+    try:
+        facts = read_boot_facts(attempt_shell, timeout=max(0.5, min(PROBE_TIMEOUT_S, left)))
+        if not_boot_id is not None and facts.boot_id == not_boot_id:
+            raise RetryableInfraError("still the same boot")
+        if kdump_loaded and not facts.kdump_loaded:
+            raise RetryableInfraError("up, but the crash kernel is not loaded yet")
+    except BaseException:
+        attempt_shell.close()
+        raise
+    return facts, attempt_shell
+
+
+def _close_if_answered(probe: Future) -> None:
+    if not probe.cancelled() and probe.exception() is None:
+        probe.result()[1].close()
 
 
 def _pause(pending: list[Future], next_start: float) -> float:

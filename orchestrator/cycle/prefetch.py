@@ -70,6 +70,10 @@ class PrefetchShell(ShellProtocol):
     def fresh(self) -> ShellProtocol:
         return self._inner.fresh()
 
+    def adopt(self, other: ShellProtocol) -> None:
+        self._drop()
+        self._inner.adopt(other)
+
     def close(self) -> None:
         self._drop()
         self._inner.close()

@@ -65,6 +65,13 @@ class ShellProtocol(abc.ABC):
         """A new, unconnected shell to the same host with the same settings, for a probe
         that must not wait behind (or disturb) this one's connection."""
 
+    def adopt(self, other: "ShellProtocol") -> None:
+        """Drop this shell's connection and take over ``other``'s live one (a probe's that just
+        got through), so that the next command needs no handshake of its own; ``other`` is left
+        unconnected. A shell that cannot just closes both, and connects when next used."""
+        other.close()
+        self.close()
+
     def detached_result(self, *, output: str, timeout: float) -> CommandResult | None:
         """What the ``fire_detached`` command writing to ``output`` did; None while it has
         not finished (or never started)."""

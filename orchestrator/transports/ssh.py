@@ -25,7 +25,7 @@ from orchestrator.config.model import SshConfig
 from orchestrator.errors import FatalInfraError, InfraError, RetryableInfraError
 from orchestrator.protocols.shell import CommandFailed, CommandResult, ShellProtocol  # noqa: F401 (re-exported)
 from orchestrator.protocols.shell import detached_files
-from orchestrator.tunables import DETACH_DELAY_S, SSH_WATCHDOG_GRACE_S
+from orchestrator.tunables import DETACH_GRACE_S, DETACH_WAIT_MAX_S, SSH_WATCHDOG_GRACE_S
 
 NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
 
@@ -46,10 +46,8 @@ class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
 class FabricShell(ShellProtocol):
     """Commands on one host; reconnects lazily after ``close()`` or a dropped connection."""
 
-    def __init__(self, cfg: SshConfig, *, log: Callable[[str], None] | None = None,
-                 detach_delay: float = DETACH_DELAY_S):
+    def __init__(self, cfg: SshConfig, *, log: Callable[[str], None] | None = None):
         self.cfg = cfg
-        self.detach_delay = detach_delay
         self._log = log or (lambda line: None)
         self._connection: Connection | None = None
         self._pkey: paramiko.PKey | None = None      # the decrypted key_file, when it has a passphrase
@@ -100,22 +98,31 @@ class FabricShell(ShellProtocol):
         return result
 
     def fresh(self) -> "FabricShell":
-        shell = FabricShell(self.cfg, log=self._log, detach_delay=self.detach_delay)
+        shell = FabricShell(self.cfg, log=self._log)
         shell._pkey = self._pkey      # decrypting again would only repeat the key's KDF
         return shell
 
-    def fire_detached(self, command: str, *, timeout: float, output: str,
-                      delay: float | None = None) -> None:
-        """Start ``command`` after ``delay`` seconds in a new session on the host and return
-        at once (ShellProtocol says where its outcome lands)."""
-        delay = self.detach_delay if delay is None else delay
+    def adopt(self, other: ShellProtocol) -> None:
+        self.close()
+        connection = other._connection if isinstance(other, FabricShell) else None
+        if connection is None or not connection.is_connected or other.cfg.address != self.cfg.address:
+            other.close()
+            return
+        other._connection = None
+        self._connection = connection
+
+    def fire_detached(self, command: str, *, timeout: float, output: str) -> None:
+        """Start ``command`` in a new session on the host once this call's own shell has gone
+        (and DETACH_GRACE_S more), and return at once (ShellProtocol says where its outcome lands)."""
         files = detached_files(output)
-        job = (f"sleep {delay:.3f}; ( {command} ) >{files['out']} 2>{files['err']}; "
+        polls = int(DETACH_WAIT_MAX_S / 0.01)
+        job = (f"n=0; while kill -0 \"$1\" 2>/dev/null && [ $n -lt {polls} ]; do sleep 0.01; n=$((n + 1)); done; "
+               f"sleep {DETACH_GRACE_S:.3f}; ( {command} ) >{files['out']} 2>{files['err']}; "
                f"echo $? >{files['rc']}.tmp && mv {files['rc']}.tmp {files['rc']}")
         # setsid: out of the SSH session's process group, so nothing the session's end
         # sends reaches it; all three streams redirected, so sshd need not wait for it.
         launcher = (f"rm -f {files['out']} {files['err']} {files['rc']}; "
-                    f"S=$(command -v setsid); nohup $S sh -c {shlex.quote(job)} "
+                    f"S=$(command -v setsid); nohup $S sh -c {shlex.quote(job)} detached $$ "
                     f"</dev/null >/dev/null 2>&1 &")
         self.run(launcher, timeout=timeout)
 
