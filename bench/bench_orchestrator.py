@@ -82,7 +82,7 @@ def case_costs(inventory: Path, work: Path) -> None:
     from orchestrator.fleet.plan import RunPlan
     from orchestrator.fleet.runner import Runner
 
-    spent, began, renewals = [0.0], {}, [0]
+    spent, calls, began, renewals = [0.0], [], {}, [0]
     real = (lease_keeper.LeaseKeeper.take, lease_keeper.LeaseKeeper.release, lease_keeper.lease.take,
             host_run.HostRun._one_case)
 
@@ -93,6 +93,7 @@ def case_costs(inventory: Path, work: Path) -> None:
                 return call(*args, **kw)
             finally:
                 spent[0] += time.monotonic() - t0
+                calls.append(f"{call.__name__} {1000 * (time.monotonic() - t0):.0f}")
         return wrapper
 
     def counted(*args, **kw):
@@ -125,6 +126,7 @@ def case_costs(inventory: Path, work: Path) -> None:
     print(f"  run wall {run_wall:.1f} s (host opened and probed, cases, lease given back, reports)")
     print(f"  lease take + release waited for: {1000 * spent[0] / len(run.cases):.0f} ms per case "
           f"[target <= 50 ms]; lease commands sent in all (takes, renewals): {renewals[0]}")
+    print(f"  lease calls waited for (ms): {', '.join(calls)}")
 
 
 def timed_playbook(inventory: Path, playbook: str, results: Path) -> None:

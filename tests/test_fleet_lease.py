@@ -187,6 +187,33 @@ def test_a_lease_is_given_back_over_a_fresh_connection_when_the_one_it_held_died
     assert lease.read(LocalShell(), "srv1", state) == {}
 
 
+def test_the_release_at_the_end_goes_over_the_connection_the_cases_left(tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+
+    class Connected(LocalShell):
+        def __init__(self, live):
+            super().__init__()
+            self.live, self.adopted = live, []
+
+        def run(self, command, *, timeout, check=True):
+            if not self.live:
+                raise RetryableInfraError("ssh: connection reset by peer (the host rebooted)")
+            return super().run(command, timeout=timeout, check=check)
+
+        def adopt(self, other):
+            self.live, other.live = other.live, False
+            self.adopted.append(other)
+
+    lease_shell, cases_shell, state = Connected(True), Connected(True), str(tmp_path / "state")
+    keeper = LeaseKeeper(lease_shell, "srv1", state, holder("run-1", "aaaa"))
+    keeper.take(60, wait_s=0)
+    lease_shell.live = False            # its connection died with the host's panic
+    keeper.release(connection_of=cases_shell)
+    assert lease_shell.adopted == [cases_shell] and lease.read(LocalShell(), "srv1", state) == {}
+    keeper.release(connection_of=cases_shell)       # nothing held: nothing taken over
+    assert lease_shell.adopted == [cases_shell]
+
+
 def test_a_kept_lease_covering_the_next_case_costs_that_case_no_command(tmp_path):
     from orchestrator.fleet.lease_keeper import LeaseKeeper
     from orchestrator.tunables import LEASE_HEADROOM_S

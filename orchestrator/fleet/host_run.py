@@ -77,7 +77,8 @@ class HostRun:
                 self.keeper = LeaseKeeper(self.session.lease_shell, self.host.name, self.host.state_dir, self.holder)
                 # the lease for the ``first`` case taken meanwhile (none when each case gives it back)
                 self.keeper.warm_up(case_budget(first) if first and not self.release_between_cases else None)
-                stack.callback(self.keeper.release)
+                # the host's own shell is done with it by then: the release takes its connection
+                stack.callback(lambda: self.keeper.release(connection_of=self.session.handles.shell))
                 self.folder.record_facts(probe_host_facts(self.session.handles, self.resolver,
                                                           may_inject=self._lease_for_probe))
                 if self.release_between_cases:

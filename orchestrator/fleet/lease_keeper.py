@@ -84,13 +84,18 @@ class LeaseKeeper:
         thread.start()
         return thread
 
-    def release(self) -> None:
-        """Give the lease back (a host that is down keeps it until it expires by itself)."""
+    def release(self, connection_of: ShellProtocol | None = None) -> None:
+        """Give the lease back (a host that is down keeps it until it expires by itself).
+        ``connection_of``: a shell done with the host whose live connection the release takes
+        over: after a reboot the lease's own connection is gone, and a new handshake made
+        the end-of-run release ~170 ms on a lab guest instead of ~80 ms."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=LEASE_RENEW_S)
             self._thread = None
         with self._renewing:
+            if self.taken and connection_of is not None:
+                self.shell.adopt(connection_of)
             if self.taken:
                 try:
                     self._once(lease.release, self.shell, self.host, self.state_dir, self.holder)
