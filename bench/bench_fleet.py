@@ -36,6 +36,7 @@ from fakehost import FakeLabHost, install_kernel_stubs  # noqa: E402
 from test_cycle import make_case  # noqa: E402
 
 SSH_COMMAND_S, BMC_CALL_S, PANIC_TO_BACK_S = 0.005, 0.002, 12.0
+SYSCTLS = {"vm.panic_on_unrecoverable_memory_failure": "0", "kernel.panic": "0"}    # each host's own
 
 
 class SlowPower(FakePower):
@@ -53,7 +54,7 @@ class SlowPower(FakePower):
 def simulated_fleet(count: int) -> dict[str, FakeLabHost]:
     hosts = {}
     for i in range(count):
-        host = FakeLabHost(command_s=SSH_COMMAND_S, reboot_after_s=PANIC_TO_BACK_S)
+        host = FakeLabHost(command_s=SSH_COMMAND_S, reboot_after_s=PANIC_TO_BACK_S, sysctls=dict(SYSCTLS))
         host.power = SlowPower(on_action=host._power_action)
         hosts[f"sim{i:04d}"] = host
     return hosts
@@ -77,33 +78,59 @@ def opener(fleet: dict[str, FakeLabHost]):
     return open_host
 
 
+def run_fleet(count: int, work: Path):
+    """One panic case on each of ``count`` simulated hosts: (runner, run, wall, cpu, last
+    case started, final reports' seconds)."""
+    from orchestrator.fleet import host_run
+
+    fleet = simulated_fleet(count)
+    template = next(iter(fleet.values())).handles().host
+    hosts = tuple(dataclasses.replace(template, name=name, state_dir=fake.state_dir) for name, fake in fleet.items())
+    case = make_case(name="rodata-panic", deadlines={**make_case().deadlines, "dump": 60.0, "panic": 10.0})
+    plan = RunPlan(inventory=Inventory(path=work / "fleet.yaml", hosts=hosts, digest="sim"),
+                   playbook=Playbook(path=work / "bench.yaml", name="bench", cases=(case,), digest="sim"))
+    runner = Runner(RunFolder.create(work / "results", plan), open_host=opener(fleet))
+    starts, real_one_case = [], host_run.HostRun._one_case
+
+    def one_case(self, case):
+        starts.append(time.monotonic())
+        return real_one_case(self, case)
+
+    host_run.HostRun._one_case = one_case
+    try:
+        wall0, cpu0 = time.monotonic(), time.process_time()
+        run = runner.run()
+        wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+    finally:
+        host_run.HostRun._one_case = real_one_case
+    t0 = time.monotonic()
+    runner.folder.assemble()        # what the run's last step cost
+    return runner, run, wall, cpu, max(starts) - wall0, time.monotonic() - t0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=1000)
     args = parser.parse_args()
-    install_kernel_stubs(setattr, {"vm.panic_on_unrecoverable_memory_failure": "0", "kernel.panic": "0"})
-    fleet = simulated_fleet(args.hosts)
-    template = next(iter(fleet.values())).handles().host
-    hosts = tuple(dataclasses.replace(template, name=name, state_dir=fake.state_dir) for name, fake in fleet.items())
-    case = make_case(name="rodata-panic", deadlines={**make_case().deadlines, "dump": 60.0, "panic": 10.0})
+    install_kernel_stubs(setattr, dict(SYSCTLS))
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
-    plan = RunPlan(inventory=Inventory(path=work / "fleet.yaml", hosts=hosts, digest="sim"),
-                   playbook=Playbook(path=work / "bench.yaml", name="bench", cases=(case,), digest="sim"))
-    runner = Runner(RunFolder.create(work / "results", plan), open_host=opener(fleet))
-    wall0, cpu0 = time.monotonic(), time.process_time()
-    run = runner.run()
-    wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+    alone = run_fleet(1, work / "alone")[2]
+    runner, run, wall, cpu, last_start, reports = run_fleet(args.hosts, work / "fleet")
     slowest = max(c.seconds for c in run.cases)
     verdicts = {v: n for v, n in run.verdict_counts().items() if n}
     print(f"{args.hosts} simulated hosts, one panic case each: {verdicts}")
     print(f"  wall {wall:.1f} s; slowest host's own case {slowest:.1f} s: wall is {100 * (wall / slowest - 1):+.1f} % "
           f"of it  [target within 5 %]")
-    print(f"  controller CPU {cpu:.1f} s = {cpu / wall:.2f} cores on average  [target <= 1 core]")
+    print(f"  one host alone, same simulator: wall {alone:.1f} s; the fleet's wall is {100 * (wall / alone - 1):+.1f} % "
+          f"of it (the GIL shares one core's worth of Python among all hosts)")
+    print(f"  last case started {last_start:.1f} s into the run; the final reports took {reports:.2f} s")
+    print(f"  controller CPU {cpu:.1f} s = {cpu / wall:.2f} cores on average, {1000 * cpu / args.hosts:.1f} ms per host "
+          f"(the simulated hosts' own included)  [target <= 1 core]")
     print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB  [target <= 2048 MB]")
     t0 = time.monotonic()
-    folder = RunFolder(runner.run_dir, runner.folder.run_id, runner.folder.started_at, plan)
+    folder = RunFolder(runner.run_dir, runner.folder.run_id, runner.folder.started_at, runner.folder.plan)
     folder.reload()
-    left = [pair for pair in plan.pairs() if pair not in folder.finished()]
+    left = [pair for pair in runner.folder.plan.pairs() if pair not in folder.finished()]
     reload_s = time.monotonic() - t0
     print(f"  resume: reloading {len(folder.finished())} finished cases took {reload_s:.2f} s "
           f"({len(left)} left to run)  [target <= 2 s for 1,000]")

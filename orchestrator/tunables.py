@@ -27,8 +27,6 @@ PROBE_TIMEOUT_S = 5.0
 #: OpenSSH's default MaxStartups (10 unauthenticated connections) so that a real server's
 #: sshd never starts dropping them; while probes stall the period stretches (8 per banner timeout).
 MAX_PROBES_IN_FLIGHT = 8
-#: How often finished probes are looked at: adds at most this to "reboot noticed".
-HEDGE_TICK_S = 0.02
 #: Between two preflight attempts after a transient failure (a late banner, a dropped
 #: connection): preflight changes nothing, so it is retried until its own deadline.
 PREFLIGHT_RETRY_PAUSE_S = 1.0

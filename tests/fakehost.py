@@ -102,6 +102,7 @@ class FakeLabHost:
     kdump_loaded: bool = True
     journal: str | None = None              # the arm journal the cycle keeps on the host
     refuses: set = field(default_factory=set)   # (sysctl, value) writes the kernel does not take
+    sysctls: dict | None = None             # its own /proc/sys (None: install_kernel_stubs' shared one)
     state_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fakehost-state-"))
     # Real time, for benchmarks of many simulated hosts: each SSH command takes this long, and
     # a panicked host answers again this many seconds after it went down (None: after
@@ -165,22 +166,26 @@ class FakeLabHost:
     def _holds_recorded_values(self, command: str) -> bool:
         """arm_journal.disarm_command's checks, against the sysctls install_kernel_stubs keeps."""
         for path, value in re.findall(r"head -n 1 /proc/sys/(\S+)\); \[ \"\$\*\" = ('[^']*'|\S+) \]", command):
-            if " ".join(str(KERNEL_SYSCTLS.get(path.replace("/", "."))).split()) != shlex.split(value)[0]:
+            if " ".join(str(self._sysctls.get(path.replace("/", "."))).split()) != shlex.split(value)[0]:
                 return False
         return "kexec_crash_loaded" not in command or self.kdump_loaded
+
+    @property
+    def _sysctls(self) -> dict:
+        return KERNEL_SYSCTLS if self.sysctls is None else self.sysctls
 
     def _sysctl_answer(self, command: str) -> tuple[int, str] | None:
         """kernel/sysctl.py's reads and writes, on the sysctls install_kernel_stubs keeps; a
         write of a pair in ``refuses`` does not take (the read-back shows it)."""
         if command.startswith("if [ -e /proc/sys/"):
             names = re.findall(r"printf '%s\\t' (\S+); head -n 1", command)
-            return 0, "".join(f"{n} absent\n" if KERNEL_SYSCTLS.get(n) is None else f"{n}\t{KERNEL_SYSCTLS[n]}\n"
+            return 0, "".join(f"{n} absent\n" if self._sysctls.get(n) is None else f"{n}\t{self._sysctls[n]}\n"
                               for n in names)
         if command.startswith("printf '%s\\n' ") and "/proc/sys/" in command:
             for value, path in re.findall(r"printf '%s\\n' ('[^']*'|\S+) > /proc/sys/(\S+) \|\|", command):
                 pair = (path.replace("/", "."), shlex.split(value)[0])
                 if pair not in self.refuses:
-                    KERNEL_SYSCTLS[pair[0]] = pair[1]
+                    self._sysctls[pair[0]] = pair[1]
             return 0, ""
         return None
 

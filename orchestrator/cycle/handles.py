@@ -7,7 +7,6 @@ tests; the cycle never knows which.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -18,6 +17,7 @@ from orchestrator.protocols.event_log import EventLogProtocol
 from orchestrator.protocols.firmware import FirmwareErrorProtocol
 from orchestrator.protocols.power import PowerProtocol
 from orchestrator.protocols.shell import ShellProtocol
+from orchestrator.cycle.waitmeter import pause
 
 
 class PerBoot:
@@ -57,7 +57,7 @@ class HostHandles:
     power: PowerProtocol | None
     console: ConsoleProtocol | None
     kdump: KdumpLayout
-    pause: Callable[[float], None] = time.sleep   # between polls of the host
+    pause: Callable[..., None] = pause           # between polls of the host (waitmeter.pause)
     per_boot: PerBoot = field(default_factory=PerBoot)
     firmware: FirmwareErrorProtocol | None = None   # the platform's RAS firmware, via the BMC
     event_log: EventLogProtocol | None = None       # the BMC's SEL (hosts with the "sel" feature)

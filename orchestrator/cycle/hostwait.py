@@ -6,6 +6,7 @@ BMC-side NAT) accepts TCP for a dead guest.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from typing import Callable, TypeVar
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from orchestrator.errors import DeadlineExceeded, RetryableInfraError
+from orchestrator.cycle.waitmeter import pause
 from orchestrator.protocols.shell import ShellProtocol
-from orchestrator.tunables import (HEDGE_FAST_S, HEDGE_TICK_S, MAX_PROBES_IN_FLIGHT, PREFLIGHT_RETRY_PAUSE_S,
+from orchestrator.tunables import (HEDGE_FAST_S, MAX_PROBES_IN_FLIGHT, PREFLIGHT_RETRY_PAUSE_S,
                                    PROBE_TIMEOUT_S, SSH_POLL_S, SSH_POLL_SLOW_S)
 
 
@@ -48,7 +50,7 @@ def read_boot_facts(shell: ShellProtocol, timeout: float = 15.0) -> BootFacts:
 
 def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
                   not_boot_id: str | None = None, kdump_loaded: bool = False,
-                  sleep: Callable[[float], None] = time.sleep, keep_for: ShellProtocol | None = None) -> BootFacts:
+                  sleep: Callable[..., None] = pause, keep_for: ShellProtocol | None = None) -> BootFacts:
     """Poll until the host answers SSH (with a boot_id different from ``not_boot_id`` and, if
     asked, the crash kernel loaded). Raises ``DeadlineExceeded`` naming ``state``.
 
@@ -56,23 +58,26 @@ def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
     waiting for earlier ones, because an attempt made just before the host's network came
     up stalls until its banner timeout (slirp and NAT accept TCP for a dead guest and retry
     it seconds later), and waiting that out put "reboot noticed" 1.4 s after sshd started.
-    ``sleep`` paces the polling, so the caller's meter counts it as waiting on the host.
+    ``sleep(seconds, until)`` paces the polling, so the caller's meter counts it as waiting on
+    the host; it returns early when a probe finishes (no ticking: with probes stalled on their
+    banners, looking every 20 ms woke 1,000 waiting hosts 50,000 times a second).
     ``keep_for``: the shell that takes over the answering probe's connection (the first
     command after a reboot waited 0.25-0.4 s for a handshake of its own on a lab guest)."""
     if not_boot_id is not None:
         shell.close()   # a connection from the old boot would hang until its timeout
-
-    began = time.monotonic()
+    began = next_start = time.monotonic()
     end = began + deadline_s
     why = "no answer yet"
     pending: list[Future] = []
+    finished_one = threading.Event()
     pool = ThreadPoolExecutor(max_workers=MAX_PROBES_IN_FLIGHT, thread_name_prefix=f"boot-probe {state}")
     try:
-        next_start = time.monotonic()
         while (now := time.monotonic()) < end:
             if now >= next_start and len(pending) < MAX_PROBES_IN_FLIGHT:
                 pending.append(pool.submit(_probe, shell.fresh(), end - now, not_boot_id, kdump_loaded))
+                pending[-1].add_done_callback(lambda _: finished_one.set())
                 next_start = now + (SSH_POLL_S if now - began < HEDGE_FAST_S else SSH_POLL_SLOW_S)
+            finished_one.clear()        # before looking: a probe ending after the look wakes the pause
             for finished in [f for f in pending if f.done()]:
                 pending.remove(finished)
                 try:
@@ -85,7 +90,8 @@ def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
                 else:
                     attempt.close()
                 return facts
-            sleep(min(_pause(pending, next_start), max(0.0, end - time.monotonic())))
+            due = next_start if len(pending) < MAX_PROBES_IN_FLIGHT else end
+            sleep(max(0.0, min(due, end) - time.monotonic()), finished_one)
     finally:
         for future in pending:      # stalled probes end by their own timeouts
             future.add_done_callback(_close_if_answered)
@@ -111,16 +117,6 @@ def _probe(attempt_shell: ShellProtocol, left: float, not_boot_id: str | None,
 def _close_if_answered(probe: Future) -> None:
     if not probe.cancelled() and probe.exception() is None:
         probe.result()[1].close()
-
-
-def _pause(pending: list[Future], next_start: float) -> float:
-    """Until the next probe is due; finished probes are looked at every HEDGE_TICK_S while
-    some are in flight (with none in flight, ticking only burnt the controller's CPU: 1,000
-    waiting hosts woke 50,000 times a second)."""
-    until_next = max(0.0, next_start - time.monotonic())
-    if len(pending) >= MAX_PROBES_IN_FLIGHT:
-        return HEDGE_TICK_S
-    return min(HEDGE_TICK_S, until_next) if pending else until_next
 
 
 def retry_transient(call: Callable, *args):

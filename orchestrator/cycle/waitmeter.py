@@ -8,6 +8,14 @@ import time
 from typing import Any
 
 
+def pause(seconds: float, until: threading.Event | None = None) -> None:
+    """Wait ``seconds``, or less if ``until`` is set meanwhile (a probe that finished)."""
+    if until is None:
+        time.sleep(seconds)
+    else:
+        until.wait(seconds)
+
+
 class WaitMeter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -17,11 +25,11 @@ class WaitMeter:
         with self._lock:
             self.total += seconds
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float, until: threading.Event | None = None) -> None:
         """A pause between polls of the host is time spent waiting on the host (all of it:
         the OS's oversleep too, which hundreds of short polls turn into a tenth of a second)."""
         t0 = time.monotonic()
-        time.sleep(seconds)
+        pause(seconds, until)
         self.add(time.monotonic() - t0)
 
     def wrap(self, inner: Any) -> Any:

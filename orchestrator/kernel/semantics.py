@@ -9,6 +9,7 @@ into an ``Expectation``. An undeterminable kernel raises ``SemanticsUnknown``: n
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -46,10 +47,21 @@ class Expectation:
     reason: str
 
 
+_MATRIX_LOCK = threading.Lock()
+
+
 @functools.cache
-def matrix() -> dict:
+def _matrix() -> dict:
     text = resources.files("orchestrator.kernel").joinpath("semantics.yaml").read_text()
     return yaml.safe_load(text)
+
+
+def matrix() -> dict:
+    """semantics.yaml, parsed once. Under a lock: functools.cache lets every thread that asks
+    before the first answer parse it too (31 of 1,000 simulated hosts did, 2-5 s of CPU at
+    the run's start, bench/bench_fleet.py)."""
+    with _MATRIX_LOCK:
+        return _matrix()
 
 
 def probe_semantics(shell: ShellProtocol, *, named: str | None = None,
@@ -57,13 +69,18 @@ def probe_semantics(shell: ShellProtocol, *, named: str | None = None,
     """Decide from the sysctl files; then from ``named`` (the inventory's ``semantics:``); then
     by ``measure`` (the slab probe, semantics_probe.py) where the host allows it, else from
     /proc/kallsyms symbols. Never from the release string: a point release would change it."""
-    data = matrix()
-    knob, recovery = sysctl_path(data["knob"]), sysctl_path(data["recovery_knob"])
-    out = shell.run(f"uname -r; [ -e {recovery} ] && echo has-recovery; [ -e {knob} ] && echo has-knob",
-                    timeout=60, check=False).stdout
+    out = shell.run(files_command(), timeout=60, check=False).stdout
     if "has-knob" in out.split() and (named is not None or measure is None):
         out += "\n" + _symbols(shell)
     return decide_semantics(out, named=named, measure=measure)
+
+
+def files_command() -> str:
+    """The first look ``probe_semantics`` takes (for protocols/shell_batch.py): the release and
+    which of the two sysctl files the kernel has."""
+    data = matrix()
+    knob, recovery = sysctl_path(data["knob"]), sysctl_path(data["recovery_knob"])
+    return f"uname -r; [ -e {recovery} ] && echo has-recovery; [ -e {knob} ] && echo has-knob"
 
 
 def _symbols(shell: ShellProtocol) -> str:

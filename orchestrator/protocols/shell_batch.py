@@ -44,6 +44,9 @@ def script(sections: list[Section], token: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+_SECTION = re.compile(r"^: (@@memfail-batch-[0-9a-f]+) \d+ (stop|go)\n\(\n", re.M)
+
+
 def unpack(text: str) -> tuple[str, list[Section]] | None:
     """(token, sections) of a ``script``; None for any other command. For fake shells, which
     answer each command of a batch the way a host's sh would run it."""
@@ -51,9 +54,9 @@ def unpack(text: str) -> tuple[str, list[Section]] | None:
     if head is None:
         return None
     token = head[1]
-    chunks = re.split(rf"^: {token} \d+ (stop|go)\n\(\n", text, flags=re.M)[1:]
+    chunks = _SECTION.split(text)[1:]           # one pattern for every token: compiled once
     return token, [Section(body[:body.rindex("\n)\nr=$?")], stop_on_failure=kind == "stop")
-                   for kind, body in zip(chunks[0::2], chunks[1::2])]
+                   for marker, kind, body in zip(chunks[0::3], chunks[1::3], chunks[2::3]) if marker == token]
 
 
 def reply(token: str, results: list[CommandResult]) -> tuple[str, str]:
@@ -65,17 +68,32 @@ def reply(token: str, results: list[CommandResult]) -> tuple[str, str]:
 def split(answer: CommandResult, sections: list[Section], token: str) -> list[CommandResult] | None:
     """Each section's own result, in order, as far as the batch got (a stopped batch has
     fewer); None when the answer carries no marker at all (the script did not run)."""
-    outs = re.split(rf"\n{re.escape(token)} (\d+) (-?\d+)\n", answer.stdout)
-    errs = re.split(rf"\n{re.escape(token)} (\d+)\n", answer.stderr)
-    if len(outs) < 4:
+    outs, codes = _marked(answer.stdout, token)
+    errs, _ = _marked(answer.stderr, token)
+    if not codes:
         return None
     results = []
-    for n, i in enumerate(range(0, len(outs) - 1, 3)):
-        if int(outs[i + 1]) != n or n >= len(sections):
+    for n, header in enumerate(codes):
+        index, _, code = header.partition(" ")
+        if index != str(n) or n >= len(sections) or not code.lstrip("-").isdigit():
             return None
-        err = errs[2 * n] if 2 * n < len(errs) - 1 else ""
-        results.append(CommandResult(sections[n].command, int(outs[i + 2]), outs[i], err, answer.seconds))
+        results.append(CommandResult(sections[n].command, int(code), outs[n], errs[n] if n < len(errs) - 1 else "",
+                                     answer.seconds))
     return results
+
+
+def _marked(text: str, token: str) -> tuple[list[str], list[str]]:
+    """``text`` cut at each "\n<token> HEADER\n" line: the texts before each, the headers.
+    Plain string splitting, not a regular expression: a pattern holding the batch's own token
+    was compiled anew for every batch (and pushed every other pattern out of re's cache), which
+    made it a third of the controller's CPU with 1,000 simulated hosts (bench/bench_fleet.py)."""
+    parts = text.split(f"\n{token} ")
+    texts, headers = [parts[0]], []
+    for part in parts[1:]:
+        header, _, rest = part.partition("\n")
+        headers.append(header)
+        texts.append(rest)
+    return texts, headers
 
 
 def run_batch(shell: ShellProtocol, sections: list[Section], timeout: float | None = None) -> list[CommandResult] | None:

@@ -159,7 +159,9 @@ def read_request(run_dir: Path) -> dict:
 def write_case_result(run_dir: Path, result: CaseResult) -> Path:
     """A finished case's own record: the unit a resumed run or another worker builds on."""
     path = case_dir(run_dir, result.host, result.case) / CASE_JSON
-    write_atomic(path, json.dumps(case_to_dict(result), indent=2) + "\n")
+    # one line: json's C encoder only runs without indent, and indenting made writing each
+    # case's result a third of the controller's CPU per case with 1,000 simulated hosts
+    write_atomic(path, json.dumps(case_to_dict(result)) + "\n")
     return path
 
 
