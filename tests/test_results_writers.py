@@ -326,3 +326,16 @@ def test_a_broken_case_record_is_bad_input_naming_its_file(tmp_path):
     path.write_text('{"verdict": "pass"}')
     with pytest.raises(ConfigError, match="result.json.*missing key"):
         store.load_case_results(tmp_path)
+
+
+def test_the_reports_of_a_run_render_each_finished_case_once_and_read_the_same(monkeypatch):
+    from orchestrator.results import html
+
+    run, sections, rendered = make_run(), html.Sections(), []
+    real = html._section
+    monkeypatch.setattr(html, "_section", lambda index, case: rendered.append(index) or real(index, case))
+    first = report_html(run, sections)
+    assert sorted(rendered) == list(range(len(run.cases)))
+    again = report_html(run, sections)                  # the next periodic report: nothing new
+    assert again == first and len(rendered) == len(run.cases)
+    assert report_html(run) == first                    # the same page as without the cache

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LAB, ConfigError, FatalInfraError
-from .html import report_html
+from .html import Sections, report_html
 from .junit import junit_xml
 from .model import CaseResult, RunResult
 from .runjson import case_from_dict, case_to_dict, run_from_dict, run_to_dict
@@ -111,18 +111,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_run(run_dir: Path, run: RunResult) -> dict[str, Path]:
-    """run.json first: if a renderer has a bug, the record that can re-render it is safe."""
+def write_run(run_dir: Path, run: RunResult, sections: Sections | None = None) -> dict[str, Path]:
+    """run.json first: if a renderer has a bug, the record that can re-render it is safe.
+    ``sections``: the cases' report sections rendered by earlier reports of this run."""
     paths = {RUN_JSON: run_dir / RUN_JSON}
     write_atomic(paths[RUN_JSON], json.dumps(run_to_dict(run), indent=2) + "\n")
-    paths.update(render_reports(run_dir, run))
+    paths.update(render_reports(run_dir, run, sections))
     return paths
 
 
-def render_reports(run_dir: Path, run: RunResult) -> dict[str, Path]:
+def render_reports(run_dir: Path, run: RunResult, sections: Sections | None = None) -> dict[str, Path]:
     paths = {JUNIT_XML: run_dir / JUNIT_XML, REPORT_HTML: run_dir / REPORT_HTML}
     write_atomic(paths[JUNIT_XML], junit_xml(run))
-    write_atomic(paths[REPORT_HTML], report_html(run))
+    write_atomic(paths[REPORT_HTML], report_html(run, sections))
     return paths
 
 
