@@ -104,8 +104,10 @@ class FabricShell(ShellProtocol):
 
     def adopt(self, other: ShellProtocol) -> None:
         self.close()
-        connection = other._connection if isinstance(other, FabricShell) else None
-        if connection is None or not connection.is_connected or other.cfg.address != self.cfg.address:
+        same_host = isinstance(other, FabricShell) and (other.cfg.address, other.cfg.port) == (
+            self.cfg.address, self.cfg.port)
+        connection = other._connection if same_host else None
+        if connection is None or not connection.is_connected:
             other.close()
             return
         other._connection = None
