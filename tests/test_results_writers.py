@@ -331,11 +331,23 @@ def test_a_broken_case_record_is_bad_input_naming_its_file(tmp_path):
 def test_the_reports_of_a_run_render_each_finished_case_once_and_read_the_same(monkeypatch):
     from orchestrator.results import html
 
-    run, sections, rendered = make_run(), html.Sections(), []
+    run, sections, rendered = make_run(), html.new_sections(), []
     real = html._section
-    monkeypatch.setattr(html, "_section", lambda index, case: rendered.append(index) or real(index, case))
+    monkeypatch.setattr(html, "_section", lambda case, index: rendered.append(index) or real(case, index))
     first = report_html(run, sections)
     assert sorted(rendered) == list(range(len(run.cases)))
     again = report_html(run, sections)                  # the next periodic report: nothing new
     assert again == first and len(rendered) == len(run.cases)
     assert report_html(run) == first                    # the same page as without the cache
+
+
+def test_run_json_made_from_kept_case_parts_is_the_same_text_as_one_dump(tmp_path):
+    import dataclasses
+
+    from orchestrator.results.runjson import new_case_texts, run_json, run_to_dict
+
+    run, parts = make_run(), new_case_texts()
+    for shown in (dataclasses.replace(run, cases=()), run, run):         # none yet, then twice the same
+        assert run_json(shown, parts) == json.dumps(run_to_dict(shown), indent=2)
+    store.write_run(tmp_path, run)
+    assert store.load_run(tmp_path) == run

@@ -31,7 +31,6 @@ from orchestrator import __version__
 from orchestrator.errors import ConfigError
 from orchestrator.fleet.plan import RunPlan
 from orchestrator.results import store
-from orchestrator.results.html import Sections
 from orchestrator.results.model import CaseResult, HostFacts, RunResult
 from orchestrator.tunables import REPORT_INTERVAL_S, REPORT_SHARE_LIMIT
 
@@ -47,7 +46,7 @@ class RunFolder:
         self._facts: dict[str, HostFacts] = {}
         self._last_reports = 0.0
         self._last_assembly_s = 0.0     # how long the last assembly took
-        self._sections = Sections()     # each finished case's report section, rendered once
+        self._parts = store.ReportParts()   # each finished case's part of the reports, made once
 
     @classmethod
     def create(cls, base: Path, plan: RunPlan) -> "RunFolder":
@@ -116,7 +115,7 @@ class RunFolder:
             controller={"version": __version__, "python": sys.version.split()[0], "argv": list(self.plan.argv),
                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
         with self._folder_lock():
-            store.write_run(self.run_dir, run, self._sections)
+            store.write_run(self.run_dir, run, self._parts)
         self._last_assembly_s = time.monotonic() - self._last_reports
         return run
 

@@ -26,40 +26,31 @@ from markupsafe import Markup
 
 from ..errors import EXIT_FAIL, EXIT_INFRA, EXIT_NO_VERDICT
 from .junit import hosts_in_order, printable
+from .percase import PerCase
 from .model import ERROR, FAIL, PASS, SKIP, VERDICTS, CaseResult, PhaseTiming, RunResult, worst
 
 
-class Sections:
-    """Each case's rendered section, kept from one report of a run to the next: a finished
-    case never changes, and rendering every case again made each periodic report of a
-    1,000-case run ~0.6 s of the controller's one core of Python (bench/bench_fleet.py)."""
-
-    def __init__(self) -> None:
-        self._done: dict[tuple[int, int], tuple[CaseResult, Markup]] = {}
-
-    def of(self, index: int, case: CaseResult) -> Markup:
-        kept = self._done.get((index, id(case)))
-        if kept is None or kept[0] is not case:      # the id of a case since let go
-            kept = self._done[(index, id(case))] = (case, _section(index, case))
-        return kept[1]
+def new_sections() -> PerCase[Markup]:
+    """Each case's report section, to keep from one report of a run to the next."""
+    return PerCase(lambda case, index: _section(case, index))
 
 
-def report_html(run: RunResult, sections: Sections | None = None) -> str:
+def report_html(run: RunResult, sections: PerCase[Markup] | None = None) -> str:
     counts = run.verdict_counts()
     verdict, words = _overall(run.exit_code(), counts)
     order = {host: i for i, host in enumerate(hosts_in_order(run))}
     # Sections grouped by host (inventory order), run order within a host; ids stay
     # the index in run.cases so grid links are stable whatever the grouping.
     indexed = sorted(enumerate(run.cases), key=lambda item: order[item[1].host])
-    sections = sections or Sections()
+    sections = sections or new_sections()
     return _ENV.get_template("report.html.j2").render(
         run=run, counts=counts, overall={"verdict": verdict, "words": words},
         duration=_duration(run.started_at, run.finished_at),
         controller=", ".join(f"{k}={v}" for k, v in sorted(run.controller.items())),
-        grid=_grid(run), sections=[sections.of(i, case) for i, case in indexed])
+        grid=_grid(run), sections=[sections.of(case, i) for i, case in indexed])
 
 
-def _section(index: int, case: CaseResult) -> Markup:
+def _section(case: CaseResult, index: int) -> Markup:
     return Markup(_ENV.get_template("case.html.j2").render(view=_case_view(index, case)))
 
 

@@ -35,10 +35,12 @@ def junit_xml(run: RunResult) -> str:
     root = ET.Element("testsuites", name=f"memfail {run.run_id}")
     totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
     total_time = 0.0
+    facts_of = {h.host: h for h in reversed(run.hosts)}          # the first one listed, as before
+    cases_of: dict[str, list[CaseResult]] = {}
+    for case in run.cases:
+        cases_of.setdefault(case.host, []).append(case)
     for host in hosts_in_order(run):
-        facts = next((h for h in run.hosts if h.host == host), None)
-        cases = [c for c in run.cases if c.host == host]
-        suite = _suite(root, run, host, facts, cases)
+        suite = _suite(root, run, host, facts_of.get(host), cases_of.get(host, []))
         for key in totals:
             totals[key] += int(suite.get(key))
         total_time += float(suite.get("time"))
@@ -50,9 +52,7 @@ def junit_xml(run: RunResult) -> str:
 
 def hosts_in_order(run: RunResult) -> list[str]:
     """Hosts as the inventory listed them, then any host only seen in a case result."""
-    names = [h.host for h in run.hosts]
-    names += [c.host for c in run.cases if c.host not in names]
-    return list(dict.fromkeys(names))
+    return list(dict.fromkeys([*(h.host for h in run.hosts), *(c.host for c in run.cases)]))
 
 
 def _suite(root: ET.Element, run: RunResult, host: str, facts: HostFacts | None,

@@ -12,8 +12,11 @@ because a record that silently loses a field is worse than one that refuses to l
 from __future__ import annotations
 
 import dataclasses
+import json
+import secrets
 from typing import Any
 
+from .percase import PerCase
 from .model import (SCHEMA_VERSION, VERDICTS, CaseResult, Evidence, HostFacts, PhaseTiming,
                     RunResult)
 
@@ -29,6 +32,24 @@ def run_to_dict(run: RunResult) -> dict[str, Any]:
     """The run as JSON-ready data, ``schema_version`` first so a reader sees it at once."""
     body = _plain(run)
     return {"schema_version": body.pop("schema_version"), **body}
+
+
+def run_json(run: RunResult, cases: PerCase[str] | None = None) -> str:
+    """``json.dumps(run_to_dict(run), indent=2)``, the same text, with each case's part made
+    once per run (``cases``: from ``new_case_texts``, kept from one report to the next)."""
+    cases = cases or new_case_texts()
+    # stands where the cases go while the rest is encoded; no field of the run can hold it
+    here = f"@@run-json-cases-{secrets.token_hex(8)}@@"
+    body = run_to_dict(dataclasses.replace(run, cases=()))
+    body["cases"] = here
+    text = json.dumps(body, indent=2)
+    listed = ",\n    ".join(cases.of(case) for case in run.cases)
+    return text.replace(f'"{here}"', f"[\n    {listed}\n  ]" if run.cases else "[]", 1)
+
+
+def new_case_texts() -> PerCase[str]:
+    """Each case as run.json's cases list holds it (indented two levels deep)."""
+    return PerCase(lambda case: json.dumps(case_to_dict(case), indent=2).replace("\n", "\n    "))
 
 
 def run_from_dict(data: dict[str, Any]) -> RunResult:

@@ -16,14 +16,16 @@ import os
 import re
 import secrets
 import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LAB, ConfigError, FatalInfraError
-from .html import Sections, report_html
+from .html import new_sections, report_html
 from .junit import junit_xml
 from .model import CaseResult, RunResult
-from .runjson import case_from_dict, case_to_dict, run_from_dict, run_to_dict
+from .percase import PerCase
+from .runjson import case_from_dict, case_to_dict, new_case_texts, run_from_dict, run_json
 
 RUN_JSON, JUNIT_XML, REPORT_HTML = "run.json", "junit.xml", "report.html"
 #: What was asked (inventory, playbook, selection), written once when the run starts; with the
@@ -111,19 +113,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_run(run_dir: Path, run: RunResult, sections: Sections | None = None) -> dict[str, Path]:
-    """run.json first: if a renderer has a bug, the record that can re-render it is safe.
-    ``sections``: the cases' report sections rendered by earlier reports of this run."""
+@dataclass(frozen=True)
+class ReportParts:
+    """Each finished case's part of run.json and report.html, kept from one report of a run
+    to the next (results/percase.py)."""
+
+    case_json: PerCase[str] = field(default_factory=new_case_texts)
+    sections: PerCase = field(default_factory=new_sections)
+
+
+def write_run(run_dir: Path, run: RunResult, parts: ReportParts | None = None) -> dict[str, Path]:
+    """run.json first: if a renderer has a bug, the record that can re-render it is safe."""
+    parts = parts or ReportParts()
     paths = {RUN_JSON: run_dir / RUN_JSON}
-    write_atomic(paths[RUN_JSON], json.dumps(run_to_dict(run), indent=2) + "\n")
-    paths.update(render_reports(run_dir, run, sections))
+    write_atomic(paths[RUN_JSON], run_json(run, parts.case_json) + "\n")
+    paths.update(render_reports(run_dir, run, parts))
     return paths
 
 
-def render_reports(run_dir: Path, run: RunResult, sections: Sections | None = None) -> dict[str, Path]:
+def render_reports(run_dir: Path, run: RunResult, parts: ReportParts | None = None) -> dict[str, Path]:
     paths = {JUNIT_XML: run_dir / JUNIT_XML, REPORT_HTML: run_dir / REPORT_HTML}
     write_atomic(paths[JUNIT_XML], junit_xml(run))
-    write_atomic(paths[REPORT_HTML], report_html(run, sections))
+    write_atomic(paths[REPORT_HTML], report_html(run, parts.sections if parts else None))
     return paths
 
 
