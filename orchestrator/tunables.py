@@ -161,6 +161,10 @@ REPORT_INTERVAL_S = 5.0
 #: ... and no more often than this many times its own last duration: with 1,000 hosts one
 #: assembly took 2-3.7 s of a GIL the hosts needed, every 5 s (bench/bench_fleet.py).
 REPORT_SHARE_LIMIT = 10.0
+#: Hosts of one local run preparing at once (opened, or a case's steps up to its injection;
+#: fleet/preparing.py): more only queue for Python's GIL. A host past its injection waits
+#: without a slot. Runs of fewer hosts never meet the limit.
+MAX_HOSTS_PREPARING = 128
 #: How often a case waiting for a host leased by someone else (--lease-wait) looks again.
 LEASE_WAIT_POLL_S = 5.0
 #: After an infrastructure error, one quick look decides whether the host is still there; a

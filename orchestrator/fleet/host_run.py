@@ -20,6 +20,7 @@ from orchestrator.config.model import Host
 from orchestrator.config.playbook import Case
 from orchestrator.cycle.expectations import ExpectationResolver
 from orchestrator.cycle.hostwait import read_boot_facts
+from orchestrator.cycle.machine import State
 from orchestrator.cycle.outcome import no_cycle_result
 from orchestrator.errors import KDUMP, LAB, InfraError, OrchestratorError
 from orchestrator.fleet.case_run import run_case
@@ -27,6 +28,7 @@ from orchestrator.fleet.facts import probe_host_facts
 from orchestrator.fleet.host_handles import HostSession, open_host
 from orchestrator.fleet.lease import Holder, LeaseHeld
 from orchestrator.fleet.lease_keeper import LeaseKeeper, case_budget
+from orchestrator.fleet.preparing import PreparingSlots
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.results import store
 from orchestrator.results.model import ERROR, SKIP, CaseResult, HostFacts
@@ -45,13 +47,14 @@ class HostRun:
     def __init__(self, folder: RunFolder, host: Host, *, stop: threading.Event | None = None,
                  open_host: Callable[..., ContextManager[HostSession]] = open_host,
                  on_state: OnState | None = None, lease_wait_s: float | None = None,
-                 release_between_cases: bool = False):
+                 release_between_cases: bool = False, preparing: PreparingSlots | None = None):
         self.folder, self.host = folder, host
         self.stop = stop or threading.Event()
         self.open_host = open_host
         self.on_state = on_state or (lambda host, case, state: None)
         self.lease_wait_s = folder.plan.lease_wait_s if lease_wait_s is None else lease_wait_s
         self.release_between_cases = release_between_cases     # the pytest face: siblings take turns
+        self.preparing = preparing or PreparingSlots()          # shared by the run's hosts
         self.holder = Holder.for_run(folder.run_id)
         self.resolver = ExpectationResolver(host)   # the host's semantics, once per boot
         self.session: HostSession | None = None
@@ -71,7 +74,7 @@ class HostRun:
         ``first``: the case to come, whose lease is taken while the host is opened."""
         host_dir = self.folder.run_dir / store.safe_name(self.host.name)
         log = store.case_dir(self.folder.run_dir, self.host.name, "_host") / "commands.log"
-        with ExitStack() as stack:
+        with ExitStack() as stack, self.preparing.slot(self.stop) as prepared:
             try:
                 self.session = stack.enter_context(self.open_host(self.host, host_dir, commands_log=log))
                 self.keeper = LeaseKeeper(self.session.lease_shell, self.host.name, self.host.state_dir, self.holder)
@@ -88,6 +91,7 @@ class HostRun:
                                                    platform=self.host.platform,
                                                    features=tuple(sorted(self.host.features)), error=str(exc)))
                 self.lost = _Lost("preflight", str(exc))
+            prepared()
             yield self
         self.session = None
 
@@ -130,15 +134,21 @@ class HostRun:
         except InfraError as exc:
             return no_cycle_result(self.host.name, case, ERROR, f"lease: {exc}", LAB), True
         try:
-            result = run_case(session, case, self.resolver, folder, run_dir=self.folder.run_dir,
-                              on_state=lambda host, state: self.on_state(host, case.name, state),
-                              run_id=self.folder.run_id)
+            with self.preparing.slot(self.stop) as prepared:     # given back once injected
+                result = run_case(session, case, self.resolver, folder, run_dir=self.folder.run_dir,
+                                  on_state=lambda host, state: self._reached(case, state, prepared),
+                                  run_id=self.folder.run_id)
         finally:
             if self.release_between_cases:
                 self.keeper.release()
         if result.verdict == ERROR and result.blame in (LAB, KDUMP) and not self._answers(session):
             self.lost = _Lost(case.name, result.reasons[0] if result.reasons else "no answer")
         return result, True
+
+    def _reached(self, case: Case, state: str, prepared: Callable[[], None]) -> None:
+        if state == State.INJECTED.value:
+            prepared()
+        self.on_state(self.host.name, case.name, state)
 
     def _answers(self, session: HostSession) -> bool:
         try:

@@ -16,9 +16,10 @@ from orchestrator.config.model import Host
 from orchestrator.fleet.host_handles import HostSession, open_host
 from orchestrator.fleet.host_run import HostRun, OnState
 from orchestrator.fleet.plan import RunPlan
+from orchestrator.fleet.preparing import PreparingSlots
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.results.model import RunResult
-from orchestrator.tunables import SIGNAL_POLL_S
+from orchestrator.tunables import MAX_HOSTS_PREPARING, SIGNAL_POLL_S
 from orchestrator.results.store import ResultsWriteError
 
 
@@ -29,6 +30,7 @@ class Runner:
         self.open_host = open_host
         self.on_state = on_state or (lambda host, case, state: None)
         self._stop = threading.Event()
+        self._preparing = PreparingSlots(MAX_HOSTS_PREPARING)
 
     @classmethod
     def new(cls, plan: RunPlan, results_base: Path, **kw) -> "Runner":
@@ -87,4 +89,4 @@ class Runner:
         remaining = [c for c in self.folder.plan.playbook.cases if (host.name, c.name) not in done]
         if remaining:
             HostRun(self.folder, host, stop=self._stop, open_host=self.open_host,
-                    on_state=self.on_state).run(remaining)
+                    on_state=self.on_state, preparing=self._preparing).run(remaining)
