@@ -331,9 +331,9 @@ def test_a_broken_case_record_is_bad_input_naming_its_file(tmp_path):
 def test_the_reports_of_a_run_render_each_finished_case_once_and_read_the_same(monkeypatch):
     from orchestrator.results import html
 
-    run, sections, rendered = make_run(), html.new_sections(), []
-    real = html._section
+    rendered, real = [], html._section
     monkeypatch.setattr(html, "_section", lambda case, index: rendered.append(index) or real(case, index))
+    run, sections = make_run(), html.new_sections()
     first = report_html(run, sections)
     assert sorted(rendered) == list(range(len(run.cases)))
     again = report_html(run, sections)                  # the next periodic report: nothing new

@@ -15,7 +15,7 @@ commands: the first one run raises it, as its own round trip would have.
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 
 from orchestrator.errors import InfraError
 from orchestrator.protocols import shell_batch as batch
@@ -91,10 +91,8 @@ class PrefetchShell(ShellProtocol):
                 self._ready.setdefault(command, deque()).append(answer)
 
     def _holds(self, sections: list[batch.Section]) -> bool:
+        wanted = Counter(section.command for section in sections)
         with self._lock:
-            wanted: dict[str, int] = {}
-            for section in sections:
-                wanted[section.command] = wanted.get(section.command, 0) + 1
             return bool(sections) and all(len(self._ready.get(c, ())) >= n for c, n in wanted.items())
 
     def _drop(self) -> None:

@@ -32,7 +32,7 @@ from .model import ERROR, FAIL, PASS, SKIP, VERDICTS, CaseResult, PhaseTiming, R
 
 def new_sections() -> PerCase[Markup]:
     """Each case's report section, to keep from one report of a run to the next."""
-    return PerCase(lambda case, index: _section(case, index))
+    return PerCase(_section)
 
 
 def report_html(run: RunResult, sections: PerCase[Markup] | None = None) -> str:
