@@ -79,8 +79,8 @@ def opener(fleet: dict[str, FakeLabHost]):
 
 
 def run_fleet(count: int, work: Path):
-    """One panic case on each of ``count`` simulated hosts: (runner, run, wall, cpu, last
-    case started, final reports' seconds)."""
+    """One panic case on each of ``count`` simulated hosts: (runner, run, wall, cpu, (last
+    case started, last injection), final reports' seconds)."""
     from orchestrator.fleet import host_run
 
     fleet = simulated_fleet(count)
@@ -89,7 +89,9 @@ def run_fleet(count: int, work: Path):
     case = make_case(name="rodata-panic", deadlines={**make_case().deadlines, "dump": 60.0, "panic": 10.0})
     plan = RunPlan(inventory=Inventory(path=work / "fleet.yaml", hosts=hosts, digest="sim"),
                    playbook=Playbook(path=work / "bench.yaml", name="bench", cases=(case,), digest="sim"))
-    runner = Runner(RunFolder.create(work / "results", plan), open_host=opener(fleet))
+    injected: list[float] = []
+    runner = Runner(RunFolder.create(work / "results", plan), open_host=opener(fleet),
+                    on_state=lambda host, case, state: injected.append(time.monotonic()) if state == "injected" else None)
     starts, real_one_case = [], host_run.HostRun._one_case
 
     def one_case(self, case):
@@ -105,7 +107,7 @@ def run_fleet(count: int, work: Path):
         host_run.HostRun._one_case = real_one_case
     t0 = time.monotonic()
     runner.folder.assemble()        # what the run's last step cost
-    return runner, run, wall, cpu, max(starts) - wall0, time.monotonic() - t0
+    return runner, run, wall, cpu, (max(starts) - wall0, max(injected) - wall0), time.monotonic() - t0
 
 
 def main() -> int:
@@ -115,7 +117,7 @@ def main() -> int:
     install_kernel_stubs(setattr, dict(SYSCTLS))
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     alone = run_fleet(1, work / "alone")[2]
-    runner, run, wall, cpu, last_start, reports = run_fleet(args.hosts, work / "fleet")
+    runner, run, wall, cpu, last, reports = run_fleet(args.hosts, work / "fleet")
     slowest = max(c.seconds for c in run.cases)
     verdicts = {v: n for v, n in run.verdict_counts().items() if n}
     print(f"{args.hosts} simulated hosts, one panic case each: {verdicts}")
@@ -123,7 +125,12 @@ def main() -> int:
           f"of it  [target within 5 %]")
     print(f"  one host alone, same simulator: wall {alone:.1f} s; the fleet's wall is {100 * (wall / alone - 1):+.1f} % "
           f"of it (the GIL shares one core's worth of Python among all hosts)")
-    print(f"  last case started {last_start:.1f} s into the run; the final reports took {reports:.2f} s")
+    started, injected = last
+    print(f"  last case started {started:.1f} s into the run, last injection {injected:.1f} s; the final reports "
+          f"took {reports:.2f} s")
+    print(f"  floor: the hosts' steps before their injections share one core ({1000 * injected / args.hosts:.1f} ms "
+          f"each here), so the last host is back no sooner than {injected:.1f} + {PANIC_TO_BACK_S:.0f} s "
+          f"= {injected + PANIC_TO_BACK_S:.1f} s: {100 * ((injected + PANIC_TO_BACK_S) / alone - 1):+.1f} % of one host alone")
     print(f"  controller CPU {cpu:.1f} s = {cpu / wall:.2f} cores on average, {1000 * cpu / args.hosts:.1f} ms per host "
           f"(the simulated hosts' own included)  [target <= 1 core]")
     print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB  [target <= 2048 MB]")

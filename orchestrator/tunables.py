@@ -14,7 +14,8 @@ from __future__ import annotations
 #: this plus one login (0.2 s on an idle lab guest, up to ~0.8 s while it loads its crash
 #: kernel right after sshd starts; target <= 1 s).
 SSH_POLL_S = 0.1
-#: After HEDGE_FAST_S of waiting, new probes start every SSH_POLL_SLOW_S. A host is back
+#: After HEDGE_FAST_S of waiting (at once when waiting for a new boot, which no host reaches
+#: in HEDGE_FAST_S), new probes start every SSH_POLL_SLOW_S. A host is back
 #: 9-12 s after a panic (lab) or minutes (servers); on the lab the probes mostly stall on
 #: their banner (2 s, at most 8 in flight), which paces them at ~4 a second anyway. What
 #: it saves: 1,000 simulated hosts probing at 10 Hz kept the controller's one core busy

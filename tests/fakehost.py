@@ -104,7 +104,7 @@ class FakeLabHost:
     refuses: set = field(default_factory=set)   # (sysctl, value) writes the kernel does not take
     sysctls: dict | None = None             # its own /proc/sys (None: install_kernel_stubs' shared one)
     state_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="fakehost-state-"))
-    # Real time, for benchmarks of many simulated hosts: each SSH command takes this long, and
+    # Real time, for benchmarks of many simulated hosts: each SSH round trip takes this long, and
     # a panicked host answers again this many seconds after it went down (None: after
     # ``reboot_after_probes`` failed probes, no time passing, for fast unit tests).
     command_s: float = 0.0
@@ -113,12 +113,11 @@ class FakeLabHost:
         self.console = FakeConsole(on_break=self._sysrq)
         self.power = FakePower(on_action=self._power_action, nmi_supported=self.nmi_supported)
         self._probes_down, self._down_since = 0, 0.0
-        self.shell = FakeShell(self._answer, reachable=self._reachable, on_detached=self._inject)
+        self.shell = FakeShell(self._answer, reachable=self._reachable, on_detached=self._inject,
+                               round_trip_s=self.command_s)
 
     # -- what the host answers -------------------------------------------------------------
     def _answer(self, command: str) -> tuple[int, str]:
-        if self.command_s:
-            time.sleep(self.command_s)
         if command == BOOT_FACTS_CMD:
             return 0, f"{self.boot_id}\n7.3.4+deb13-cloud-amd64\n1\n{EPOCH}\n"
         if command.endswith("date +%s"):

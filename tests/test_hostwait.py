@@ -145,3 +145,15 @@ def test_retry_until_retries_transient_failures_within_the_deadline_and_nothing_
 
     with pytest.raises(RetryableInfraError, match="still refused"):     # no time left for a pause
         retry_until(0.5, never, sleep=lambda s: None)
+
+
+def test_a_wait_for_a_new_boot_probes_at_the_slow_period_from_the_start():
+    """No host is through a reboot within HEDGE_FAST_S: probing fast then only costs CPU."""
+    from orchestrator.cycle.hostwait import SSH_POLL_S, SSH_POLL_SLOW_S
+    new_boot, up_again = ScriptedHost("refuse"), ScriptedHost("refuse")
+    with pytest.raises(DeadlineExceeded):
+        wait_for_boot(new_boot.shell(), deadline_s=1.0, state="dump", not_boot_id="old-boot")
+    with pytest.raises(DeadlineExceeded):
+        wait_for_boot(up_again.shell(), deadline_s=1.0, state="preflight")
+    assert new_boot.connections - 1 <= 1 + 1.0 / SSH_POLL_SLOW_S
+    assert up_again.connections - 1 >= 0.5 / SSH_POLL_S     # the fast start stays for a host expected up

@@ -16,7 +16,9 @@ def wedge(behaviour: str = "stuck", **host_args) -> FakeLabHost:
     return host
 
 
-def recover(host: FakeLabHost, features, *, grace: float = 0.3) -> tuple[list[str], str]:
+def recover(host: FakeLabHost, features, *, grace: float = 1.0) -> tuple[list[str], str]:
+    """``grace``: room for the 4 probes after which the fake host answers (a wait for a new
+    boot probes every SSH_POLL_SLOW_S)."""
     log: list[str] = []
     old = host.boot_id
     after = recover_wedged_host(host.handles(features=features), old, 5.0, log, nmi_grace_s=grace)

@@ -110,3 +110,15 @@ def test_a_step_asking_for_what_an_earlier_batch_holds_sends_nothing():
     assert ahead.run("echo two", timeout=5).stdout == "two\n" and len(shell.commands) == 1
     ahead.prefetch([Section("echo three"), Section("echo four")])      # not all held: asked again
     assert len(shell.commands) == 2
+
+
+def test_a_simulated_host_charges_one_round_trip_per_batch_not_per_command(monkeypatch):
+    """bench/bench_fleet.py's hosts model SSH latency: a batch is one round trip, as on a real
+    host (charging each command of it made the simulated hosts slower than real ones)."""
+    slept: list[float] = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    shell = FakeLabHost(command_s=0.005).shell
+    sections = [Section("uname -r"), Section("dmesg"), Section("cat /proc/sys/kernel/random/boot_id")]
+    batch.run_batch(shell, sections, timeout=10)
+    shell.run("dmesg", timeout=10)
+    assert slept == [0.005, 0.005] and len(shell.batches[0]) == 3

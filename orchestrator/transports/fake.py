@@ -7,6 +7,8 @@ that decides what a command answers and what the "kernel" prints on the console.
 from __future__ import annotations
 
 import re
+import threading
+import time
 from typing import Callable
 
 from orchestrator.errors import RetryableInfraError
@@ -20,16 +22,22 @@ from orchestrator.transports.console_transcript import ConsoleTranscript
 
 class FakeShell(ShellProtocol):
     """Answers each command with ``handler(command) -> (exit_code, stdout)``; while
-    ``reachable()`` is false every call fails the way a dead SSH peer does."""
+    ``reachable()`` is false every call fails the way a dead SSH peer does.
+    ``round_trip_s``: real time each call takes, answered or refused, once per call (a batch is
+    one round trip, as over SSH), for benchmarks of many simulated hosts."""
 
     def __init__(self, handler: Callable[[str], tuple[int, str]], *, reachable: Callable[[], bool] = lambda: True,
-                 on_detached: Callable[[str], None] | None = None):
+                 on_detached: Callable[[str], None] | None = None, round_trip_s: float = 0.0):
         self.handler, self.reachable, self.on_detached = handler, reachable, on_detached
+        self.round_trip_s = round_trip_s
         self.commands: list[str] = []
         self.batches: list[list[str]] = []      # the commands of each batch, also in ``commands``
         self.closed = 0
+        self._in_batch = threading.local()      # a batch's commands ride on its round trip
 
     def run(self, command: str, *, timeout: float, check: bool = True) -> CommandResult:
+        if self.round_trip_s and not getattr(self._in_batch, "open", False):
+            time.sleep(self.round_trip_s)
         packed = batch.unpack(command)
         if packed is not None:
             return self._run_batch(command, *packed, timeout=timeout)
@@ -48,10 +56,14 @@ class FakeShell(ShellProtocol):
         Each is given the batch's timeout: a host cannot hold one command of a script to its own."""
         self.batches.append([s.command for s in sections])
         results = []
-        for section in sections:
-            results.append(self.run(section.command, timeout=timeout, check=False))
-            if section.stop_on_failure and not results[-1].ok:
-                break
+        self._in_batch.open = True
+        try:
+            for section in sections:
+                results.append(self.run(section.command, timeout=timeout, check=False))
+                if section.stop_on_failure and not results[-1].ok:
+                    break
+        finally:
+            self._in_batch.open = False
         out, err = batch.reply(token, results)
         return CommandResult(command=command, exit_code=0, stdout=out, stderr=err, seconds=0.0)
 
@@ -60,6 +72,8 @@ class FakeShell(ShellProtocol):
 
     def fire_detached(self, command: str, *, timeout: float, output: str) -> None:
         self.commands.append(f"detached: {command} > {output}")
+        if self.round_trip_s:
+            time.sleep(self.round_trip_s)
         if not self.reachable():
             raise RetryableInfraError("fake: connection refused")
         if self.on_detached is not None:
