@@ -18,6 +18,7 @@ import dataclasses
 import resource
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,10 +64,44 @@ def simulated_fleet(count: int) -> dict[str, FakeLabHost]:
 def remote_lease_shell() -> FakeShell:
     """The lease's commands cost one SSH round trip, as on a real host (the unit tests run the
     real scripts; here forking a local sh per call would measure the simulator, not us)."""
-    def answer(command: str) -> tuple[int, str]:
-        time.sleep(SSH_COMMAND_S)
-        return 0, ""
-    return FakeShell(answer)
+    return FakeShell(lambda command: (0, ""), round_trip_s=SSH_COMMAND_S)
+
+
+class SimulatorCpu:
+    """CPU time the simulated hosts' own Python takes in this process (answering commands,
+    their fake kernels, their BMCs): a real host spends it on its own CPU, not the
+    controller's. Counted per outermost call, on the calling thread's clock."""
+
+    CALLS = ((FakeShell, "run"), (FakeShell, "fire_detached"), (SlowPower, "_act"), (SlowPower, "status"))
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock, self._depth = threading.Lock(), threading.local()
+
+    @contextmanager
+    def counting(self):
+        real = {(cls, name): getattr(cls, name) for cls, name in self.CALLS}
+        for (cls, name), call in real.items():
+            setattr(cls, name, self._timed(call))
+        try:
+            yield self
+        finally:
+            for (cls, name), call in real.items():
+                setattr(cls, name, call)
+
+    def _timed(self, call):
+        def timed(*args, **kwargs):
+            depth = getattr(self._depth, "n", 0)
+            self._depth.n, t0 = depth + 1, time.thread_time()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                self._depth.n = depth
+                if depth == 0:
+                    spent = time.thread_time() - t0
+                    with self._lock:
+                        self.seconds += spent
+        return timed
 
 
 def opener(fleet: dict[str, FakeLabHost]):
@@ -79,8 +114,8 @@ def opener(fleet: dict[str, FakeLabHost]):
 
 
 def run_fleet(count: int, work: Path):
-    """One panic case on each of ``count`` simulated hosts: (runner, run, wall, cpu, (last
-    case started, last injection), final reports' seconds)."""
+    """One panic case on each of ``count`` simulated hosts: (runner, run, wall, (cpu, of
+    which the simulator's), (last case started, last injection), final reports' seconds)."""
     from orchestrator.fleet import host_run
 
     fleet = simulated_fleet(count)
@@ -100,14 +135,15 @@ def run_fleet(count: int, work: Path):
 
     host_run.HostRun._one_case = one_case
     try:
-        wall0, cpu0 = time.monotonic(), time.process_time()
-        run = runner.run()
-        wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
+        with SimulatorCpu().counting() as simulator:
+            wall0, cpu0 = time.monotonic(), time.process_time()
+            run = runner.run()
+            wall, cpu = time.monotonic() - wall0, time.process_time() - cpu0
     finally:
         host_run.HostRun._one_case = real_one_case
     t0 = time.monotonic()
     runner.folder.assemble()        # what the run's last step cost
-    return runner, run, wall, cpu, (max(starts) - wall0, max(injected) - wall0), time.monotonic() - t0
+    return runner, run, wall, (cpu, simulator.seconds), (max(starts) - wall0, max(injected) - wall0), time.monotonic() - t0
 
 
 def main() -> int:
@@ -128,11 +164,15 @@ def main() -> int:
     started, injected = last
     print(f"  last case started {started:.1f} s into the run, last injection {injected:.1f} s; the final reports "
           f"took {reports:.2f} s")
-    print(f"  floor: the hosts' steps before their injections share one core ({1000 * injected / args.hosts:.1f} ms "
-          f"each here), so the last host is back no sooner than {injected:.1f} + {PANIC_TO_BACK_S:.0f} s "
-          f"= {injected + PANIC_TO_BACK_S:.1f} s: {100 * ((injected + PANIC_TO_BACK_S) / alone - 1):+.1f} % of one host alone")
+    print(f"  floor: no host is back before its injection + {PANIC_TO_BACK_S:.0f} s, and the last injection came "
+          f"{injected:.1f} s in ({1000 * injected / args.hosts:.1f} ms per host: with many hosts, their steps before "
+          f"the injection queue for one core): the wall cannot be under {injected + PANIC_TO_BACK_S:.1f} s, "
+          f"{100 * ((injected + PANIC_TO_BACK_S) / alone - 1):+.1f} % of one host alone")
+    cpu, simulated = cpu
     print(f"  controller CPU {cpu:.1f} s = {cpu / wall:.2f} cores on average, {1000 * cpu / args.hosts:.1f} ms per host "
           f"(the simulated hosts' own included)  [target <= 1 core]")
+    print(f"    of which the simulated hosts' own Python (answering, their kernels and BMCs): {simulated:.1f} s; "
+          f"the orchestrator's: {cpu - simulated:.1f} s = {(cpu - simulated) / wall:.2f} cores")
     print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB  [target <= 2048 MB]")
     t0 = time.monotonic()
     folder = RunFolder(runner.run_dir, runner.folder.run_id, runner.folder.started_at, runner.folder.plan)
