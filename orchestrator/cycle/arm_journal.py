@@ -103,9 +103,12 @@ def write_record(shell: ShellProtocol, state_dir: str, record: ArmRecord) -> Non
         raise FatalInfraError(f"cannot write the arm journal in {state_dir}: {result.stderr.strip()}")
 
 
-def rebooted_since(record: ArmRecord, boot_id: str | None) -> bool:
-    """The host booted again since it was armed: its crash kernel was loaded by that boot."""
-    return bool(boot_id and record.boot_id and boot_id != record.boot_id)
+def reloads_kdump(record: ArmRecord, boot_id: str | None) -> bool:
+    """The restore must see the crash kernel loaded (and load it if need be): it was loaded
+    when the host was armed, and the host has not booted again since (a new boot loaded its
+    own, ``boot_id`` being the host's boot now, when known)."""
+    rebooted = bool(boot_id and record.boot_id and boot_id != record.boot_id)
+    return record.kdump_loaded and not rebooted
 
 
 def restore_sections(state_dir: str, record: ArmRecord, boot_id: str | None) -> list[Section]:
@@ -116,7 +119,7 @@ def restore_sections(state_dir: str, record: ArmRecord, boot_id: str | None) -> 
     names = [name for name, _ in record.sysctls]
     reads = [Section(sysctl_read_command(names))] if names else []
     writes = [Section(sysctl_write_command(dict(record.sysctls)))] if names else []
-    kdump = [Section(KDUMP_LOADED_CMD)] if record.kdump_loaded and not rebooted_since(record, boot_id) else []
+    kdump = [Section(KDUMP_LOADED_CMD)] if reloads_kdump(record, boot_id) else []
     return [*reads, *writes, *reads, *kdump, Section(disarm_command(state_dir, record, boot_id), 15)]
 
 
@@ -124,7 +127,7 @@ def disarm_command(state_dir: str, record: ArmRecord, boot_id: str | None) -> st
     """Drop the journal if, and only if, the host is now as ``record`` says (exit 1 otherwise):
     checked on the host, so that the check and the drop can travel with the restore's writes."""
     checks = [equal_test(name, value) for name, value in record.sysctls]
-    if record.kdump_loaded and not rebooted_since(record, boot_id):
+    if reloads_kdump(record, boot_id):
         checks.append(f'[ "$({KDUMP_LOADED_CMD} 2>/dev/null)" = 1 ]')
     return " && ".join([*checks, f"rm -f {_path(state_dir)}"])
 
@@ -140,7 +143,6 @@ def restore(shell: ShellProtocol, state_dir: str, record: ArmRecord, *, timeout:
     changes nothing), so that the whole restore is one round trip known in advance: on a
     lab guest a restore after a panic took two, 0.3-0.4 s of the case's wall time."""
     done = []
-    rebooted = rebooted_since(record, boot_id)
     batch.prefetch(shell, restore_sections(state_dir, record, boot_id))
     try:
         current = read_sysctls(shell, [name for name, _ in record.sysctls])
@@ -148,7 +150,7 @@ def restore(shell: ShellProtocol, state_dir: str, record: ArmRecord, *, timeout:
         write_sysctls(shell, dict(record.sysctls))
         if changed:
             done.append("restored " + " ".join(f"{k}={v}" for k, v in changed.items()))
-        if record.kdump_loaded and not rebooted and not kdump_loaded(shell):
+        if reloads_kdump(record, boot_id) and not kdump_loaded(shell):
             shell.run(RELOAD_KDUMP, timeout=max(timeout, KDUMP_RELOAD_TIMEOUT_S), check=False)
             if not kdump_loaded(shell):
                 raise LeftArmed("the crash kernel was loaded before the case and cannot be loaded again")
