@@ -35,9 +35,11 @@ class ScriptedShell(ShellProtocol):
 
     def run(self, command: str, *, timeout: float, check: bool = True) -> CommandResult:
         assert command == BOOT_FACTS_CMD
-        if self.behaviour == "stall":
-            self.host.released.wait(timeout)
-            raise RetryableInfraError("banner timeout")
+        if self.behaviour == "stall":      # until its timeout, the test's release, or a close
+            end = time.monotonic() + timeout
+            while not (self.host.released.wait(0.01) or self.closed) and time.monotonic() < end:
+                pass
+            raise RetryableInfraError("closed while waiting for the banner" if self.closed else "banner timeout")
         if self.behaviour == "refuse":
             raise RetryableInfraError("connection refused")
         if self.behaviour == "badkey":
@@ -88,6 +90,19 @@ def test_the_answering_probe_hands_its_connection_over_and_every_other_one_is_cl
     while not all(s.closed for s in others) and time.monotonic() < deadline:
         time.sleep(0.01)        # the stalled one closes when it gives up
     assert all(s.closed for s in others)
+
+
+def test_probes_still_waiting_for_a_banner_are_closed_the_moment_one_answers():
+    # On the lab every stalled probe got its banner the moment sshd listened, and their
+    # handshakes slowed the rebooted guest's first commands: they are not left to time out.
+    host = ScriptedHost("stall", "stall", "stall", "new")
+    try:
+        facts = wait_for_boot(host.shell(), deadline_s=10, state="dump", not_boot_id="old-boot")
+        stalled = [s for s in host.made[1:] if s.behaviour == "stall"]
+        assert facts.boot_id == "new-boot" and len(stalled) == 2
+        assert all(s.closed for s in stalled)
+    finally:
+        host.released.set()
 
 
 def test_deadline_names_the_state_and_the_last_reason():

@@ -260,6 +260,28 @@ def test_silent_peer_times_out_as_retryable():
     server.close()
 
 
+def test_a_close_from_another_thread_ends_a_connection_waiting_for_its_banner():
+    """What cycle/hostwait.py does to the boot probes still in flight once one has answered."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    shell = FabricShell(SshConfig(address="127.0.0.1", port=server.getsockname()[1],
+                                  host_key="ssh-ed25519 " + "A" * 68, connect_timeout=20))
+    shell._pin_host_key = lambda client: None
+    outcome = []
+    caller = threading.Thread(target=lambda: outcome.append(pytest.raises(RetryableInfraError, shell.run, "true",
+                                                                          timeout=30)))
+    started = time.monotonic()
+    caller.start()
+    while shell._opening is None or shell._opening.client.get_transport() is None:
+        assert time.monotonic() - started < 5, "the connection never got to its banner wait"
+        time.sleep(0.01)
+    shell.close()
+    caller.join(timeout=10)
+    assert outcome and time.monotonic() - started < 5       # not its 20 s banner timeout
+    server.close()
+
+
 # -- an encrypted client key, its passphrase by reference --------------------------------
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import shlex
 import socket
 import threading
 import time
+from contextlib import suppress
 from typing import Callable
 
 import paramiko
@@ -29,10 +30,9 @@ from orchestrator.tunables import DETACH_GRACE_S, DETACH_WAIT_MAX_S, SSH_WATCHDO
 
 NO_EXIT_STATUS = -1            # paramiko's exit code when the channel closed without one
 
-# paramiko's transport thread logs every refused banner of a rebooting host as an ERROR
-# with a traceback (printed by Python's last-resort handler when nobody configured logging:
-# the bench, a library user). This module turns those failures into RetryableInfraError
-# with the reason, so paramiko's own account of them is noise.
+# paramiko's transport thread logs every refused banner of a rebooting host as an ERROR with
+# a traceback (Python's last-resort handler prints it when nobody configured logging). This
+# module turns those failures into RetryableInfraError with the reason: paramiko's is noise.
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
@@ -50,6 +50,7 @@ class FabricShell(ShellProtocol):
         self.cfg = cfg
         self._log = log or (lambda line: None)
         self._connection: Connection | None = None
+        self._opening: Connection | None = None      # a handshake in progress, for close()
         self._pkey: paramiko.PKey | None = None      # the decrypted key_file, when it has a passphrase
 
     # -- ShellProtocol ------------------------------------------------------------------
@@ -129,12 +130,12 @@ class FabricShell(ShellProtocol):
         self.run(launcher, timeout=timeout)
 
     def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                connection.close()
-            except Exception:  # closing a dead transport may raise; it is gone either way
-                pass
+        """From another thread, also ends a handshake under way (cycle/hostwait.py's spare probes)."""
+        connection, self._connection, opening = self._connection, None, self._opening
+        with suppress(Exception):   # closing a dead transport may raise; it is gone either way
+            connection is None or connection.close()
+        with suppress(Exception):   # Fabric's close skips a connection not open yet: paramiko's does not
+            opening is None or opening.client.close()
 
     # -- connection -----------------------------------------------------------------------
 
@@ -155,21 +156,23 @@ class FabricShell(ShellProtocol):
             connect_timeout=max(1, round(self.cfg.connect_timeout)),
             connect_kwargs=connect_kwargs)
         self._pin_host_key(connection.client)
+        self._opening = connection
         try:
             connection.open()
         except BaseException:
             connection.close()
             raise
+        finally:
+            self._opening = None
         self._detect_dead_peers(connection.transport)
         self._connection = connection
         return connection
 
     def _decrypted_key(self) -> paramiko.PKey:
         """The encrypted key_file, decrypted once per shell. Not paramiko's ``passphrase``: it
-        runs the key's KDF once per key type it guesses (three times per connect, and a host
-        being polled through a reboot reconnects often), and a wrong passphrase comes back as a
-        retryable "Invalid key". The passphrase is resolved here, when a connection needs it,
-        and kept nowhere: not in a log, a result or a command line."""
+        runs the KDF once per key type it guesses, thrice per connect (a rebooting host is
+        polled often), and calls a wrong passphrase a retryable "Invalid key". The passphrase
+        is resolved here, when needed, and kept nowhere (no log, result or command line)."""
         if self._pkey is None:
             passphrase = self.cfg.key_passphrase.resolve().encode()
             try:
