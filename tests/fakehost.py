@@ -65,6 +65,9 @@ class StubLayout:
     def collect_reads(self, dump_id: str) -> list[str]:
         return []
 
+    def named_in(self, lines) -> None:
+        return None
+
     def list_dumps(self, shell) -> list[str]:
         shell.run(self.list_command(), timeout=10)
         return sorted(self.host.dumps)

@@ -122,3 +122,27 @@ def test_a_simulated_host_charges_one_round_trip_per_batch_not_per_command(monke
     batch.run_batch(shell, sections, timeout=10)
     shell.run("dmesg", timeout=10)
     assert slept == [0.005, 0.005] and len(shell.batches[0]) == 3
+
+
+@pytest.mark.parametrize("console_says, round_trips", [
+    ("kdump-tools: saved vmcore in {crash}/202612011234", 1),      # the dump's reads ride along
+    ("kdump: saving to /sysroot{crash}/202612011233/", 2),          # an older one: read again
+    ("", 2)])                                                      # no hint: list, then read
+def test_the_dump_the_console_named_is_read_in_its_listing_round_trip(tmp_path, console_says, round_trips):
+    from types import SimpleNamespace
+    from orchestrator.cycle.after_panic import collect_dump
+    from orchestrator.kernel.kdump import layout_for
+    from orchestrator.transports.fake import FakeConsole
+    crash = tmp_path / "crash"
+    for stamp in ("202612011233", "202612011234"):
+        (crash / stamp).mkdir(parents=True)
+        (crash / stamp / f"dmesg.{stamp}").write_text(f"panic of {stamp}\n")
+        (crash / stamp / f"vmcoreinfo.{stamp}").write_text("OSRELEASE=7.3.4\nCRASHTIME=1\n")
+    console, inner = FakeConsole(), LocalShell()
+    console.feed(console_says.format(crash=crash))
+    h = SimpleNamespace(kdump=layout_for("debian", str(crash)), shell=PrefetchShell(inner), console=console)
+    injected = SimpleNamespace(console_mark=0, epoch=2**40)    # nothing rewritten since
+    collected = collect_dump(h, ("202612011233",), injected, record=None)
+    assert collected.dump.dump_id == "202612011234" and collected.dump.dmesg == "panic of 202612011234\n"
+    assert collected.dump.vmcoreinfo["OSRELEASE"] == "7.3.4"
+    assert len(inner.commands) == round_trips, inner.commands

@@ -41,7 +41,8 @@ def collect_dump(h: HostHandles, dumps_before: tuple[str, ...], injected: Inject
     """The dump made after the injection, if any. Only a dump that was not there before, or
     one rewritten since the injection (kdump names dumps by the minute), counts."""
     kdump, shell = h.kdump, h.shell
-    ahead.collect(h, then)
+    console = h.console.lines(injected.console_mark) if h.console is not None else ()
+    ahead.collect(h, then, named=kdump.named_in(line.text for line in console))
     listed = retry_transient(kdump.list_dumps, shell)
     rewritten = retry_transient(kdump.written_since, shell, injected.epoch - CLOCK_SLACK_S)
     new = sorted({d for d in listed if d not in dumps_before} | set(rewritten), key=kdump.sort_key)

@@ -71,17 +71,23 @@ def inject(shell: ShellProtocol, injector: Injector, clear: str) -> None:
     prefetch(shell, [_maybe(injector.prepare_command(), 60.0), Section(clear, 15)])
 
 
-def collect(h: HostHandles, then: Sequence[Section] = ()) -> None:
-    """The two looks for a new dump; ``then``: the restore's commands, for a host with no new dump."""
+def collect(h: HostHandles, then: Sequence[Section] = (), named: str | None = None) -> None:
+    """The two looks for a new dump, and the reads of the dump the console ``named``, if it
+    did (when the looks confirm it, dump_reads sends nothing: one round trip less, 0.3-0.4 s
+    on a just-booted lab guest); ``then``: the restore's commands."""
     prefetch(h.shell, [Section(h.kdump.list_command(), KDUMP_COMMAND_TIMEOUT_S),
-                       Section(h.kdump.written_since_command(), KDUMP_COMMAND_TIMEOUT_S), *then])
+                       Section(h.kdump.written_since_command(), KDUMP_COMMAND_TIMEOUT_S),
+                       *(_reads_of(h, named) if named else ()), *then])
 
 
 def dump_reads(h: HostHandles, dump_id: str, then: Sequence[Section] = ()) -> None:
     """The dump's file list and the files a complete dump of its layout is read from; ``then``:
     the restore's commands (arm_journal.restore_sections), the step that comes next."""
-    prefetch(h.shell, [*(Section(command, KDUMP_COMMAND_TIMEOUT_S) for command in h.kdump.collect_reads(dump_id)),
-                       *then])
+    prefetch(h.shell, [*_reads_of(h, dump_id), *then])
+
+
+def _reads_of(h: HostHandles, dump_id: str) -> list[Section]:
+    return [Section(command, KDUMP_COMMAND_TIMEOUT_S) for command in h.kdump.collect_reads(dump_id)]
 
 
 def survivor(h: HostHandles, output: str, deadline_s: float, then: Sequence[Section] = ()) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
@@ -68,6 +69,14 @@ class KdumpLayout(abc.ABC):
         """The reads ``collect`` is expected to make of a complete dump of this layout."""
         directory = f"{self.path}/{dump_id}"
         return [f"ls -ln {shlex.quote(directory)}"]
+
+    def named_in(self, lines: Iterable[str]) -> str | None:
+        """The last dump directory of this layout the text names by its path: the crash
+        kernel's console says where it saved (kdump-tools "saved vmcore in /var/crash/<id>",
+        kexec-tools "saving to /sysroot/var/crash/<id>/"). A hint only: the listing decides."""
+        where = re.compile(re.escape(self.path) + r"/([^/\s'\"]+)")
+        named = [m[1].rstrip(".,") for line in lines for m in where.finditer(line)]
+        return next((n for n in reversed(named) if self.id_pattern.match(n)), None)
 
     def written_since(self, shell: ShellProtocol, epoch: float) -> list[str]:
         """Dump directories holding a file modified at or after ``epoch`` (host clock).
