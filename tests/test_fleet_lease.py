@@ -60,6 +60,29 @@ def test_someone_elses_live_lease_is_refused_with_its_holder(shell, tmp_path):
     assert lease.read(shell, "srv1", state)["run_id"] == "run-1"
 
 
+def test_a_release_without_the_lock_gives_back_only_its_own_lease(shell, tmp_path):
+    state = str(tmp_path / "state")
+    lease.take(shell, "srv1", state, holder("run-1", "aaaa"), ttl_s=60)
+    assert lease.release(shell, "srv1", state, holder("run-2", "bbbb"), locked=False) is False
+    assert lease.read(shell, "srv1", state)["run_id"] == "run-1"
+    assert lease.release(shell, "srv1", state, holder("run-1", "aaaa"), locked=False) is True
+    assert lease.read(shell, "srv1", state) == {} and not os.path.exists(os.path.join(state, "lease.lock"))
+
+
+def test_a_keeper_gives_back_a_lease_far_from_expiry_without_the_lock_and_one_near_it_under_it(tmp_path):
+    from orchestrator.fleet.lease_keeper import LeaseKeeper
+    from orchestrator.tunables import LEASE_COMMAND_TIMEOUT_S, LEASE_HEADROOM_S
+
+    # the second is written valid for less than a lease command may take (headroom included)
+    for ttl, locked in ((100, False), (LEASE_COMMAND_TIMEOUT_S - LEASE_HEADROOM_S - 1, True)):
+        shell = LocalShell()
+        keeper = LeaseKeeper(shell, "srv1", str(tmp_path / "state"), holder("run-1", "aaaa"))
+        keeper.take(ttl, wait_s=0)
+        keeper.release()
+        assert ("lease.lock" in shell.commands[-1]) is locked, shell.commands[-1]
+        assert lease.read(shell, "srv1", str(tmp_path / "state")) == {}
+
+
 def test_an_expired_lease_is_taken_over_and_says_whose_it_was(shell, tmp_path):
     state = str(tmp_path / "state")
     lease.take(shell, "srv1", state, holder("dead-run", "aaaa"), ttl_s=-1)     # its holder died

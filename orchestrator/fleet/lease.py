@@ -157,12 +157,16 @@ def take(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, ttl_s:
     return {**fields, **({"taken_over": describe(parse(over[0].replace(" ", "\n")))} if over else {})}
 
 
-def release(shell: ShellProtocol, host: str, state_dir: str, holder: Holder) -> bool:
-    """Give the lease back if it is still ours; False if it was not (expired and taken)."""
+def release(shell: ShellProtocol, host: str, state_dir: str, holder: Holder, *, locked: bool = True) -> bool:
+    """Give the lease back if it is still ours; False if it was not (expired and taken).
+    ``locked=False``, for a lease the caller knows has not expired yet: nobody else may change
+    it then (a take finds it held, a steal needs its holder dead), so the lock's mkdir, date
+    and rm are spared: three of the four programs the release forked, ~40 ms on a lab guest."""
     # A lease without a token is what a crash left of a write (an empty file): nobody's.
     body = (f"fields; [ \"$tok\" = {shlex.quote(holder.token)} ] || [ -z \"$tok\" ] || exit {LOST}\n"
             f"rm -f \"$lease\"")
-    result = _run(shell, host, _locked(state_dir, body))
+    script = _locked(state_dir, body) if locked else f"{_HELPERS}lease={shlex.quote(state_dir)}/lease\n{body}"
+    result = _run(shell, host, script)
     if result.exit_code == LOST:
         return False
     _check(result, host, "release the lease")

@@ -28,8 +28,8 @@ from orchestrator.errors import InfraError, RetryableInfraError
 from orchestrator.fleet import lease
 from orchestrator.fleet.lease import Holder, LeaseHeld
 from orchestrator.protocols.shell import ShellProtocol
-from orchestrator.tunables import (LEASE_HEADROOM_S, LEASE_RENEW_RETRY_S, LEASE_RENEW_S, LEASE_TTL_S,
-                                   LEASE_WAIT_POLL_S)
+from orchestrator.tunables import (LEASE_COMMAND_TIMEOUT_S, LEASE_HEADROOM_S, LEASE_RENEW_RETRY_S,
+                                   LEASE_RENEW_S, LEASE_TTL_S, LEASE_WAIT_POLL_S)
 
 
 class LeaseKeeper:
@@ -97,8 +97,11 @@ class LeaseKeeper:
             if self.taken and connection_of is not None:
                 self.shell.adopt(connection_of)
             if self.taken:
+                # still valid for longer than the command may take: only we may change it
+                unexpired = self._valid_until - time.monotonic() > LEASE_COMMAND_TIMEOUT_S
                 try:
-                    self._once(lease.release, self.shell, self.host, self.state_dir, self.holder)
+                    self._once(lease.release, self.shell, self.host, self.state_dir, self.holder,
+                               locked=not unexpired)
                 except InfraError:
                     pass
                 self.taken, self._valid_until = {}, 0.0
