@@ -123,6 +123,8 @@ def case_costs(inventory: Path, work: Path) -> None:
         ratio = (f"{wall / dumped:.2f}x its dumped phase ({dumped:.1f} s) [target <= 1.15x]" if dumped
                  else "[target <= 3 s]")
         print(f"  {case.case:<16} {case.verdict:<5} wall {wall:5.1f} s = {ratio}")
+        print("    phases: " + ", ".join(f"{t.state} {t.seconds:.2f}" for t in case.timings)
+              + f"; outside the cycle {wall - sum(t.seconds for t in case.timings):.2f}")
     print(f"  run wall {run_wall:.1f} s (host opened and probed, cases, lease given back, reports)")
     print(f"  lease take + release waited for: {1000 * spent[0] / len(run.cases):.0f} ms per case "
           f"[target <= 50 ms]; lease commands sent in all (takes, renewals): {renewals[0]}")
