@@ -3,7 +3,8 @@ operators, a nightly, pytest-xdist workers, fleet workers at several sites) see 
 
 The lease is a small key=value file in the host's state folder (inventory ``state_dir``, on
 a disk that survives the host's own panics and reboots). Every change to it happens in one
-SSH command under a lock on the host, so "check, then take" is atomic across controllers.
+SSH command under a lock on the host, so "check, then take" is atomic across controllers
+(only a holder giving back a lease far from its expiry, which nobody else may change, skips it).
 It names its holder (controller, user, run id, since, expiry, all in the host's clock) and
 expires on its own when the holder stops renewing it (a killed controller, a lost network):
 the next taker finds it expired and takes it over, saying whose it was.
