@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_transport.py [--samples N]
 
-Prints: get_power round trip, SSH command round trip, SOL console line latency (guest
+Prints: get_power round trip, SSH command round trip and the controller CPU it costs, SOL console line latency (guest
 print -> line visible to wait_for), dead-console detection and recovery after a BMC kill,
 and the controller's CPU while a BMC is frozen (SIGSTOP) under an open console and power session.
 """
@@ -105,11 +105,33 @@ def bench_ssh(samples: int, root: Path) -> None:
     report("SSH connect + first command", [timed_ms(lambda: shell.run("true", timeout=10))])
     report("SSH command round trip", [timed_ms(lambda: shell.run("true", timeout=10))
                                       for _ in range(samples)])
+    bench_ssh_cpu(shell, samples)
     started = time.perf_counter()
     shell.fire_detached("sleep 5", timeout=10, output=str(root / "detached"))
     print(f"{'fire_detached returns after':<28} {(time.perf_counter() - started) * 1000:8.2f} ms")
     shell.close()
     sshd.stop()
+
+
+def bench_ssh_cpu(shell: FabricShell, samples: int) -> None:
+    """What the controller's own CPU pays per command and per connection (process time: the
+    transport's reader threads included): the real transport's share of a fleet's CPU, which
+    the simulated hosts of bench_fleet.py do not charge."""
+    def cpu_ms(action, n: int) -> float:
+        started = time.process_time()
+        for _ in range(n):
+            action()
+        return (time.process_time() - started) * 1000 / n
+
+    def connect_and_run() -> None:
+        fresh = shell.fresh()
+        fresh.run("true", timeout=10)
+        fresh.close()
+    command = cpu_ms(lambda: shell.run("true", timeout=10), samples)
+    connection = cpu_ms(connect_and_run, max(5, samples // 10)) - command
+    print(f"{'controller CPU per command':<28} {command:8.2f} ms   per new connection {connection:8.2f} ms more")
+    print(f"{'':<28} one core then opens at most {1000 / (connection + command):.0f} hosts a second, "
+          f"or runs {1000 / command:.0f} commands a second, whatever the orchestrator does around them")
 
 
 def main() -> None:

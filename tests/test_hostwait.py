@@ -172,3 +172,40 @@ def test_a_wait_for_a_new_boot_probes_at_the_slow_period_from_the_start():
         wait_for_boot(up_again.shell(), deadline_s=1.0, state="preflight")
     assert new_boot.connections - 1 <= 1 + 1.0 / SSH_POLL_SLOW_S
     assert up_again.connections - 1 >= 0.5 / SSH_POLL_S     # the fast start stays for a host expected up
+
+
+def test_the_probe_budget_gives_turns_in_order_and_never_more_than_its_rate():
+    from orchestrator.cycle.probe_pace import ProbePace
+    pace = ProbePace(per_second=10.0)
+    assert pace.reserve(5.0) == 5.0                     # room: at once
+    assert pace.reserve(5.0) == pytest.approx(5.1)      # asked for at the same time: next turn
+    assert pace.reserve(5.05) == pytest.approx(5.2)
+    assert pace.reserve(9.0) == 9.0                     # a quiet spell gives no credit ...
+    assert pace.reserve(9.0) == pytest.approx(9.1)      # ... the rate holds right after it
+
+
+def test_hosts_waiting_together_share_the_probe_budget_and_one_alone_never_meets_it():
+    """Past the budget every waiting host probes less often, round robin (the controller's CPU
+    stays bounded); a host waiting alone is paced by its own period only."""
+    from orchestrator.cycle.hostwait import SSH_POLL_SLOW_S
+    from orchestrator.cycle.probe_pace import ProbePace
+    pace, hosts = ProbePace(per_second=20.0), [ScriptedHost("refuse") for _ in range(8)]
+
+    def wait(host):
+        with pytest.raises(DeadlineExceeded):
+            wait_for_boot(host.shell(), deadline_s=1.5, state="dump", not_boot_id="old-boot", pace=pace)
+    threads = [threading.Thread(target=wait, args=(host,)) for host in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    probes = [host.connections - 1 for host in hosts]
+    # 8 hosts at their own period would start 8 x (1 + 1.5 / 0.25) = 56 probes; the budget
+    # (20 a second) allows one start at once each, then 20 a second
+    assert sum(probes) <= 8 + 1.5 * 20 + 2
+    assert min(probes) >= 3                             # and every host still gets its turns
+    alone = ScriptedHost("refuse")
+    with pytest.raises(DeadlineExceeded):
+        wait_for_boot(alone.shell(), deadline_s=1.5, state="dump", not_boot_id="old-boot",
+                      pace=ProbePace(per_second=20.0))
+    assert alone.connections - 1 >= 1.5 / SSH_POLL_SLOW_S

@@ -16,6 +16,7 @@ from typing import Callable, TypeVar
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from orchestrator.errors import DeadlineExceeded, RetryableInfraError
+from orchestrator.cycle.probe_pace import SHARED, ProbePace
 from orchestrator.cycle.waitmeter import pause
 from orchestrator.protocols.shell import ShellProtocol
 from orchestrator.tunables import (HEDGE_FAST_S, MAX_PROBES_IN_FLIGHT, PREFLIGHT_RETRY_PAUSE_S,
@@ -50,7 +51,8 @@ def read_boot_facts(shell: ShellProtocol, timeout: float = 15.0) -> BootFacts:
 
 def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
                   not_boot_id: str | None = None, kdump_loaded: bool = False,
-                  sleep: Callable[..., None] = pause, keep_for: ShellProtocol | None = None) -> BootFacts:
+                  sleep: Callable[..., None] = pause, keep_for: ShellProtocol | None = None,
+                  pace: ProbePace = SHARED) -> BootFacts:
     """Poll until the host answers SSH (with a boot_id different from ``not_boot_id`` and, if
     asked, the crash kernel loaded). Raises ``DeadlineExceeded`` naming ``state``.
 
@@ -62,12 +64,12 @@ def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
     the host; it returns early when a probe finishes (no ticking: with probes stalled on their
     banners, looking every 20 ms woke 1,000 waiting hosts 50,000 times a second).
     ``keep_for``: the shell that takes over the answering probe's connection (the first
-    command after a reboot waited 0.25-0.4 s for a handshake of its own on a lab guest)."""
+    command after a reboot waited 0.25-0.4 s for a handshake of its own on a lab guest).
+    ``pace``: the probe budget shared with every other host's wait (cycle/probe_pace.py)."""
     if not_boot_id is not None:
         shell.close()   # a connection from the old boot would hang until its timeout
     began = next_start = time.monotonic()
-    end = began + deadline_s
-    why = "no answer yet"
+    end, why = began + deadline_s, "no answer yet"
     pending: dict[Future, ShellProtocol] = {}
     finished_one = threading.Event()
     pool = ThreadPoolExecutor(max_workers=MAX_PROBES_IN_FLIGHT, thread_name_prefix=f"boot-probe {state}")
@@ -78,7 +80,7 @@ def wait_for_boot(shell: ShellProtocol, *, deadline_s: float, state: str,
                 probe = pool.submit(_probe, fresh, end - now, not_boot_id, kdump_loaded)
                 probe.add_done_callback(lambda _: finished_one.set())
                 pending[probe] = fresh
-                next_start = now + _probe_period(now - began, new_boot=not_boot_id is not None)
+                next_start = pace.reserve(now + _probe_period(now - began, new_boot=not_boot_id is not None))
             finished_one.clear()        # before looking: a probe ending after the look wakes the pause
             for finished in [f for f in pending if f.done()]:
                 del pending[finished]
