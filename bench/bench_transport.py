@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/bench_transport.py [--samples N]
 
-Prints: get_power round trip, SSH command round trip and the controller CPU it costs, SOL console line latency (guest
-print -> line visible to wait_for), dead-console detection and recovery after a BMC kill,
-and the controller's CPU while a BMC is frozen (SIGSTOP) under an open console and power session.
+Prints: get_power round trip, SSH command round trip (and the controller CPU a command and a
+new connection cost), SOL console line latency (guest print -> line visible to wait_for),
+dead-console detection and recovery after a BMC kill, and the controller's CPU while a BMC
+is frozen (SIGSTOP) under an open console and power session.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each host waiting for a reboot starts an SSH probe every SSH_POLL_SLOW_S (hostwa
 a probe to a host that is not up yet costs the controller CPU: ~0.4 ms for a simulated host
 once 1,000 wait at once (the waiting thread's loop, the probe's thread, GIL handovers), and
 Fabric's refused connection alone 1.4 ms on loopback (bench/bench_transport.py). 1,000
-simulated hosts waiting took 1.1-1.4 cores for the waiting alone (bench/bench_boot_wait.py).
+simulated hosts waiting took 1.1-1.7 cores for the waiting alone (bench/bench_boot_wait.py).
 So starts are handed out in turn, at most BOOT_PROBES_PER_S: while the waiting hosts ask for
 fewer nothing changes (one lab host is still noticed within its poll period); past it each
 waiting host probes less often, round robin, and the controller's CPU stays bounded.
