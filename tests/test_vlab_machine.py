@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -138,6 +139,29 @@ class TestMachineWithoutBooting:
         machine = QemuMachine(spec)
         assert machine.status() == "off" and not machine.is_running()
         machine.stop()   # idempotent: nothing to stop is not an error
+
+    def test_a_reset_announced_but_not_yet_handled_is_not_a_power_off(self, spec: MachineSpec) -> None:
+        """QEMU exits right after announcing a reset; until its watcher thread has handled the
+        event, the machine is rebooting, not off (the BMC said 'off' mid-reboot once in CI)."""
+        machine, handled = QemuMachine(spec), threading.Event()
+        machine._watcher = threading.Thread(target=handled.wait, daemon=True)   # the watcher, not run yet
+        machine._watcher.start()
+        try:
+            assert machine.status() == "rebooting" and machine.is_running()
+        finally:
+            handled.set()
+            machine._watcher.join()
+        assert machine.status() == "off" and not machine.is_running()      # it ended: no reset came
+
+    def test_a_stop_voids_a_pending_reset(self, spec: MachineSpec) -> None:
+        machine, handled = QemuMachine(spec), threading.Event()
+        machine._watcher = threading.Thread(target=handled.wait, daemon=True)
+        machine._watcher.start()
+        try:
+            machine.stop()
+            assert machine.status() == "off" and not machine.is_running()
+        finally:
+            handled.set()
 
     def test_start_without_disk_is_fatal(self, spec: MachineSpec) -> None:
         with pytest.raises(FatalInfraError, match="no disk"):

@@ -46,6 +46,7 @@ class QemuMachine:
         self._power_lock = threading.RLock()
         self._generation = 0
         self._rebooting = False
+        self._watcher: threading.Thread | None = None     # the reset watcher of this generation
         #: called after a cold reboot started the new process (the BMC reconnects its console)
         self.on_cold_reboot: Callable[[], None] | None = None
 
@@ -67,7 +68,15 @@ class QemuMachine:
 
     def is_running(self) -> bool:
         """Powered: a QEMU process exists, or one is being replaced by a cold reboot."""
-        return self._rebooting or self.pid is not None
+        return self._rebooting or self.pid is not None or self._reset_pending()
+
+    def _reset_pending(self) -> bool:
+        """The process is gone but its reset watcher has not had its say: QEMU sends the reset
+        event before it exits, and on a loaded host the watcher thread ran only after the exit
+        (the BMC reported 'off' in the middle of a guest reboot, once in a CI run). A process
+        that ended without a reset ends its watcher at once (the monitor closes)."""
+        watcher = self._watcher
+        return watcher is not None and watcher.is_alive() and self.pid is None
 
     def start(self, timeout: float = 15.0) -> int:
         """Cold boot: a new QEMU process. Returns once QMP answers (the guest is booting)."""
@@ -75,8 +84,7 @@ class QemuMachine:
             pid = self._start(timeout)
             self._generation += 1
             if self.spec.cold_reboot:
-                generation = self._generation
-                watch_for_reset(self.events_socket, lambda _reason: self._cold_reboot(generation), self.spec.name)
+                self._watch(self._generation)
             return pid
 
     def adopt(self) -> bool:
@@ -87,9 +95,12 @@ class QemuMachine:
             if self.pid is None or not self.spec.cold_reboot:
                 return False
             self._generation += 1
-            generation = self._generation
-            watch_for_reset(self.events_socket, lambda _reason: self._cold_reboot(generation), self.spec.name)
+            self._watch(self._generation)
             return True
+
+    def _watch(self, generation: int) -> None:
+        self._watcher = watch_for_reset(self.events_socket, lambda _reason: self._cold_reboot(generation),
+                                        self.spec.name)
 
     def _start(self, timeout: float) -> int:
         if self.pid is not None:
@@ -122,7 +133,7 @@ class QemuMachine:
         """Hard power-off: SIGKILL the QEMU process group and wait until it is gone."""
         with self._power_lock:
             self._generation += 1   # a reset announced by the killed process is void
-            self._rebooting = False
+            self._rebooting, self._watcher = False, None
             self._kill(timeout)
 
     def _cold_reboot(self, generation: int) -> None:
@@ -179,7 +190,7 @@ class QemuMachine:
     def status(self) -> str:
         """QEMU's run state ('running', 'paused', 'shutdown', ...), 'rebooting' while a cold
         reboot replaces the process, or 'off' without a process."""
-        if self._rebooting:
+        if self._rebooting or self._reset_pending():
             return "rebooting"
         if not self.is_running():
             return "off"
