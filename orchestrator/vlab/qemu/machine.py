@@ -84,7 +84,7 @@ class QemuMachine:
             pid = self._start(timeout)
             self._generation += 1
             if self.spec.cold_reboot:
-                self._watch(self._generation)
+                self._watch()
             return pid
 
     def adopt(self) -> bool:
@@ -95,10 +95,12 @@ class QemuMachine:
             if self.pid is None or not self.spec.cold_reboot:
                 return False
             self._generation += 1
-            self._watch(self._generation)
+            self._watch()
             return True
 
-    def _watch(self, generation: int) -> None:
+    def _watch(self) -> None:
+        """Watch the current process for a reset (cold_reboot.py); a later start or stop voids it."""
+        generation = self._generation
         self._watcher = watch_for_reset(self.events_socket, lambda _reason: self._cold_reboot(generation),
                                         self.spec.name)
 
@@ -192,7 +194,7 @@ class QemuMachine:
         reboot replaces the process, or 'off' without a process."""
         if self._rebooting or self._reset_pending():
             return "rebooting"
-        if not self.is_running():
+        if self.pid is None:
             return "off"
         return str(self._qmp.execute("query-status", timeout=1.0)["status"])
 
