@@ -163,3 +163,43 @@ def test_a_command_log_the_results_disk_refuses_costs_the_log_never_the_command(
     log("$ echo 0 > /proc/sys/vm/panic_on_unrecoverable_memory_failure")
     log("-> exit 0")
     assert isinstance(log.error, OSError) and not (tmp_path / "gone").exists()
+
+
+def count_sections(monkeypatch) -> list[str]:
+    from orchestrator.results import html
+
+    rendered, real = [], html._section
+    monkeypatch.setattr(html, "_section", lambda case, anchor: rendered.append(anchor) or real(case, anchor))
+    return rendered
+
+
+def test_a_case_s_report_parts_are_made_as_it_is_recorded_not_by_the_run_s_last_report(tmp_path, monkeypatch):
+    from tests.test_results_writers import make_case as finished
+
+    rendered, host = count_sections(monkeypatch), FakeLabHost()
+    folder = RunFolder.create(tmp_path, plan_for(host, cases("a", "b"), tmp_path))
+    monkeypatch.setattr(folder, "assemble", lambda real=folder.assemble: rendered.append("assembled") or real())
+    name = host.handles().host.name
+    folder.record(finished(name, "b", "pass"))          # plan order: a before b; b finishes first
+    folder.record(finished(name, "a", "pass"))
+    made_by_record = [r for r in rendered if r != "assembled"]
+    assert len(made_by_record) == 2, rendered
+    del rendered[:]
+    run = folder.assemble()
+    assert [c.case for c in run.cases] == ["a", "b"] and rendered == ["assembled"]   # nothing made again
+
+
+def test_a_shared_folder_taking_in_other_writers_cases_keeps_the_parts_of_those_it_knew(tmp_path, monkeypatch):
+    from tests.test_results_writers import make_case as finished
+
+    plan = plan_for(FakeLabHost(), cases("a", "b", "c"), tmp_path)
+    theirs = RunFolder.create(tmp_path, plan)
+    theirs.record(finished("h", "a", "pass"))           # another worker's case
+    rendered = count_sections(monkeypatch)
+    ours = RunFolder(theirs.run_dir, theirs.run_id, theirs.started_at, plan, shared=True)
+    monkeypatch.setattr("orchestrator.fleet.run_folder.REPORT_INTERVAL_S", 0.0)   # a report at each case
+    monkeypatch.setattr("orchestrator.fleet.run_folder.REPORT_SHARE_LIMIT", 0.0)
+    ours.record(finished("h", "b", "pass"))             # reads theirs in, then assembles
+    ours.record(finished("h", "c", "pass"))             # reads theirs in again: the same case
+    ours.assemble()
+    assert sorted(rendered) == sorted(set(rendered)) and len(rendered) == 3, rendered

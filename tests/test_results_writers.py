@@ -4,8 +4,10 @@ atomic writes, load_run errors and the ``report`` command end to end."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from html import escape
@@ -332,13 +334,41 @@ def test_the_reports_of_a_run_render_each_finished_case_once_and_read_the_same(m
     from orchestrator.results import html
 
     rendered, real = [], html._section
-    monkeypatch.setattr(html, "_section", lambda case, index: rendered.append(index) or real(case, index))
+    monkeypatch.setattr(html, "_section", lambda case, anchor: rendered.append(anchor) or real(case, anchor))
     run, sections = make_run(), html.new_sections()
     first = report_html(run, sections)
-    assert sorted(rendered) == list(range(len(run.cases)))
+    assert sorted(rendered) == sorted(html.anchors(run)) and len(set(rendered)) == len(run.cases)
     again = report_html(run, sections)                  # the next periodic report: nothing new
     assert again == first and len(rendered) == len(run.cases)
     assert report_html(run) == first                    # the same page as without the cache
+
+
+def test_a_case_finishing_before_others_in_the_plan_does_not_render_them_again(monkeypatch):
+    """Cases finish in any order and each report lists them in the plan's: a case moves down
+    the list as earlier ones finish, and must keep its rendered section all the same."""
+    from orchestrator.results import html
+
+    rendered, real = [], html._section
+    monkeypatch.setattr(html, "_section", lambda case, anchor: rendered.append(anchor) or real(case, anchor))
+    run, sections = make_run(), html.new_sections()
+    for finished in range(len(run.cases), 0, -1):       # the plan's last case first
+        page = report_html(dataclasses.replace(run, cases=run.cases[finished - 1:]), sections)
+    assert len(rendered) == len(run.cases)
+    assert page == report_html(run)
+
+
+def test_every_case_has_its_own_section_id_and_the_grid_links_to_it():
+    from orchestrator.results import html
+
+    lookalikes = (make_case("a b", "c", "pass"), make_case("a_20_b", "c", "pass"), make_case("a", "b~c", "pass"),
+                  make_case("a~b", "c", "pass"), make_case("a b", "c", "fail"), make_case(HOSTILE, HOSTILE, "pass"))
+    run = make_run(lookalikes)
+    ids = html.anchors(run)
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[A-Za-z0-9._~-]+", anchor) for anchor in ids)
+    page = report_html(run)
+    for anchor in ids:
+        assert page.count(f'id="{anchor}"') == 1 and page.count(f'href="#{anchor}"') == 1
 
 
 def test_run_json_made_from_kept_case_parts_is_the_same_text_as_one_dump(tmp_path):

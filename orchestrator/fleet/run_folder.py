@@ -70,7 +70,9 @@ class RunFolder:
         results = store.load_case_results(self.run_dir)
         facts = [_read_facts(p) for p in sorted(self.run_dir.glob(f"*/_host/{FACTS_JSON}"))]
         with self._lock:
-            self._results.update({(r.host, r.case): r for r in results})
+            for result in results:      # a case already known keeps its object: its report parts are kept by it
+                if self._results.get((result.host, result.case)) != result:
+                    self._results[result.host, result.case] = result
             self._facts.update({f.host: f for f in facts})
 
     def finished(self) -> dict[tuple[str, str], CaseResult]:
@@ -88,6 +90,7 @@ class RunFolder:
         started because of Ctrl-C is shown, but not kept: resume runs it)."""
         if durable:
             store.write_case_result(self.run_dir, result)
+        self._parts.prepare(result)
         if self.shared:
             self.reload()
         with self._lock:

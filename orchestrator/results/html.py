@@ -17,6 +17,8 @@ blocks) is the only markup that reaches the page unescaped.
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from datetime import datetime, timezone
 from html import escape
 from urllib.parse import quote
@@ -38,20 +40,48 @@ def new_sections() -> PerCase[Markup]:
 def report_html(run: RunResult, sections: PerCase[Markup] | None = None) -> str:
     counts = run.verdict_counts()
     verdict, words = _overall(run.exit_code(), counts)
-    order = {host: i for i, host in enumerate(hosts_in_order(run))}
-    # Sections grouped by host (inventory order), run order within a host; ids stay
-    # the index in run.cases so grid links are stable whatever the grouping.
-    indexed = sorted(enumerate(run.cases), key=lambda item: order[item[1].host])
+    hosts = hosts_in_order(run)
+    order = {host: i for i, host in enumerate(hosts)}
+    anchored = list(zip(anchors(run), run.cases))
+    # Sections grouped by host (inventory order), run order within a host.
+    grouped = sorted(anchored, key=lambda item: order[item[1].host])
     sections = sections or new_sections()
     return _ENV.get_template("report.html.j2").render(
         run=run, counts=counts, overall={"verdict": verdict, "words": words},
         duration=_duration(run.started_at, run.finished_at),
         controller=", ".join(f"{k}={v}" for k, v in sorted(run.controller.items())),
-        grid=_grid(run), sections=[sections.of(case, i) for i, case in indexed])
+        grid=_grid(anchored, hosts), sections=[sections.of(case, anchor) for anchor, case in grouped])
 
 
-def _section(case: CaseResult, index: int) -> Markup:
-    return Markup(_ENV.get_template("case.html.j2").render(view=_case_view(index, case)))
+def anchors(run: RunResult) -> list[str]:
+    """Each case's section id, from its host and case names: a case keeps its id, and so
+    the section kept of it, from one report of a run to the next. (Its place in run.cases
+    moves each time a case before it in the plan finishes: keyed by that place, nearly every
+    section of a 1,000-host run was rendered again for every report.)"""
+    seen: Counter[tuple[str, str]] = Counter()
+    made = []
+    for case in run.cases:
+        seen[case.host, case.case] += 1
+        made.append(anchor(case, seen[case.host, case.case]))
+    return made
+
+
+def anchor(case: CaseResult, repeat: int = 1) -> str:
+    """The names encoded one to one ("~" never occurs in them); the n-th repeat of a host and
+    case in one run gets "~n"."""
+    made = f"case-{_id_safe(case.host)}~{_id_safe(case.case)}"
+    return made if repeat == 1 else f"{made}~{repeat}"
+
+
+def _id_safe(name: str) -> str:
+    return _NOT_ID.sub(lambda m: f"_{ord(m.group()):x}_", name)
+
+
+_NOT_ID = re.compile(r"[^A-Za-z0-9.-]")
+
+
+def _section(case: CaseResult, anchor: str) -> Markup:
+    return Markup(_ENV.get_template("case.html.j2").render(view=_case_view(anchor, case)))
 
 
 def _escaped(value: object) -> Markup:
@@ -97,15 +127,15 @@ def _overall(exit_code: int, counts: dict[str, int]) -> tuple[str, str]:
     return PASS, f"{counts[PASS]} case(s) passed{skipped}"
 
 
-def _grid(run: RunResult) -> dict:
+def _grid(anchored: list[tuple[str, CaseResult]], hosts: list[str]) -> dict:
     """Case names (columns) and per host a cell per case: the results found there (with
-    their index in run.cases, the link target) and the worst verdict, which colours it."""
-    cases = list(dict.fromkeys(c.case for c in run.cases))
+    their section's id, the link target) and the worst verdict, which colours it."""
+    cases = list(dict.fromkeys(c.case for _, c in anchored))
     where: dict[tuple[str, str], list] = {}
-    for i, c in enumerate(run.cases):
-        where.setdefault((c.host, c.case), []).append((i, c))
+    for anchor, c in anchored:
+        where.setdefault((c.host, c.case), []).append((anchor, c))
     rows = []
-    for host in hosts_in_order(run):
+    for host in hosts:
         cells = []
         for name in cases:
             found = where.get((host, name), [])
@@ -115,9 +145,9 @@ def _grid(run: RunResult) -> dict:
     return {"cases": cases, "rows": rows}
 
 
-def _case_view(index: int, case: CaseResult) -> dict:
+def _case_view(anchor: str, case: CaseResult) -> dict:
     panic = case.panic_after_inject_s
-    return {"index": index, "case": case, "target": _target(case), "boot": _boot(case),
+    return {"anchor": anchor, "case": case, "target": _target(case), "boot": _boot(case),
             "panic_after": f"{panic:.3f} s" if panic is not None else "",
             "timeline": _timeline(case.timings, case.seconds), "dump": _dump(case.dump)}
 

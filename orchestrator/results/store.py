@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LAB, ConfigError, FatalInfraError
-from .html import new_sections, report_html
+from .html import anchor, new_sections, report_html
 from .junit import junit_xml
 from .model import CaseResult, RunResult
 from .percase import PerCase
@@ -120,6 +120,13 @@ class ReportParts:
 
     case_json: PerCase[str] = field(default_factory=new_case_texts)
     sections: PerCase = field(default_factory=new_sections)
+
+    def prepare(self, case: CaseResult) -> None:
+        """A case's parts made as it finishes, on the thread that ran it, instead of by the
+        run's next report: the last report waits for every part not made yet (~1 ms a case,
+        ~1 s when 1,000 simulated hosts finish together; bench/bench_fleet.py)."""
+        self.case_json.of(case)
+        self.sections.of(case, anchor(case))
 
 
 def write_run(run_dir: Path, run: RunResult, parts: ReportParts | None = None) -> dict[str, Path]:
