@@ -23,11 +23,11 @@ from tests.test_cycle import make_case
 
 
 def test_no_more_than_the_limit_hold_a_slot_and_a_slot_given_back_early_lets_the_next_in():
-    slots, stop, lock = PreparingSlots(2), threading.Event(), threading.Lock()
+    slots, lock = PreparingSlots(2), threading.Lock()
     inside, most, gave_back_early = [0], [0], threading.Event()
 
     def host(early: bool) -> None:
-        with slots.slot(stop) as prepared:
+        with slots.slot() as prepared:
             with lock:
                 inside[0] += 1
                 most[0] = max(most[0], inside[0])
@@ -49,12 +49,53 @@ def test_no_more_than_the_limit_hold_a_slot_and_a_slot_given_back_early_lets_the
 
 
 def test_a_stopped_run_does_not_wait_for_a_slot():
-    slots, stop = PreparingSlots(1), threading.Event()
-    with slots.slot(stop):
-        stop.set()
+    slots, entered = PreparingSlots(1), threading.Event()
+
+    def second_host() -> None:
+        with slots.slot():
+            entered.set()
+
+    with slots.slot():
+        waiting = threading.Thread(target=second_host)
+        waiting.start()
+        assert not entered.wait(0.2)            # the slot is taken: it waits ...
+        slots.stop()
+        assert entered.wait(2)                  # ... until the run stops
         started = time.monotonic()
-        with slots.slot(stop):
-            assert time.monotonic() - started < 2
+        with slots.slot():                      # and nobody waits after that
+            assert time.monotonic() - started < 0.1
+    waiting.join(2)
+
+
+def test_hosts_waiting_for_a_slot_sleep_until_one_is_given_back_and_get_it_in_turn():
+    slots, order, woken = PreparingSlots(1), [], [0]
+    real_wait = threading.Condition.wait
+
+    def counted_wait(self, *args, **kwargs):
+        woken[0] += 1
+        return real_wait(self, *args, **kwargs)
+
+    def host(name: str) -> None:
+        with slots.slot():
+            order.append(name)
+
+    with slots.slot():
+        threads = []
+        for i in range(4):
+            threads.append(threading.Thread(target=host, args=(f"h{i}",)))
+            threads[-1].start()
+            deadline = time.monotonic() + 2
+            while slots.waiting <= i and time.monotonic() < deadline:
+                time.sleep(0.001)               # each in the queue before the next starts
+        threading.Condition.wait = counted_wait
+        try:
+            time.sleep(0.5)                     # a poll every 0.2 s would have woken them ~10 times
+            assert woken[0] == 0
+        finally:
+            threading.Condition.wait = real_wait
+    for t in threads:
+        t.join(2)
+    assert order == ["h0", "h1", "h2", "h3"]
 
 
 @pytest.mark.usefixtures("stub_kernel_seams")
@@ -80,3 +121,17 @@ def test_a_runs_hosts_prepare_their_cases_one_at_a_time_under_a_limit_of_one(tmp
     spans = sorted((min(t for t, h, s in seen if h == name), max(t for t, h, s in seen if h == name and s == "injected"))
                    for name in fakes)
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:])), spans
+
+
+def test_a_run_of_more_hosts_than_the_preparing_limit_switches_the_gil_less_often_until_it_ends():
+    import sys
+
+    from orchestrator.fleet.preparing import fleet_switch_interval
+    from orchestrator.tunables import FLEET_SWITCH_INTERVAL_S, MAX_HOSTS_PREPARING
+
+    before = sys.getswitchinterval()
+    with fleet_switch_interval(MAX_HOSTS_PREPARING):            # a run the limit never meets
+        assert sys.getswitchinterval() == before
+    with fleet_switch_interval(MAX_HOSTS_PREPARING + 1):
+        assert sys.getswitchinterval() == pytest.approx(max(before, FLEET_SWITCH_INTERVAL_S))
+    assert sys.getswitchinterval() == before

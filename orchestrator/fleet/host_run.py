@@ -74,7 +74,7 @@ class HostRun:
         ``first``: the case to come, whose lease is taken while the host is opened."""
         host_dir = self.folder.run_dir / store.safe_name(self.host.name)
         log = store.case_dir(self.folder.run_dir, self.host.name, "_host") / "commands.log"
-        with ExitStack() as stack, self.preparing.slot(self.stop) as prepared:
+        with ExitStack() as stack, self.preparing.slot() as prepared:
             try:
                 self.session = stack.enter_context(self.open_host(self.host, host_dir, commands_log=log))
                 self.keeper = LeaseKeeper(self.session.lease_shell, self.host.name, self.host.state_dir, self.holder)
@@ -134,7 +134,7 @@ class HostRun:
         except InfraError as exc:
             return no_cycle_result(self.host.name, case, ERROR, f"lease: {exc}", LAB), True
         try:
-            with self.preparing.slot(self.stop) as prepared:     # given back once injected
+            with self.preparing.slot() as prepared:     # given back once injected
                 result = run_case(session, case, self.resolver, folder, run_dir=self.folder.run_dir,
                                   on_state=lambda host, state: self._reached(case, state, prepared),
                                   run_id=self.folder.run_id)

@@ -16,7 +16,7 @@ from orchestrator.config.model import Host
 from orchestrator.fleet.host_handles import HostSession, open_host
 from orchestrator.fleet.host_run import HostRun, OnState
 from orchestrator.fleet.plan import RunPlan
-from orchestrator.fleet.preparing import PreparingSlots
+from orchestrator.fleet.preparing import PreparingSlots, fleet_switch_interval
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.results.model import RunResult
 from orchestrator.tunables import MAX_HOSTS_PREPARING, SIGNAL_POLL_S
@@ -51,6 +51,10 @@ class Runner:
         no new case starts: the cases in flight finish (a host mid-panic is left rebooted and
         restored, not half-armed)."""
         hosts = self.folder.plan.inventory.hosts
+        with fleet_switch_interval(len(hosts)):
+            return self._run(hosts)
+
+    def _run(self, hosts: tuple[Host, ...]) -> RunResult:
         self.folder.assemble()
         pool = ThreadPoolExecutor(max_workers=max(1, len(hosts)), thread_name_prefix="host")
         # Every host thread is started before any begins: starting a thread waits for it to
@@ -70,18 +74,23 @@ class Runner:
             for future in futures:
                 future.result()
         except KeyboardInterrupt:
-            self._stop.set()
+            self._stopping()
             pool.shutdown(wait=True, cancel_futures=True)
             self.folder.assemble()
             raise
         except ResultsWriteError:
             # Nothing more can be recorded: no case starts that could not be, and the cases
             # in flight still finish and restore their hosts before the run ends.
-            self._stop.set()
+            self._stopping()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
         return self.folder.assemble()
+
+    def _stopping(self) -> None:
+        """No new case starts; the cases in flight finish."""
+        self._stop.set()
+        self._preparing.stop()
 
     def _run_host(self, host: Host, go: threading.Event) -> None:
         go.wait()
