@@ -167,7 +167,8 @@ ENGINE_CONNECT_TIMEOUT_S = 5.0
 #: assembling grows with the run, and a 1,000-host run would spend its controller on it.
 REPORT_INTERVAL_S = 5.0
 #: ... and no more often than this many times its own last duration: with 1,000 hosts one
-#: assembly took 2-3.7 s of a GIL the hosts needed, every 5 s (bench/bench_fleet.py).
+#: assembly took 2-3.7 s of a GIL the hosts needed, every 5 s (bench/bench_fleet.py; each
+#: then rendered nearly every case again, since fixed: results/html.py's anchors).
 REPORT_SHARE_LIMIT = 10.0
 #: Hosts of one local run preparing at once (opened, or a case's steps up to its injection;
 #: fleet/preparing.py): more only queue for Python's GIL. A host past its injection waits
@@ -175,11 +176,11 @@ REPORT_SHARE_LIMIT = 10.0
 MAX_HOSTS_PREPARING = 128
 #: Python's GIL switch interval while a local run drives more hosts than that (the default is
 #: 5 ms): every thread waiting for the GIL wakes each interval to ask for it. With 1,000
-#: simulated hosts the controller made 2.5 million futex calls and spent 10-18 s in the kernel
-#: per run at 5 ms, 7 s at 50 ms (bench/bench_fleet.py). A host thread gives the GIL up at
-#: once when it waits on its host, so the interval only bounds how long one busy thread
-#: (a report being assembled) keeps the others waiting: 50 ms, against a panic noticed
-#: within 0.2 s.
+#: simulated hosts (bench/bench_fleet.py, 3 runs each) the controller spent 8-10 s of a run in
+#: the kernel at 5 ms (2.5 million futex calls), 5-5.5 s at 50 ms, and its CPU fell from
+#: 0.79-0.88 to 0.64-0.69 cores. A host thread gives the GIL up at once when it waits on its
+#: host, so the interval only bounds how long one busy thread (a report being assembled)
+#: keeps the others waiting: 50 ms, against a panic noticed within 0.2 s.
 FLEET_SWITCH_INTERVAL_S = 0.05
 #: How often a case waiting for a host leased by someone else (--lease-wait) looks again.
 LEASE_WAIT_POLL_S = 5.0
