@@ -37,6 +37,10 @@ from orchestrator.tunables import HOST_ALIVE_PROBE_S, SEMANTICS_PROBE_TTL_S
 OnState = Callable[[str, str, str], None]      # (host, case, state)
 
 
+class _Stopped(Exception):
+    """The run stopped before this host was opened."""
+
+
 @dataclass
 class _Lost:
     case: str
@@ -76,6 +80,8 @@ class HostRun:
         log = store.case_dir(self.folder.run_dir, self.host.name, "_host") / "commands.log"
         with ExitStack() as stack, self.preparing.slot() as prepared:
             try:
+                if self.stop.is_set():      # stopped while this host waited for its slot: its cases
+                    raise _Stopped()        # end without a cycle, and nothing is probed
                 self.session = stack.enter_context(self.open_host(self.host, host_dir, commands_log=log))
                 self.keeper = LeaseKeeper(self.session.lease_shell, self.host.name, self.host.state_dir, self.holder)
                 # the lease for the ``first`` case taken meanwhile (none when each case gives it back)
@@ -86,6 +92,8 @@ class HostRun:
                                                           may_inject=self._lease_for_probe))
                 if self.release_between_cases:
                     self.keeper.release()
+            except _Stopped:
+                pass
             except OrchestratorError as exc:
                 self.folder.record_facts(HostFacts(host=self.host.name, arch=self.host.arch,
                                                    platform=self.host.platform,
@@ -135,6 +143,8 @@ class HostRun:
             return no_cycle_result(self.host.name, case, ERROR, f"lease: {exc}", LAB), True
         try:
             with self.preparing.slot() as prepared:     # given back once injected
+                if self.stop.is_set():                  # stopped while it waited for the slot
+                    return self._without_cycle(case)
                 result = run_case(session, case, self.resolver, folder, run_dir=self.folder.run_dir,
                                   on_state=lambda host, state: self._reached(case, state, prepared),
                                   run_id=self.folder.run_id)

@@ -44,7 +44,8 @@ class PreparingSlots:
         self.waiting = 0        # hosts waiting for a slot now
 
     def stop(self) -> None:
-        """The run stops: no host waits for a slot any more (its cases end without a cycle)."""
+        """The run stops: no host waits for a slot any more (the slot's holder looks at the
+        run's stop first: fleet/host_run.py)."""
         with self._changed:
             self._stopped = True
             self._changed.notify_all()

@@ -90,13 +90,13 @@ class RunFolder:
         started because of Ctrl-C is shown, but not kept: resume runs it)."""
         if durable:
             store.write_case_result(self.run_dir, result)
-        self._parts.prepare(result)
         if self.shared:
             self.reload()
         with self._lock:
             self._results[(result.host, result.case)] = result
             due = time.monotonic() - self._last_reports >= max(REPORT_INTERVAL_S,
                                                                REPORT_SHARE_LIMIT * self._last_assembly_s)
+        self._parts.prepare(result)     # once the case is known: a part that fails loses nothing
         if due:
             self.assemble()
 

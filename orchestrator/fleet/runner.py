@@ -7,7 +7,7 @@ and ``run --resume`` carries on from the folder.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Callable, ContextManager
@@ -20,7 +20,6 @@ from orchestrator.fleet.preparing import PreparingSlots, fleet_switch_interval
 from orchestrator.fleet.run_folder import RunFolder
 from orchestrator.results.model import RunResult
 from orchestrator.tunables import MAX_HOSTS_PREPARING, SIGNAL_POLL_S
-from orchestrator.results.store import ResultsWriteError
 
 
 class Runner:
@@ -60,27 +59,23 @@ class Runner:
         # Every host thread is started before any begins: starting a thread waits for it to
         # run once, and with hosts already at work each start waited for the GIL (1,000
         # simulated hosts began over 7-15 s, bench/bench_fleet.py).
-        go = threading.Event()
+        go, futures = threading.Event(), []
         try:
-            futures = [pool.submit(self._run_host, h, go) for h in hosts]
-        finally:
-            go.set()
-        try:
-            # Waited for in short slices: a Ctrl-C that the kernel delivered to a host thread
-            # only raises in the main thread once it runs again; a wait without a timeout sat
-            # through the whole next case (seen in the SIGINT drill).
-            while futures_wait(futures, timeout=SIGNAL_POLL_S).not_done:
-                pass
-            for future in futures:
-                future.result()
+            try:
+                for h in hosts:         # a Ctrl-C among these still stops those submitted
+                    futures.append(pool.submit(self._run_host, h, go))
+            finally:
+                go.set()
+            _wait_for_hosts(futures)
         except KeyboardInterrupt:
             self._stopping()
             pool.shutdown(wait=True, cancel_futures=True)
             self.folder.assemble()
             raise
-        except ResultsWriteError:
-            # Nothing more can be recorded: no case starts that could not be, and the cases
-            # in flight still finish and restore their hosts before the run ends.
+        except BaseException:
+            # A host's thread failed: a results folder that refuses writes (nothing more can
+            # be recorded: no case starts that could not be), or a bug. The cases in flight
+            # still finish and restore their hosts before the run ends.
             self._stopping()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -99,3 +94,16 @@ class Runner:
         if remaining:
             HostRun(self.folder, host, stop=self._stop, open_host=self.open_host,
                     on_state=self.on_state, preparing=self._preparing).run(remaining)
+
+
+def _wait_for_hosts(futures: list[Future]) -> None:
+    """Until every host is done; a host's thread that failed raises here at once, not once
+    every other host is done with its cases. Waited for in short slices: a Ctrl-C that the
+    kernel delivered to a host thread only raises in the main thread once it runs again; a
+    wait without a timeout sat through the whole next case (seen in the SIGINT drill)."""
+    while True:
+        done, pending = futures_wait(futures, timeout=SIGNAL_POLL_S, return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()
+        if not pending:
+            return
