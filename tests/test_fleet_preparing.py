@@ -137,11 +137,18 @@ def test_a_run_of_more_hosts_than_the_preparing_limit_switches_the_gil_less_ofte
     from orchestrator.fleet.preparing import fleet_switch_interval
     from orchestrator.tunables import FLEET_SWITCH_INTERVAL_S, MAX_HOSTS_PREPARING
 
-    before = sys.getswitchinterval()
+    before, big = sys.getswitchinterval(), MAX_HOSTS_PREPARING + 1
     with fleet_switch_interval(MAX_HOSTS_PREPARING):            # a run the limit never meets
         assert sys.getswitchinterval() == before
-    with fleet_switch_interval(MAX_HOSTS_PREPARING + 1):
+    with fleet_switch_interval(big):
         assert sys.getswitchinterval() == pytest.approx(max(before, FLEET_SWITCH_INTERVAL_S))
+    assert sys.getswitchinterval() == before
+    first, second = fleet_switch_interval(big), fleet_switch_interval(big)    # two runs in one process
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)                            # the first one ends first
+    assert sys.getswitchinterval() == pytest.approx(max(before, FLEET_SWITCH_INTERVAL_S))
+    second.__exit__(None, None, None)
     assert sys.getswitchinterval() == before
 
 

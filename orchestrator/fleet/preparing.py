@@ -24,14 +24,40 @@ from orchestrator.tunables import FLEET_SWITCH_INTERVAL_S, MAX_HOSTS_PREPARING
 @contextmanager
 def fleet_switch_interval(hosts: int) -> Iterator[None]:
     """A longer GIL switch interval for the block when more hosts than MAX_HOSTS_PREPARING
-    run in this process (tunables.FLEET_SWITCH_INTERVAL_S says why); as it was after."""
-    before = sys.getswitchinterval()
-    if hosts > MAX_HOSTS_PREPARING:
-        sys.setswitchinterval(max(before, FLEET_SWITCH_INTERVAL_S))
+    run in this process (tunables.FLEET_SWITCH_INTERVAL_S says why); as it was once the last
+    such block in the process ends, whatever order several end in."""
+    if hosts <= MAX_HOSTS_PREPARING:
+        yield
+        return
+    _SWITCH.enter()
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        _SWITCH.leave()
+
+
+class _SharedSwitchInterval:
+    """The process's one switch interval: the first run in needs it set, the last out puts
+    back what it was."""
+
+    def __init__(self) -> None:
+        self._lock, self._users, self._before = threading.Lock(), 0, 0.0
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._before = sys.getswitchinterval()
+                sys.setswitchinterval(max(self._before, FLEET_SWITCH_INTERVAL_S))
+            self._users += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                sys.setswitchinterval(self._before)
+
+
+_SWITCH = _SharedSwitchInterval()
 
 
 class PreparingSlots:
