@@ -168,7 +168,7 @@ ENGINE_CONNECT_TIMEOUT_S = 5.0
 REPORT_INTERVAL_S = 5.0
 #: ... and no more often than this many times its own last duration: with 1,000 hosts one
 #: assembly took 2-3.7 s of a GIL the hosts needed, every 5 s (bench/bench_fleet.py; each
-#: then rendered nearly every case again, since fixed: results/html.py's anchors).
+#: then rendered nearly every case again, since fixed: results/html.py's section_ids).
 REPORT_SHARE_LIMIT = 10.0
 #: Hosts of one local run preparing at once (opened, or a case's steps up to its injection;
 #: fleet/preparing.py): more only queue for Python's GIL. A host past its injection waits

@@ -337,7 +337,7 @@ def test_the_reports_of_a_run_render_each_finished_case_once_and_read_the_same(m
     monkeypatch.setattr(html, "_section", lambda case, anchor: rendered.append(anchor) or real(case, anchor))
     run, sections = make_run(), html.new_sections()
     first = report_html(run, sections)
-    assert sorted(rendered) == sorted(html.anchors(run)) and len(set(rendered)) == len(run.cases)
+    assert sorted(rendered) == sorted(html.section_ids(run)) and len(set(rendered)) == len(run.cases)
     again = report_html(run, sections)                  # the next periodic report: nothing new
     assert again == first and len(rendered) == len(run.cases)
     assert report_html(run) == first                    # the same page as without the cache
@@ -363,7 +363,7 @@ def test_every_case_has_its_own_section_id_and_the_grid_links_to_it():
     lookalikes = (make_case("a b", "c", "pass"), make_case("a_20_b", "c", "pass"), make_case("a", "b~c", "pass"),
                   make_case("a~b", "c", "pass"), make_case("a b", "c", "fail"), make_case(HOSTILE, HOSTILE, "pass"))
     run = make_run(lookalikes)
-    ids = html.anchors(run)
+    ids = html.section_ids(run)
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[A-Za-z0-9._~-]+", anchor) for anchor in ids)
     page = report_html(run)

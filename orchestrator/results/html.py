@@ -42,7 +42,7 @@ def report_html(run: RunResult, sections: PerCase[Markup] | None = None) -> str:
     verdict, words = _overall(run.exit_code(), counts)
     hosts = hosts_in_order(run)
     order = {host: i for i, host in enumerate(hosts)}
-    anchored = list(zip(anchors(run), run.cases))
+    anchored = list(zip(section_ids(run), run.cases))
     # Sections grouped by host (inventory order), run order within a host.
     grouped = sorted(anchored, key=lambda item: order[item[1].host])
     sections = sections or new_sections()
@@ -53,7 +53,7 @@ def report_html(run: RunResult, sections: PerCase[Markup] | None = None) -> str:
         grid=_grid(anchored, hosts), sections=[sections.of(case, anchor) for anchor, case in grouped])
 
 
-def anchors(run: RunResult) -> list[str]:
+def section_ids(run: RunResult) -> list[str]:
     """Each case's section id, from its host and case names: a case keeps its id, and so
     the section kept of it, from one report of a run to the next. (Its place in run.cases
     moves each time a case before it in the plan finishes: keyed by that place, nearly every
@@ -62,11 +62,11 @@ def anchors(run: RunResult) -> list[str]:
     made = []
     for case in run.cases:
         seen[case.host, case.case] += 1
-        made.append(anchor(case, seen[case.host, case.case]))
+        made.append(section_id(case, seen[case.host, case.case]))
     return made
 
 
-def anchor(case: CaseResult, repeat: int = 1) -> str:
+def section_id(case: CaseResult, repeat: int = 1) -> str:
     """The names encoded one to one ("~" never occurs in them); the n-th repeat of a host and
     case in one run gets "~n"."""
     made = f"case-{_id_safe(case.host)}~{_id_safe(case.case)}"

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LAB, ConfigError, FatalInfraError
-from .html import anchor, new_sections, report_html
+from .html import new_sections, report_html, section_id
 from .junit import junit_xml
 from .model import CaseResult, RunResult
 from .percase import PerCase
@@ -126,7 +126,7 @@ class ReportParts:
         run's next report: the last report waits for every part not made yet (~1 ms a case,
         ~1 s when 1,000 simulated hosts finish together; bench/bench_fleet.py)."""
         self.case_json.of(case)
-        self.sections.of(case, anchor(case))
+        self.sections.of(case, section_id(case))
 
 
 def write_run(run_dir: Path, run: RunResult, parts: ReportParts | None = None) -> dict[str, Path]:
